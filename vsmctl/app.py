@@ -1,0 +1,194 @@
+"""vsmctl: spawn, list, show and terminate VSMs of a running vsmd.
+
+Exit codes: 0 ok, 1 the daemon refused (its code and message on stderr), 2 usage,
+3 no daemon answers.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+
+from vsmctl.client import DEFAULT_TIMEOUT, VsmClient
+from vsmctl.render import print_info, print_table, print_tree
+from vsmd.errors import NoDaemon, VsmdError
+from vsmd.protocol import SpawnConfig, VsmInfo
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Control a running vsmd: spawn, list, show and terminate VSMs.",
+)
+
+Broker = Annotated[
+    str | None, typer.Option("--broker", envvar="VSM_BROKER_URL", help="AMQP URL of the broker.")
+]
+Namespace = Annotated[
+    str | None, typer.Option("--namespace", envvar="VSM_NAMESPACE", help="The daemon's namespace.")
+]
+Timeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout", envvar="VSM_TIMEOUT", min=0.1, help="Seconds to wait for the daemon."
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+T = TypeVar("T")
+
+
+def _call(
+    broker: str | None, namespace: str | None, timeout: float, fn: Callable[[VsmClient], T]
+) -> T:
+    """Run one client call; turn errors into a line on stderr and the documented exit code."""
+    try:
+        with VsmClient(broker, namespace, timeout) as client:
+            return fn(client)
+    except NoDaemon as err:
+        typer.echo(f"vsmctl: {err.message}", err=True)
+        raise typer.Exit(EXIT_NO_DAEMON) from None
+    except VsmdError as err:
+        typer.echo(f"vsmctl: {err.code}: {err.message}", err=True)
+        raise typer.Exit(EXIT_REFUSED) from None
+
+
+def _json(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _settings(pairs: list[str], config_file: Path | None) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = orjson.loads(config_file.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise typer.BadParameter(f"cannot read {config_file} as JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise typer.BadParameter(f"{config_file} must hold a JSON object")
+        settings.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--set wants KEY=VALUE, got {pair!r}")
+        try:
+            settings[key] = orjson.loads(value)  # numbers, booleans, lists stay typed
+        except orjson.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+@app.command()
+def spawn(
+    parent: Annotated[str | None, typer.Option(help="Id of the parent VSM.")] = None,
+    name: Annotated[str | None, typer.Option(help="Name, unique among siblings.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Agent type.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Agent setting KEY=VALUE.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of agent settings.")] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print the id alone.")] = False,
+    json: Json = False,
+    broker: Broker = None,
+    namespace: Namespace = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+) -> None:
+    """Spawn a VSM (under --parent, or at the top level); returns once it is ready."""
+    cfg = SpawnConfig(name=name, agent=agent, settings=_settings(set_ or [], config))
+    info = _call(broker, namespace, timeout, lambda c: c.spawn_recursive_vsm(parent, cfg))
+    if json:
+        _json(info.to_dict())
+    elif quiet:
+        typer.echo(info.id)
+    else:
+        typer.echo(f"spawned {info.id} ({info.path}, pid {info.pid})")
+
+
+@app.command("list")
+def list_(
+    parent: Annotated[str | None, typer.Option(help="Only below this VSM.")] = None,
+    tree: Annotated[bool, typer.Option("--tree", help="Draw the hierarchy.")] = False,
+    json: Json = False,
+    broker: Broker = None,
+    namespace: Namespace = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+) -> None:
+    """List VSMs."""
+    infos = _call(broker, namespace, timeout, lambda c: c.list_child_vsms(parent, True))
+    if json:
+        _json([i.to_dict() for i in infos])
+    elif tree:
+        print_tree(infos, parent)
+    else:
+        print_table(infos)
+
+
+@app.command()
+def show(
+    vsm_id: Annotated[str, typer.Argument(metavar="ID")],
+    json: Json = False,
+    broker: Broker = None,
+    namespace: Namespace = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+) -> None:
+    """Show one VSM."""
+    info: VsmInfo = _call(broker, namespace, timeout, lambda c: c.show(vsm_id))
+    if json:
+        _json(info.to_dict())
+    else:
+        print_info(info)
+
+
+@app.command()
+def terminate(
+    vsm_id: Annotated[str, typer.Argument(metavar="ID")],
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            envvar="VSM_TIMEOUT",
+            min=0.01,
+            max=3600,
+            help="Seconds each VSM gets to stop gracefully before SIGKILL (default: the daemon's "
+            "stop_timeout); vsmctl waits for the whole subtree accordingly.",
+        ),
+    ] = None,
+    json: Json = False,
+    broker: Broker = None,
+    namespace: Namespace = None,
+) -> None:
+    """Terminate a VSM and its whole subtree, leaves first."""
+    ids = _call(
+        broker, namespace, DEFAULT_TIMEOUT, lambda c: c.terminate_child_vsm(vsm_id, timeout)
+    )
+    if json:
+        _json({"terminated": ids})
+    else:
+        typer.echo(f"terminated {len(ids)} VSM(s): {' '.join(ids)}")
+
+
+@app.command()
+def ping(
+    json: Json = False,
+    broker: Broker = None,
+    namespace: Namespace = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+) -> None:
+    """Check that vsmd answers."""
+    result = _call(broker, namespace, timeout, lambda c: c.ping())
+    if json:
+        _json(result)
+    else:
+        typer.echo(
+            f"vsmd {result['version']} answers on namespace {result['namespace']} "
+            f"(pid {result['pid']}, {result['vsms']} VSMs, up {result['uptime']:.0f} s)"
+        )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,139 @@
+"""A Python client of the daemon's admin queue, used by the CLI and usable on its own.
+
+with VsmClient(namespace="vsm") as c:
+    root = c.spawn_recursive_vsm(None, SpawnConfig(name="root"))
+    c.spawn_recursive_vsm(root.id, SpawnConfig(name="a"))
+    print([v.path for v in c.list_child_vsms()])
+    c.terminate_child_vsm(root.id)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from vsmd.bus.connection import close_quietly, connect, redact
+from vsmd.bus.rpc import RpcChannel
+from vsmd.bus.topology import Topology
+from vsmd.config import DEFAULT_BROKER_URL
+from vsmd.errors import BrokerError, NoDaemon, VsmdError, from_dict
+from vsmd.protocol import (
+    Command,
+    ListVsms,
+    Ping,
+    Show,
+    Spawn,
+    SpawnConfig,
+    Terminate,
+    VsmInfo,
+    dumps,
+    loads_object,
+)
+
+DEFAULT_TIMEOUT = 30.0
+MAX_REPLY = 64 << 20
+
+
+class VsmClient:
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        namespace: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if env is None else env
+        self.broker_url = broker_url or env.get("VSM_BROKER_URL") or DEFAULT_BROKER_URL
+        self.namespace = namespace or env.get("VSM_NAMESPACE") or "vsm"
+        self.timeout = timeout
+        self.topo = Topology(self.namespace)
+        self._conn: Any = None
+        self._rpc: RpcChannel | None = None
+
+    def _no_daemon(self, why: str = "") -> NoDaemon:
+        extra = f" ({why})" if why else ""
+        return NoDaemon(
+            f"no vsmd answering on namespace {self.namespace} at broker "
+            f"{redact(self.broker_url)}{extra}"
+        )
+
+    def _channel(self) -> RpcChannel:
+        if self._rpc is None:
+            try:
+                self._conn = connect(self.broker_url, heartbeat=0, timeout=min(self.timeout, 5.0))
+                self._rpc = RpcChannel(self._conn)
+            except BrokerError as err:
+                raise self._no_daemon(err.message) from None
+        return self._rpc
+
+    def request(self, command: Command, timeout: float | None = None) -> Any:
+        """Send one admin command; return its result or raise the daemon's error."""
+        wait = self.timeout if timeout is None else timeout
+        rpc = self._channel()
+        try:
+            raw = rpc.call_queue(self.topo.admin_queue, dumps(command.to_request()), wait)
+        except NoDaemon:
+            raise self._no_daemon() from None
+        except BrokerError as err:
+            raise self._no_daemon(err.message) from None
+        reply = loads_object(raw, MAX_REPLY)
+        if reply.get("ok") is True:
+            return reply.get("result")
+        error = reply.get("error")
+        if not isinstance(error, dict):
+            raise VsmdError("malformed reply from vsmd")
+        raise from_dict(error)
+
+    def send_raw(self, body: bytes, timeout: float | None = None) -> dict[str, Any]:
+        """Send bytes as they are (for tests of the daemon's input checks); the decoded reply."""
+        rpc = self._channel()
+        raw = rpc.call_queue(
+            self.topo.admin_queue, body, self.timeout if timeout is None else timeout
+        )
+        return loads_object(raw, MAX_REPLY)
+
+    # --- the operations --------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(Ping())
+        return result
+
+    def spawn_recursive_vsm(
+        self, parent_id: str | None = None, config: SpawnConfig | None = None
+    ) -> VsmInfo:
+        cfg = config or SpawnConfig()
+        cmd = Spawn(parent=parent_id, name=cfg.name, agent=cfg.agent, config=dict(cfg.settings))
+        return VsmInfo.from_dict(self.request(cmd))
+
+    def terminate_child_vsm(self, vsm_id: str, timeout: float | None = None) -> list[str]:
+        # The daemon stops leaves first, each with ``timeout`` of grace: wait long enough.
+        wait = max(self.timeout, (timeout or 0) * 10 + 5)
+        result = self.request(Terminate(id=vsm_id, timeout=timeout), timeout=wait)
+        return list(result["terminated"])
+
+    def list_child_vsms(
+        self, parent_id: str | None = None, recursive: bool = True
+    ) -> list[VsmInfo]:
+        return [
+            VsmInfo.from_dict(d)
+            for d in self.request(ListVsms(parent=parent_id, recursive=recursive))
+        ]
+
+    def show(self, vsm_id: str) -> VsmInfo:
+        return VsmInfo.from_dict(self.request(Show(id=vsm_id)))
+
+    # --- lifetime --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        close_quietly(self._conn)
+        self._conn, self._rpc = None, None
+
+    def __enter__(self) -> VsmClient:
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,82 @@
+"""Human output of vsmctl (rich tables and trees)."""
+
+from __future__ import annotations
+
+import datetime
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from vsmd.protocol import VsmInfo
+
+_STATUS_STYLE = {
+    "running": "green",
+    "starting": "yellow",
+    "stopping": "yellow",
+    "exited": "dim",
+    "failed": "red",
+}
+
+
+def _status(info: VsmInfo) -> str:
+    style = _STATUS_STYLE.get(info.status, "")
+    return f"[{style}]{info.status}[/]" if style else info.status
+
+
+def print_table(infos: list[VsmInfo]) -> None:
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "NAME", "PATH", "DEPTH", "PID", "STATUS", "AGENT", "RESTARTS", "CHILDREN"):
+        table.add_column(col)
+    for i in infos:
+        table.add_row(
+            i.id,
+            i.name,
+            i.path,
+            str(i.depth),
+            str(i.pid or "-"),
+            _status(i),
+            i.agent,
+            str(i.restarts),
+            str(len(i.children)),
+        )
+    Console().print(table)
+
+
+def print_tree(infos: list[VsmInfo], parent: str | None) -> None:
+    root = Tree(f"[bold]{parent or 'vsmd'}[/]")
+    nodes: dict[str | None, Tree] = {parent: root}
+    for i in infos:  # parents come before their children
+        holder = nodes.get(i.parent, root)
+        nodes[i.id] = holder.add(f"{i.name} [dim]{i.id}[/] pid {i.pid or '-'} {_status(i)}")
+    Console().print(root)
+
+
+def print_info(info: VsmInfo) -> None:
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    started = (
+        datetime.datetime.fromtimestamp(info.started_at).isoformat(timespec="seconds")
+        if info.started_at
+        else "-"
+    )
+    rows = {
+        "id": info.id,
+        "name": info.name,
+        "path": info.path,
+        "parent": info.parent or "-",
+        "depth": str(info.depth),
+        "pid": str(info.pid or "-"),
+        "status": _status(info),
+        "agent": info.agent,
+        "config": str(info.config),
+        "started": started,
+        "restarts": str(info.restarts),
+        "last exit": info.last_exit or "-",
+        "last reason": info.last_reason or "-",
+        "children": " ".join(info.children) or "-",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    Console().print(table)

@@ -1,0 +1,1 @@
+"""Broker plumbing: reachability probes and a private RabbitMQ node for tests and outages."""

@@ -1,0 +1,275 @@
+"""A private RabbitMQ node on this machine, for tests and broker-outage drills.
+
+The Debian wrappers in /usr/sbin switch to the ``rabbitmq`` user when run as root: HOME is reset
+(so the node and rabbitmqctl would use the system node's cookie) and the node cannot write into
+root-owned private directories. We therefore run the real scripts from /usr/lib/rabbitmq/bin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+from vsmd.broker.probe import broker_answers, tcp_answers
+from vsmd.errors import BrokerError
+
+_RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
+_HOST = "127.0.0.1"
+_POLL = 0.1
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    port: int
+    dist_port: int
+    base_dir: Path
+
+
+def _tool(name: str) -> str:
+    direct = _RABBIT_BIN / name
+    if direct.exists():
+        return str(direct)
+    found = shutil.which(name)
+    if found is None:
+        raise BrokerError(f"{name} is in neither {_RABBIT_BIN} nor PATH; install rabbitmq-server")
+    return found
+
+
+def _free_port(taken: set[int]) -> int:
+    # Stay below the ephemeral range: the port is reused across restarts, and while the node is
+    # down an outgoing connection must not grab it as its local port.
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    guesses = [random.randint(10000, low - 1) for _ in range(100)] if low > 11000 else []
+    for port in [*guesses, 0, 0]:
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind((_HOST, port))
+            chosen: int = sock.getsockname()[1]
+            if chosen not in taken:
+                return chosen
+    raise BrokerError("found no free TCP port for a private RabbitMQ node")
+
+
+class EmbeddedBroker:
+    """One private RabbitMQ node; restartable on the same name, port and data directory."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        name: str | None = None,
+        port: int | None = None,
+        start_timeout: float = 60.0,
+        nofile: int = 65536,
+    ) -> None:
+        node = name or f"vsmd-{secrets.token_hex(4)}"
+        # Without a host part RabbitMQ appends the short hostname, which need not resolve.
+        if "@" not in node:
+            node += "@localhost"
+        amqp_port = port if port is not None else _free_port(set())
+        # Absolute, because the paths travel in env vars to processes with another cwd.
+        base = Path(base_dir).resolve()
+        self._spec = NodeSpec(node, amqp_port, _free_port({amqp_port}), base)
+        self._start_timeout = start_timeout
+        self._nofile = nofile
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{_HOST}:{self._spec.port}/%2F"
+
+    @property
+    def spec(self) -> NodeSpec:
+        return self._spec
+
+    @property
+    def console_log(self) -> Path:
+        return self._spec.base_dir / "log" / "console.log"
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _env(self) -> dict[str, str]:
+        s, base = self._spec, self._spec.base_dir
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+        env.update(
+            HOME=str(base / "home"),  # erlang keeps this node's own .erlang.cookie here
+            RABBITMQ_NODENAME=s.name,
+            RABBITMQ_NODE_IP_ADDRESS=_HOST,
+            RABBITMQ_NODE_PORT=str(s.port),
+            RABBITMQ_DIST_PORT=str(s.dist_port),
+            RABBITMQ_MNESIA_BASE=str(base / "mnesia"),
+            RABBITMQ_LOG_BASE=str(base / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(base / "enabled_plugins"),
+            RABBITMQ_CONFIG_FILE=str(base / "rabbitmq.conf"),
+            # /etc/rabbitmq/rabbitmq-env.conf names the shared node; it must never be read.
+            RABBITMQ_CONF_ENV_FILE=str(base / "rabbitmq-env.conf"),
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            ERL_CRASH_DUMP=str(base / "log" / "erl_crash.dump"),
+        )
+        return env
+
+    def _write_files(self) -> None:
+        s, base = self._spec, self._spec.base_dir
+        for sub in ("mnesia", "log", "home"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "enabled_plugins").write_text("[].\n")
+        (base / "rabbitmq-env.conf").write_text("# private vsmd node: nothing to add\n")
+        (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = {_HOST}:{s.port}\n")
+
+    def start(self) -> None:
+        if self.is_running():
+            return
+        s = self._spec
+        if tcp_answers(_HOST, s.port):
+            msg = f"cannot start RabbitMQ node {s.name}: {_HOST}:{s.port} is already taken"
+            raise BrokerError(msg, node=s.name, port=s.port)
+        self._write_files()
+        server = _tool("rabbitmq-server")
+        # A hard limit below the request (no CAP_SYS_RESOURCE) must not keep the node from starting.
+        script = (
+            f'{{ ulimit -n {self._nofile} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; }} && '
+            f'echo "vsmd: open-files limit $(ulimit -n)" && exec {shlex.quote(server)}'
+        )
+        with self.console_log.open("ab") as log:
+            log.write(f"--- vsmd: starting {s.name} on {_HOST}:{s.port}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                ["bash", "-c", script],
+                env=self._env(),
+                cwd=s.base_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self._start_timeout
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                self._proc = None
+                raise self._start_failure(f"rabbitmq-server exited with status {code}")
+            remaining = deadline - time.monotonic()
+            if tcp_answers(_HOST, s.port, 0.2) and broker_answers(
+                self.url, timeout=min(2.0, max(0.5, remaining))
+            ):
+                return
+            if remaining <= 0:
+                self._terminate(self._proc, time.monotonic() + 10.0)
+                self._proc = None
+                raise self._start_failure(f"no AMQP answer within {self._start_timeout:g}s")
+            time.sleep(_POLL)
+
+    def _start_failure(self, what: str) -> BrokerError:
+        s = self._spec
+        node_log = s.base_dir / "log" / f"{s.name}.log"
+        try:
+            lines = self.console_log.read_text(errors="replace").splitlines()[-20:]
+        except OSError:
+            lines = ["(console log unreadable)"]
+        tail = "\n".join("    " + line[:300] for line in lines)
+        return BrokerError(
+            f"could not start private RabbitMQ node {s.name} on {_HOST}:{s.port} "
+            f"(data in {s.base_dir}): {what}. Console log: {self.console_log}; "
+            f"node log: {node_log}. Last console lines:\n{tail}",
+            node=s.name,
+            port=s.port,
+            log=str(self.console_log),
+        )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        start = time.monotonic()
+        deadline = start + timeout
+        if proc.poll() is None:
+            family = _descendants(proc.pid)
+            # If rabbitmqctl fails or hangs, the signals in _terminate still bring the node down.
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError, BrokerError):
+                if self._rabbitmqctl("stop", timeout=max(1.0, timeout * 0.4)):
+                    _wait_exit(proc, start + timeout * 0.6)
+            self._terminate(proc, deadline)
+            for p in family:  # erl_child_setup and friends live in sessions of their own
+                _kill_quietly(p)
+        self._proc = None
+        s = self._spec
+        while tcp_answers(_HOST, s.port, 0.2):
+            if time.monotonic() >= deadline:
+                msg = f"node {s.name} is gone but {_HOST}:{s.port} still answers after {timeout:g}s"
+                raise BrokerError(msg, node=s.name, port=s.port)
+            time.sleep(_POLL)
+
+    def _rabbitmqctl(self, *args: str, timeout: float) -> bool:
+        # Same env as the node: HOME selects its cookie, and -n keeps us off the shared node.
+        cmd = [_tool("rabbitmqctl"), "-n", self._spec.name, *args]
+        with self.console_log.open("ab") as log:
+            done = subprocess.run(
+                cmd,
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+            )
+        return done.returncode == 0
+
+    def _terminate(self, proc: subprocess.Popen[bytes], deadline: float) -> None:
+        family = _descendants(proc.pid) if proc.poll() is None else []
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            # Only while unreaped: afterwards the group id could belong to someone else.
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            now = time.monotonic()
+            _wait_exit(proc, max(deadline - 2.0, now + 1.0) if sig == signal.SIGTERM else now + 5.0)
+        if proc.poll() is None:
+            raise BrokerError(f"RabbitMQ node {self._spec.name} (pid {proc.pid}) survived SIGKILL")
+        for p in family:
+            _kill_quietly(p)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _kill_quietly(p: psutil.Process) -> None:
+    with contextlib.suppress(psutil.Error):
+        p.kill()  # psutil refuses if the pid now belongs to a different process
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], until: float) -> None:
+    while proc.poll() is None and time.monotonic() < until:
+        time.sleep(_POLL)

@@ -1,0 +1,132 @@
+"""The daemon's one connection: admin queue, the tree's exchange, and the daemon's own queue."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.spec
+
+from vsmd.bus.connection import CONNECTION_ERRORS, close_quietly, connect, describe, redact
+from vsmd.bus.topology import Topology
+from vsmd.errors import BrokerError
+
+log = logging.getLogger("vsmd.bus")
+
+AdminHandler = Callable[[pika.spec.BasicProperties, bytes], None]
+EventHandler = Callable[[str, pika.spec.BasicProperties, bytes], None]
+
+
+class DaemonBus:
+    """Owned by the daemon's loop thread; only :meth:`wake` may be called from other threads."""
+
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        heartbeat: int,
+        on_admin: AdminHandler,
+        on_event: EventHandler,
+    ) -> None:
+        self.url = url
+        self.topo = topology
+        self.heartbeat = heartbeat
+        self._on_admin = on_admin
+        self._on_event = on_event
+        self._conn: pika.BlockingConnection | None = None
+        self._ch: Any = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def connect(self) -> None:
+        conn = connect(self.url, self.heartbeat)
+        try:
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=256)
+            ch.exchange_declare(self.topo.exchange, exchange_type="topic", durable=True)
+            ch.queue_declare(self.topo.admin_queue, durable=True)
+            ch.queue_declare(self.topo.daemon_queue, arguments={"x-expires": 600_000})
+            ch.queue_bind(self.topo.daemon_queue, self.topo.exchange, "up.#")
+            ch.basic_consume(self.topo.admin_queue, self._admin_cb)
+            ch.basic_consume(self.topo.daemon_queue, self._event_cb, auto_ack=True)
+        except CONNECTION_ERRORS as exc:
+            close_quietly(conn)
+            raise BrokerError(
+                f"cannot set up topology on {redact(self.url)}: {describe(exc)}"
+            ) from None
+        self._conn, self._ch = conn, ch
+        log.info("connected to %s, namespace %s", redact(self.url), self.topo.namespace)
+
+    def _admin_cb(
+        self, ch: Any, method: Any, props: pika.spec.BasicProperties, body: bytes
+    ) -> None:
+        # Ack first: the request is ours now; a failure inside is answered, never redelivered
+        # into a loop of the same failure.
+        ch.basic_ack(method.delivery_tag)
+        self._on_admin(props, body)
+
+    def _event_cb(
+        self, _ch: Any, method: Any, props: pika.spec.BasicProperties, body: bytes
+    ) -> None:
+        self._on_event(method.routing_key, props, body)
+
+    def _lost(self, exc: BaseException) -> BrokerError:
+        close_quietly(self._conn)
+        self._conn, self._ch = None, None
+        return BrokerError(f"lost the broker: {describe(exc)}")
+
+    def pump(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for deliveries or a wake-up and dispatch them."""
+        if self._conn is None:
+            raise BrokerError("not connected")
+        try:
+            self._conn.process_data_events(time_limit=timeout)
+        except CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from None
+
+    def wake(self) -> None:
+        """Make a blocked :meth:`pump` return now (thread-safe)."""
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.add_callback_threadsafe(lambda: None)
+
+    def reply(self, props: pika.spec.BasicProperties, body: bytes) -> None:
+        if not props.reply_to:
+            return
+        self.publish("", props.reply_to, body, props.correlation_id)
+
+    def publish(
+        self, exchange: str, key: str, body: bytes, correlation_id: str | None = None
+    ) -> None:
+        if self._ch is None:
+            log.warning("dropping a message to %s: no broker connection", key)
+            return
+        try:
+            self._ch.basic_publish(
+                exchange,
+                key,
+                body,
+                pika.BasicProperties(
+                    correlation_id=correlation_id, content_type="application/json"
+                ),
+            )
+        except CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from None
+
+    def delete_queue(self, queue: str) -> None:
+        if self._ch is None:
+            return  # x-expires removes it once the broker is back and nobody uses it
+        try:
+            self._ch.queue_delete(queue)
+        except CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from None
+
+    def close(self) -> None:
+        close_quietly(self._conn)
+        self._conn, self._ch = None, None

@@ -1,0 +1,124 @@
+"""``vsmd run``: the daemon's command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from vsmd.config import DEFAULT_BROKER_URL, Config, load_config
+from vsmd.errors import BrokerError, VsmdError
+
+if TYPE_CHECKING:
+    from vsmd.broker.embedded import EmbeddedBroker
+
+EXIT_CONFIG = 2
+EXIT_NO_BROKER = 3
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="The vsmd daemon.")
+
+
+@app.callback()
+def _root() -> None:
+    """Host recursive trees of VSM processes."""
+
+
+def _resolve_broker(config: Config) -> tuple[Config, EmbeddedBroker | None]:
+    """Turn ``embedded`` / ``auto`` into a URL, starting a private node when asked to."""
+    import dataclasses
+
+    from vsmd.broker.embedded import EmbeddedBroker
+    from vsmd.broker.probe import broker_answers
+
+    url = config.broker_url
+    if url == "auto":
+        if broker_answers(DEFAULT_BROKER_URL):
+            return dataclasses.replace(config, broker_url=DEFAULT_BROKER_URL), None
+        url = "embedded"
+    if url != "embedded":
+        return config, None
+    node = EmbeddedBroker(
+        config.state_dir / "broker",
+        name=f"vsmd-{config.namespace}",
+        nofile=config.embedded_broker_nofile,
+    )
+    logging.getLogger("vsmd").info("starting an embedded RabbitMQ node (about 5 s)")
+    node.start()
+    return dataclasses.replace(config, broker_url=node.url), node
+
+
+@app.command()
+def run(
+    config_file: Annotated[
+        Path | None, typer.Option("--config", envvar="VSM_CONFIG", help="TOML config file.")
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            help="AMQP URL, 'embedded' (private RabbitMQ node) or 'auto' "
+            "(the default URL if it answers, else embedded). Env: VSM_BROKER_URL."
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="Prefix of every queue and exchange. Env: VSM_NAMESPACE.")
+    ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Where vsmd keeps its state. Env: VSM_STATE_DIR.")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="Spawn strategy: forkserver or exec.")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+) -> None:
+    """Run the daemon in the foreground until SIGTERM or SIGINT."""
+    try:
+        config = load_config(
+            config_file,
+            overrides={
+                "broker_url": broker,
+                "namespace": namespace,
+                "state_dir": state_dir,
+                "spawn_strategy": strategy,
+                "log_level": log_level,
+            },
+        )
+    except VsmdError as err:
+        typer.echo(f"vsmd: {err.message}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pika narrates every connection at INFO; keep the daemon's own log readable.
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    raise typer.Exit(_run(config))
+
+
+def _run(config: Config) -> int:
+    from vsmd.daemon import Daemon
+
+    node: EmbeddedBroker | None = None
+    try:
+        config, node = _resolve_broker(config)
+        return Daemon(config).run()
+    except BrokerError as err:
+        typer.echo(
+            f"vsmd: no broker: {err.message}. Start one (rabbitmq-server -detached), point "
+            f"--broker/VSM_BROKER_URL at one, or use --broker embedded.",
+            err=True,
+        )
+        return EXIT_NO_BROKER
+    except VsmdError as err:
+        typer.echo(f"vsmd: {err.code}: {err.message}", err=True)
+        return 1
+    finally:
+        if node is not None:
+            node.stop()
+
+
+def main() -> None:
+    app()

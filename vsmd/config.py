@@ -1,0 +1,140 @@
+"""Daemon configuration: one typed object, built once from defaults, TOML, env and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vsmd.errors import ConfigError
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
+SPAWN_STRATEGIES = ("forkserver", "exec")
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+# Environment variables and the option each one sets.
+ENV_VARS = {
+    "VSM_BROKER_URL": "broker_url",
+    "VSM_NAMESPACE": "namespace",
+    "VSM_STATE_DIR": "state_dir",
+    "VSM_SPAWN_STRATEGY": "spawn_strategy",
+}
+
+
+def check_name(value: str, what: str, max_len: int = 32) -> str:
+    """Names become words of AMQP routing keys and queue names, so keep them to a safe alphabet."""
+    if not value or len(value) > max_len or not set(value) <= NAME_CHARS:
+        raise ConfigError(
+            f"invalid {what} {value!r}: use 1-{max_len} characters of a-z, 0-9, '_' and '-'"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    broker_url: str = DEFAULT_BROKER_URL
+    namespace: str = "vsm"
+    state_dir: Path = Path("/var/lib/vsmd")
+    spawn_strategy: str = "forkserver"
+    # Each VSM holds one AMQP connection; the broker's open-files limit caps the tree.
+    max_total: int = 500
+    max_depth: int = 8
+    max_children: int = 200
+    spawn_timeout: float = 15.0
+    stop_timeout: float = 5.0
+    max_message_bytes: int = 65536
+    heartbeat: int = 30
+    reconnect_max_backoff: float = 5.0
+    log_level: str = "INFO"
+    embedded_broker_nofile: int = 65536  # capped at the hard limit
+    default_agent: str = "noop"
+    agent_modules: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        check_name(self.namespace, "namespace")
+        if self.spawn_strategy not in SPAWN_STRATEGIES:
+            raise ConfigError(
+                f"invalid spawn_strategy {self.spawn_strategy!r}: "
+                f"use one of {', '.join(SPAWN_STRATEGIES)}"
+            )
+        for name in ("max_total", "max_depth", "max_children", "max_message_bytes", "heartbeat"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"invalid {name} {getattr(self, name)!r}: must be at least 1")
+        for name in ("spawn_timeout", "stop_timeout", "reconnect_max_backoff"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"invalid {name} {getattr(self, name)!r}: must be above 0")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"invalid log_level {self.log_level!r}")
+
+
+def _number(raw: Any, integer: bool) -> float | int:
+    # bool is an int in Python, and 1.5 is no count of anything.
+    if isinstance(raw, bool) or (integer and isinstance(raw, float) and not raw.is_integer()):
+        raise ValueError
+    return int(raw) if integer else float(raw)
+
+
+def _strings(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        return tuple(p for p in raw.split(",") if p)
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise ValueError
+    return tuple(raw)
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = str({f.name: f for f in dataclasses.fields(Config)}[name].type)
+    try:
+        if kind in ("int", "float"):
+            return _number(raw, kind == "int")
+        if kind == "Path":
+            return Path(str(raw))
+        if kind == "tuple[str, ...]":
+            return _strings(raw)
+        if not isinstance(raw, str):
+            raise ValueError
+        return raw
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid value for {name}: {raw!r} is not a {kind}") from None
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    section = data.get("vsmd", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [vsmd] must be a table")
+    return section
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults < TOML file < environment < explicit overrides (command-line flags)."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    values: dict[str, Any] = {}
+    env = os.environ if env is None else env
+    if path is None and env.get("VSM_CONFIG"):
+        path = Path(env["VSM_CONFIG"])
+    if path is not None:
+        for key, raw in _from_toml(path).items():
+            if key not in known:
+                raise ConfigError(f"unknown option {key!r} in {path}")
+            values[key] = _coerce(key, raw)
+    for var, key in ENV_VARS.items():
+        if env.get(var):
+            values[key] = _coerce(key, env[var])
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            values[key] = _coerce(key, raw)
+    return Config(**values)

@@ -1,0 +1,139 @@
+"""The control plane: one handler per admin command, looked up in an explicit registry.
+
+Every request gets exactly one reply, an error reply for anything malformed or refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from vsmd import __version__
+from vsmd.config import Config
+from vsmd.errors import ProtocolError, Unauthorized, VsmdError
+from vsmd.protocol import (
+    Command,
+    Envelope,
+    ListVsms,
+    Ping,
+    Show,
+    Spawn,
+    SpawnConfig,
+    Terminate,
+    VsmInfo,
+    error_reply,
+    ok_reply,
+    parse_request,
+)
+from vsmd.spawn_manager import SpawnManager
+
+log = logging.getLogger("vsmd.control")
+
+Respond = Callable[[bytes], None]
+T = TypeVar("T")
+Handler = Callable[["Control", Any, Respond], None]
+
+
+def _answer_when_done(fut: Future[T], respond: Respond, shape: Callable[[T], Any]) -> None:
+    def done(f: Future[T]) -> None:
+        exc = f.exception()
+        if exc is None:
+            respond(ok_reply(shape(f.result())))
+        elif isinstance(exc, VsmdError):
+            respond(error_reply(exc))
+        else:
+            log.error("internal error: %r", exc)
+            respond(error_reply(VsmdError(f"internal error: {exc}")))
+
+    fut.add_done_callback(done)
+
+
+class Control:
+    def __init__(self, config: Config, manager: SpawnManager) -> None:
+        self.config = config
+        self.manager = manager
+        self.started = time.time()
+
+    # --- admin requests --------------------------------------------------------------------
+
+    def handle_admin(self, body: bytes, respond: Respond) -> None:
+        try:
+            command = parse_request(body, self.config.max_message_bytes)
+            handler = HANDLERS[type(command)]
+            handler(self, command, respond)
+        except VsmdError as err:
+            log.info("admin request refused: %s %s", err.code, err.message)
+            respond(error_reply(err))
+
+    def ping(self, _cmd: Ping, respond: Respond) -> None:
+        respond(
+            ok_reply(
+                {
+                    "pong": True,
+                    "version": __version__,
+                    "namespace": self.config.namespace,
+                    "pid": os.getpid(),
+                    "uptime": round(time.time() - self.started, 3),
+                    "vsms": len(self.manager.registry),
+                }
+            )
+        )
+
+    def spawn(self, cmd: Spawn, respond: Respond) -> None:
+        fut = self.manager.spawn_recursive_vsm(
+            cmd.parent, SpawnConfig(name=cmd.name, agent=cmd.agent, settings=cmd.config)
+        )
+        _answer_when_done(fut, respond, VsmInfo.to_dict)
+
+    def list(self, cmd: ListVsms, respond: Respond) -> None:
+        infos = self.manager.list_child_vsms(cmd.parent, cmd.recursive)
+        respond(ok_reply([i.to_dict() for i in infos]))
+
+    def show(self, cmd: Show, respond: Respond) -> None:
+        respond(ok_reply(self.manager.show(cmd.id).to_dict()))
+
+    def terminate(self, cmd: Terminate, respond: Respond) -> None:
+        if cmd.timeout is not None and not 0 < cmd.timeout <= 3600:
+            raise ProtocolError(
+                "terminate: 'timeout' must be between 0 and 3600 seconds", field="timeout"
+            )
+        fut = self.manager.terminate_child_vsm(cmd.id, cmd.timeout)
+        _answer_when_done(fut, respond, lambda ids: {"terminated": ids})
+
+    # --- requests from VSMs over the tree's exchange ---------------------------------------
+
+    def handle_vsm(self, path: str, kind: str, body: bytes, respond: Respond) -> None:
+        try:
+            env = Envelope.decode(body, self.config.max_message_bytes)
+            sender = self.manager.registry.find(env.sender)
+            # The routing key carries the sender's path; it must be the VSM it claims to be.
+            if sender is None or sender.path != path:
+                raise Unauthorized(f"message from {env.sender[:64]!r} does not match path {path!r}")
+            if kind == "ready":
+                pid = env.body.get("pid")
+                self.manager.on_ready(sender.id, pid if isinstance(pid, int) else 0)
+            elif kind == "spawn":
+                cmd = Spawn.from_args(env.body)
+                # A VSM may only create children of its own: its authority is its subtree.
+                fut = self.manager.spawn_recursive_vsm(
+                    sender.id, SpawnConfig(name=cmd.name, agent=cmd.agent, settings=cmd.config)
+                )
+                _answer_when_done(fut, respond, VsmInfo.to_dict)
+            else:
+                raise ProtocolError(f"unknown message kind {kind[:64]!r}")
+        except VsmdError as err:
+            log.info("request from VSM %s refused: %s %s", path, err.code, err.message)
+            respond(error_reply(err))
+
+
+HANDLERS: dict[type[Command], Handler] = {
+    Ping: Control.ping,
+    Spawn: Control.spawn,
+    ListVsms: Control.list,
+    Show: Control.show,
+    Terminate: Control.terminate,
+}

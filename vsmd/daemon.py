@@ -1,0 +1,212 @@
+"""Wiring of the daemon: bus, fork server, SpawnManager and control plane around one loop.
+
+Threads: the loop thread owns everything; the fork-server reader and the signal watcher only
+queue events and wake the loop. Signal handlers only record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pika.spec
+
+from vsmd.agents import build_registry
+from vsmd.bus.connection import redact
+from vsmd.bus.daemon_bus import DaemonBus
+from vsmd.bus.topology import Topology
+from vsmd.config import Config
+from vsmd.control import Control
+from vsmd.errors import BrokerError, ProtocolError
+from vsmd.protocol import error_reply
+from vsmd.registry import VsmRecord
+from vsmd.spawn_manager import SpawnManager
+from vsmd.supervisor.pool import ForkServerPool
+from vsmd.timers import Timers
+
+log = logging.getLogger("vsmd")
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.topo = Topology(config.namespace)
+        self.timers = Timers()
+        self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self.agents = build_registry(config.agent_modules)
+        self.pool = ForkServerPool(self._post, config.agent_modules, config.spawn_strategy)
+        self.bus = DaemonBus(
+            config.broker_url, self.topo, config.heartbeat, self._on_admin, self._on_bus_event
+        )
+        self.manager = SpawnManager(
+            config, self.pool, self.timers, self.agents, on_removed=self._on_removed
+        )
+        self.control = Control(config, self.manager)
+        self._signals: list[int] = []
+        self._backoff = 0.2
+        self._next_connect = 0.0
+        self._stop_deadline: float | None = None
+        self._stop_futures: list[Any] = []
+
+    # --- cross-thread plumbing -------------------------------------------------------------
+
+    def _post(self, event: dict[str, Any]) -> None:
+        self.events.put(event)
+        self.bus.wake()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)
+
+    def _watch_signals(self, fd: int) -> None:
+        while True:
+            with contextlib.suppress(InterruptedError):
+                select.select([fd], [], [])
+            try:
+                data = os.read(fd, 64)
+            except BlockingIOError:
+                continue
+            if not data:
+                return
+            self._post({"ev": "signal"})
+
+    def _install_signals(self) -> None:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        threading.Thread(target=self._watch_signals, args=(r,), name="signals", daemon=True).start()
+
+    # --- events ----------------------------------------------------------------------------
+
+    def _on_admin(self, props: pika.spec.BasicProperties, body: bytes) -> None:
+        self.control.handle_admin(body, self._responder(props))
+
+    def _responder(self, props: pika.spec.BasicProperties) -> Callable[[bytes], None]:
+        sent = False
+
+        def respond(reply: bytes) -> None:
+            nonlocal sent
+            if sent:  # exactly one reply per request
+                return
+            sent = True
+            try:
+                self.bus.reply(props, reply)
+            except BrokerError as err:
+                log.warning("reply lost: %s", err.message)
+
+        return respond
+
+    def _on_bus_event(self, key: str, props: pika.spec.BasicProperties, body: bytes) -> None:
+        split = self.topo.path_of_up_key(key)
+        respond = self._responder(props)
+        if split is None:
+            respond(error_reply(ProtocolError(f"bad routing key {key[:100]!r}")))
+            return
+        self.control.handle_vsm(split[0], split[1], body, respond)
+
+    def _on_removed(self, rec: VsmRecord) -> None:
+        try:
+            self.bus.delete_queue(self.topo.inbox(rec.id))
+        except BrokerError as err:
+            log.warning("could not delete the inbox of %s: %s", rec.id, err.message)
+
+    def _handle_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("ev")
+        if kind == "spawned":
+            self.manager.on_spawned(ev["vsm_id"], ev["pid"])
+        elif kind == "spawn_failed":
+            self.manager.on_spawn_failed(ev["vsm_id"], ev["error"])
+        elif kind == "exited":
+            self.manager.on_exited(ev["vsm_id"], ev["pid"], ev["code"], ev["signal"])
+        elif kind == "forkserver_exited" and self._stop_deadline is None:
+            # Every VSM had the fork server as parent and a death signal on it: they are gone.
+            log.error("the fork server died; its VSMs died with it; starting a new one")
+            for rec in self.manager.registry.all():
+                if rec.pid is not None:
+                    self.manager.on_exited(rec.id, rec.pid, None, signal.SIGKILL)
+            self.pool.stop()
+            self.pool.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                ev = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self._handle_event(ev)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _begin_stop(self) -> None:
+        if self._stop_deadline is not None:
+            log.warning("second signal: killing every VSM now")
+            self._stop_deadline = 0.0
+            return
+        log.info("stopping: terminating every VSM, leaves first")
+        self._stop_futures = self.manager.shutdown()
+        budget = self.config.stop_timeout * (self.config.max_depth + 1) + 5.0
+        self._stop_deadline = time.monotonic() + budget
+
+    def _stopped(self) -> bool:
+        if self._stop_deadline is None:
+            return False
+        if all(f.done() for f in self._stop_futures):
+            return True
+        return time.monotonic() >= self._stop_deadline
+
+    def _wait(self, timeout: float) -> None:
+        if self.bus.connected:
+            try:
+                self.bus.pump(timeout)
+            except BrokerError as err:
+                log.warning("%s; VSMs keep running; reconnecting", err.message)
+                self._backoff = 0.2
+                self._next_connect = time.monotonic()
+            return
+        if time.monotonic() >= self._next_connect:
+            try:
+                self.bus.connect()
+                log.info("broker is back; answering again")
+                return
+            except BrokerError as err:
+                self._next_connect = time.monotonic() + self._backoff
+                log.warning("%s; retrying in %.1f s", err.message, self._backoff)
+                self._backoff = min(self._backoff * 2, self.config.reconnect_max_backoff)
+        # No broker: still hear the fork server (exits), so supervision goes on meanwhile.
+        with contextlib.suppress(queue.Empty):
+            wait = max(0.0, min(timeout, self._next_connect - time.monotonic()))
+            self._handle_event(self.events.get(timeout=wait))
+
+    def run(self) -> int:
+        self.bus.connect()  # raises BrokerError: the caller reports it and exits 3
+        self._install_signals()
+        self.pool.start()
+        log.info(
+            "vsmd ready: namespace %s, broker %s, strategy %s, max_total %d",
+            self.config.namespace,
+            redact(self.config.broker_url),
+            self.config.spawn_strategy,
+            self.config.max_total,
+        )
+        try:
+            while not self._stopped():
+                self._wait(self.timers.next_delay(1.0))
+                while self._signals:
+                    self._signals.pop()
+                    self._begin_stop()
+                self._drain()
+                self.timers.run_due()
+        finally:
+            self.pool.stop()
+            self.bus.close()
+        log.info("vsmd stopped")
+        return 0

@@ -1,0 +1,168 @@
+"""The daemon's registry of VSMs: records, their states and the one transition function."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from vsmd.errors import NotFound
+from vsmd.protocol import VsmInfo
+from vsmd.timers import Timer
+
+
+class Status(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    FAILED = "failed"
+
+
+LIVE = frozenset({Status.STARTING, Status.RUNNING, Status.STOPPING})
+
+# Every edge the lifecycle allows; anything else is a bug and raises.
+_EDGES: dict[Status, frozenset[Status]] = {
+    # STARTING -> RUNNING: the VSM reported ready; -> FAILED: it died or timed out first;
+    # STARTING -> STOPPING: terminated while still starting.
+    Status.STARTING: frozenset({Status.RUNNING, Status.FAILED, Status.STOPPING}),
+    # RUNNING -> STOPPING: a commanded stop; -> EXITED/FAILED: it ended on its own.
+    Status.RUNNING: frozenset({Status.STOPPING, Status.EXITED, Status.FAILED}),
+    # STOPPING -> EXITED: the commanded stop finished, however it ended.
+    Status.STOPPING: frozenset({Status.EXITED}),
+    # EXITED/FAILED -> STARTING: restarted; -> STOPPING: terminate of a dead VSM (no process).
+    Status.EXITED: frozenset({Status.STARTING, Status.STOPPING}),
+    Status.FAILED: frozenset({Status.STARTING, Status.STOPPING}),
+}
+
+
+def transition(current: Status, new: Status) -> Status:
+    if new not in _EDGES[current]:
+        raise AssertionError(f"illegal VSM state change {current} -> {new}")
+    return new
+
+
+@dataclass
+class VsmRecord:
+    id: str
+    name: str
+    parent: str | None
+    path: str
+    depth: int
+    agent: str
+    config: dict[str, Any]
+    status: Status = Status.STARTING
+    pid: int | None = None
+    started_at: float | None = None
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    children: list[str] = field(default_factory=list)
+    restarts: int = 0
+    last_exit: str | None = None
+    last_reason: str | None = None
+    forking: bool = False  # asked the fork server, no pid reported yet
+    term_sent: bool = False
+    timer: Timer | None = None  # spawn deadline or kill deadline, whichever applies now
+
+    def set_status(self, new: Status) -> None:
+        self.status = transition(self.status, new)
+
+    @property
+    def has_process(self) -> bool:
+        return self.pid is not None or self.forking
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE
+
+    def info(self) -> VsmInfo:
+        return VsmInfo(
+            id=self.id,
+            name=self.name,
+            parent=self.parent,
+            path=self.path,
+            depth=self.depth,
+            pid=self.pid,
+            status=str(self.status),
+            agent=self.agent,
+            config=self.config,
+            started_at=self.started_at,
+            exit_code=self.exit_code,
+            children=list(self.children),
+            restarts=self.restarts,
+            last_exit=self.last_exit,
+            last_reason=self.last_reason,
+        )
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._by_id: dict[str, VsmRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, vsm_id: object) -> bool:
+        return vsm_id in self._by_id
+
+    def get(self, vsm_id: str) -> VsmRecord:
+        rec = self._by_id.get(vsm_id)
+        if rec is None:
+            raise NotFound(f"no VSM with id {vsm_id[:64]!r}", id=vsm_id[:64])
+        return rec
+
+    def find(self, vsm_id: str) -> VsmRecord | None:
+        return self._by_id.get(vsm_id)
+
+    def add(self, rec: VsmRecord) -> None:
+        self._by_id[rec.id] = rec
+        if rec.parent is not None:
+            self._by_id[rec.parent].children.append(rec.id)
+
+    def remove(self, vsm_id: str) -> VsmRecord:
+        rec = self._by_id.pop(vsm_id)
+        parent = self._by_id.get(rec.parent) if rec.parent else None
+        if parent is not None and vsm_id in parent.children:
+            parent.children.remove(vsm_id)
+        return rec
+
+    def roots(self) -> list[VsmRecord]:
+        return [r for r in self._by_id.values() if r.parent is None]
+
+    def all(self) -> Iterator[VsmRecord]:
+        return iter(list(self._by_id.values()))
+
+    def live_count(self) -> int:
+        return sum(1 for r in self._by_id.values() if r.live)
+
+    def subtree(self, vsm_id: str) -> list[VsmRecord]:
+        """The VSM and its descendants, leaves first (post-order)."""
+        out: list[VsmRecord] = []
+
+        def walk(rec: VsmRecord) -> None:
+            for child_id in list(rec.children):
+                walk(self._by_id[child_id])
+            out.append(rec)
+
+        walk(self.get(vsm_id))
+        return out
+
+    def descendants(self, vsm_id: str | None) -> list[VsmRecord]:
+        """Pre-order (parents before children) below ``vsm_id``, or the whole forest."""
+        starts = (
+            self.roots() if vsm_id is None else [self._by_id[c] for c in self.get(vsm_id).children]
+        )
+        out: list[VsmRecord] = []
+        stack = list(reversed(starts))
+        while stack:
+            rec = stack.pop()
+            out.append(rec)
+            stack.extend(self._by_id[c] for c in reversed(rec.children))
+        return out
+
+    def sibling_named(self, parent: str | None, name: str) -> VsmRecord | None:
+        siblings = (
+            self.roots() if parent is None else [self._by_id[c] for c in self.get(parent).children]
+        )
+        return next((r for r in siblings if r.name == name), None)

@@ -1,0 +1,192 @@
+"""The fork server (zygote): a single-threaded process that imports the VSM runtime once and
+forks VSMs on request, so a spawn costs a fork instead of a fresh interpreter.
+
+It is the OS parent of every VSM: it reaps them and reports ``(pid, status)`` to the daemon over
+a SOCK_SEQPACKET socket (one orjson message per packet). It dies with the daemon (death signal,
+and EOF on the socket), and every VSM dies with it (death signal), so nothing outlives vsmd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any, NoReturn
+
+import orjson
+
+from vsmd.agents import AgentRegistry, build_registry
+from vsmd.runtime import run_vsm
+from vsmd.spec import VsmSpec
+from vsmd.supervisor.oscalls import (
+    OsCalls,
+    RealOs,
+    become_subreaper,
+    describe_status,
+    die_with_parent,
+)
+
+log = logging.getLogger("vsmd.forkserver")
+MAX_PACKET = 1 << 20
+EXIT_CHILD_SETUP = 70
+
+
+class ForkServer:
+    def __init__(
+        self, sock: socket.socket, registry: AgentRegistry, oscalls: OsCalls | None = None
+    ) -> None:
+        self.sock = sock
+        self.registry = registry
+        self.os: OsCalls = oscalls or RealOs()
+        self.children: dict[int, str] = {}  # pid -> vsm id, until reaped
+        self._wake_r, self._wake_w = os.pipe()
+        self.freeze = True
+
+    def send(self, msg: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.send(orjson.dumps(msg))
+
+    # --- requests from the daemon ----------------------------------------------------------
+
+    def handle(self, msg: dict[str, Any]) -> bool:
+        """Act on one request; False when the daemon asked us to leave."""
+        op = msg.get("op")
+        if op == "spawn":
+            self.spawn(msg)
+        elif op == "kill":
+            self.kill(int(msg["pid"]), int(msg["sig"]))
+        elif op == "shutdown":
+            return False
+        return True
+
+    def spawn(self, msg: dict[str, Any]) -> None:
+        spec = VsmSpec.from_dict(msg["spec"])
+        if self.freeze and msg.get("gc_freeze", True):
+            # Move everything imported so far out of the collector's reach so the child's
+            # first collection does not write to (and un-share) every page.
+            gc.freeze()
+        try:
+            pid = self.os.fork()
+        except OSError as exc:
+            self.send(
+                {
+                    "ev": "spawn_failed",
+                    "vsm_id": spec.vsm_id,
+                    "error": f"fork failed: {os.strerror(exc.errno or errno.EAGAIN)}",
+                }
+            )
+            return
+        if pid == 0:
+            self._child(spec, msg.get("strategy", "forkserver"))
+        self.children[pid] = spec.vsm_id
+        self.send({"ev": "spawned", "vsm_id": spec.vsm_id, "pid": pid})
+
+    def kill(self, pid: int, sig: int) -> None:
+        # Only processes we have not reaped yet: their pids cannot have been reused.
+        if pid not in self.children:
+            return
+        try:
+            self.os.killpg(pid, sig)
+        except ProcessLookupError:
+            # Between fork and setsid the child has no group of its own yet.
+            with contextlib.suppress(ProcessLookupError):
+                self.os.kill(pid, sig)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = self.os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            vsm_id = self.children.pop(pid, None)
+            if vsm_id is None:
+                continue  # an agent's orphaned subprocess, re-parented to us: reaped, done
+            code, sig = describe_status(status)
+            self.send({"ev": "exited", "vsm_id": vsm_id, "pid": pid, "code": code, "signal": sig})
+
+    def kill_all(self) -> None:
+        for pid in list(self.children):
+            self.kill(pid, signal.SIGKILL)
+
+    # --- the child side of fork ------------------------------------------------------------
+
+    def _child(self, spec: VsmSpec, strategy: str) -> NoReturn:
+        code = EXIT_CHILD_SETUP
+        try:
+            os.setsid()  # own session and process group: a terminate kills the agent's helpers too
+            die_with_parent(signal.SIGKILL)
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            self.sock.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            if strategy == "exec":
+                os.execv(
+                    sys.executable,
+                    [sys.executable, "-m", "vsmd.runtime", orjson.dumps(spec.to_dict()).decode()],
+                )
+            gc.enable()
+            code = run_vsm(spec, self.registry)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                print(f"vsm {spec.vsm_id}: start failed: {exc!r}", file=sys.stderr)
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(code)
+
+    # --- main loop -------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w)
+        # A Python-level handler (not SIG_IGN) so the wakeup fd gets the signal and waitpid works.
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the daemon decides when we go
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-c reaches the daemon, which stops us
+        self.send({"ev": "hello", "pid": os.getpid()})
+        try:
+            self._loop()
+        finally:
+            self.kill_all()
+            self.reap()
+
+    def _loop(self) -> None:
+        while True:
+            readable, _, _ = select.select([self.sock.fileno(), self._wake_r], [], [])
+            if self._wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                self.reap()
+            if self.sock.fileno() in readable:
+                raw = self.sock.recv(MAX_PACKET)
+                if not raw:
+                    return  # the daemon is gone: our lifeline
+                if not self.handle(orjson.loads(raw)):
+                    return
+            self.reap()
+
+
+def main() -> None:
+    """``python -m vsmd.supervisor.forkserver FD [AGENT_MODULE ...]``"""
+    fd = int(sys.argv[1])
+    die_with_parent(signal.SIGKILL)
+    become_subreaper()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    sock = socket.socket(fileno=fd)
+    registry = build_registry(sys.argv[2:])
+    gc.collect()
+    ForkServer(sock, registry).serve()
+
+
+if __name__ == "__main__":
+    main()

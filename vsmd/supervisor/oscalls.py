@@ -1,0 +1,73 @@
+"""The seam between the supervisor and the OS, so crash paths get unit tests without processes."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+from typing import Protocol
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class OsCalls(Protocol):
+    def fork(self) -> int: ...
+
+    def waitpid(self, pid: int, options: int) -> tuple[int, int]: ...
+
+    def killpg(self, pgid: int, sig: int) -> None: ...
+
+    def kill(self, pid: int, sig: int) -> None: ...
+
+
+class RealOs:
+    """The real thing."""
+
+    def fork(self) -> int:
+        return os.fork()
+
+    def waitpid(self, pid: int, options: int) -> tuple[int, int]:
+        return os.waitpid(pid, options)
+
+    def killpg(self, pgid: int, sig: int) -> None:
+        os.killpg(pgid, sig)
+
+    def kill(self, pid: int, sig: int) -> None:
+        os.kill(pid, sig)
+
+
+def _prctl(option: int, arg: int) -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``sig`` when the thread that forked us ends (PR_SET_PDEATHSIG)."""
+    _prctl(PR_SET_PDEATHSIG, sig)
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants are re-parented to us instead of init, so we reap them."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def describe_status(status: int) -> tuple[int | None, int | None]:
+    """(exit code, signal) from a waitpid status."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return None, None
+
+
+def exit_text(code: int | None, sig: int | None) -> str:
+    if sig is not None:
+        try:
+            return f"killed by {signal.Signals(sig).name}"
+        except ValueError:
+            return f"killed by signal {sig}"
+    return f"exit code {code}"
