@@ -21,6 +21,7 @@ from vsmd.config import DEFAULT_BROKER_URL
 from vsmd.errors import BrokerError, NoDaemon, VsmdError, from_dict
 from vsmd.protocol import (
     Command,
+    Envelope,
     ListVsms,
     Ping,
     Show,
@@ -123,6 +124,35 @@ class VsmClient:
 
     def show(self, vsm_id: str) -> VsmInfo:
         return VsmInfo.from_dict(self.request(Show(id=vsm_id)))
+
+    def call(self, vsm_id: str, kind: str, args: dict[str, Any] | None = None,
+             timeout: float | None = None) -> Any:
+        """Send a message to a VSM's inbox (its agent's ``handle``) and return the agent's answer."""
+        info = self.show(vsm_id)
+        env = Envelope(type="call", sender="vsmctl", body={"kind": kind, "args": args or {}})
+        rpc = self._channel()
+        wait = self.timeout if timeout is None else timeout
+        try:
+            raw = rpc.call(self.topo.exchange, self.topo.down_key(info.path), env.encode(), wait)
+        except BrokerError as err:
+            raise self._no_daemon(err.message) from None
+        reply = loads_object(raw, MAX_REPLY)
+        if reply.get("ok") is True:
+            return reply.get("result")
+        raise from_dict(reply.get("error") or {})
+
+    def ping_vsm(self, vsm_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Ask the VSM itself (not the daemon) to answer."""
+        info = self.show(vsm_id)
+        env = Envelope(type="ping", sender="vsmctl")
+        wait = self.timeout if timeout is None else timeout
+        raw = self._channel().call(self.topo.exchange, self.topo.down_key(info.path),
+                                   env.encode(), wait)
+        reply = loads_object(raw, MAX_REPLY)
+        if reply.get("ok") is not True:
+            raise from_dict(reply.get("error") or {})
+        result: dict[str, Any] = reply["result"]
+        return result
 
     # --- lifetime --------------------------------------------------------------------------
 

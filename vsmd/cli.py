@@ -14,6 +14,7 @@ from vsmd.errors import BrokerError, VsmdError
 
 if TYPE_CHECKING:
     from vsmd.broker.embedded import EmbeddedBroker
+    from vsmd.daemon import Daemon
 
 EXIT_CONFIG = 2
 EXIT_NO_BROKER = 3
@@ -72,6 +73,7 @@ def run(
         str | None, typer.Option(help="Spawn strategy: forkserver or exec.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+    demo: Annotated[bool, typer.Option(help="Start a small demo tree (7 VSMs, 3 levels).")] = False,
 ) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
     try:
@@ -95,16 +97,19 @@ def run(
     )
     # pika narrates every connection at INFO; keep the daemon's own log readable.
     logging.getLogger("pika").setLevel(logging.WARNING)
-    raise typer.Exit(_run(config))
+    raise typer.Exit(_run(config, demo))
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, demo: bool) -> int:
     from vsmd.daemon import Daemon
 
     node: EmbeddedBroker | None = None
     try:
         config, node = _resolve_broker(config)
-        return Daemon(config).run()
+        daemon = Daemon(config)
+        if demo:
+            daemon.on_ready(_spawn_demo)
+        return daemon.run()
     except BrokerError as err:
         typer.echo(
             f"vsmd: no broker: {err.message}. Start one (rabbitmq-server -detached), point "
@@ -118,6 +123,23 @@ def _run(config: Config) -> int:
     finally:
         if node is not None:
             node.stop()
+
+
+def _spawn_demo(daemon: Daemon) -> None:
+    from vsmd.protocol import SpawnConfig
+
+    log = logging.getLogger("vsmd")
+    fut = daemon.manager.spawn_recursive_vsm(
+        None, SpawnConfig(name="demo", agent="tree", settings={"fanout": 2, "levels": 2})
+    )
+    fut.add_done_callback(
+        lambda f: log.info(
+            "demo tree root %s is up; it spawns its own children. Try: vsmctl list --tree "
+            "--namespace %s",
+            f.result().id if f.exception() is None else f.exception(),
+            daemon.config.namespace,
+        )
+    )
 
 
 def main() -> None:

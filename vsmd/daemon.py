@@ -55,6 +55,11 @@ class Daemon:
         self._next_connect = 0.0
         self._stop_deadline: float | None = None
         self._stop_futures: list[Any] = []
+        self._ready_hooks: list[Callable[[Daemon], None]] = []
+
+    def on_ready(self, hook: Callable[[Daemon], None]) -> None:
+        """Run ``hook(self)`` on the loop thread once the daemon answers."""
+        self._ready_hooks.append(hook)
 
     # --- cross-thread plumbing -------------------------------------------------------------
 
@@ -197,6 +202,8 @@ class Daemon:
             self.config.spawn_strategy,
             self.config.max_total,
         )
+        for hook in self._ready_hooks:
+            hook(self)
         try:
             while not self._stopped():
                 self._wait(self.timers.next_delay(1.0))

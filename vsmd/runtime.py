@@ -125,14 +125,21 @@ class VsmRuntime:
         self._inbox.append((props, body, method.delivery_tag))
 
     def _publish(self, kind: str, body: dict[str, Any]) -> None:
+        # The RPC channel, not the inbox's: a "ready" must reach the daemon before any request
+        # the agent makes next, and AMQP orders messages per channel only.
+        assert self._rpc is not None
         env = Envelope(type=kind, sender=self.vsm_id, body=body)
-        self._ch.basic_publish(self.topo.exchange, self.topo.up_key(self.path, kind), env.encode())
+        self._rpc.notify(self.topo.exchange, self.topo.up_key(self.path, kind), env.encode())
 
     def _handle(self, props: pika.spec.BasicProperties, raw: bytes) -> bytes:
         try:
             env = Envelope.decode(raw, self.spec.max_message_bytes)
             if env.type == "ping":
-                return ok_reply({"pong": self.vsm_id, "pid": os.getpid(), "path": self.path})
+                # "entry" tells how the process began: forked from the fork server, or exec'd.
+                entry = os.path.basename(sys.argv[0]) if sys.argv else ""
+                return ok_reply(
+                    {"pong": self.vsm_id, "pid": os.getpid(), "path": self.path, "entry": entry}
+                )
             if env.type == "call":
                 kind = env.body.get("kind", "call")
                 if not isinstance(kind, str):

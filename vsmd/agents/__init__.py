@@ -74,7 +74,9 @@ class NoopAgent(BaseAgent):
 
 class AgentRegistry:
     def __init__(self) -> None:
-        self._factories: dict[str, AgentFactory] = {"noop": NoopAgent}
+        from vsmd.agents.builtin import TreeAgent
+
+        self._factories: dict[str, AgentFactory] = {"noop": NoopAgent, "tree": TreeAgent}
 
     def register(self, name: str, factory: AgentFactory) -> None:
         self._factories[name] = factory

@@ -55,6 +55,13 @@ class RpcChannel:
         ch.close()
         return count
 
+    def notify(self, exchange: str, routing_key: str, body: bytes) -> None:
+        """Publish with no reply expected, ordered with this channel's requests."""
+        try:
+            self._ch.basic_publish(exchange, routing_key, body)
+        except CONNECTION_ERRORS as exc:
+            raise BrokerError(f"cannot publish: {describe(exc)}") from None
+
     def send(self, exchange: str, routing_key: str, body: bytes, timeout: float) -> str:
         corr = uuid.uuid4().hex
         props = pika.BasicProperties(

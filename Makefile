@@ -1,0 +1,69 @@
+# Every target sets up what it needs: a fresh machine needs only `make run` or `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STATE_DIR ?= $(CURDIR)/.state
+NAMESPACE ?= vsm
+BROKER ?= auto
+
+.PHONY: all venv run demo test test-unit test-integration test-stress lint format typecheck \
+        bench bench-quick broker clean
+
+all: lint typecheck test
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# A broker for the tests: the machine's RabbitMQ, started if it is installed but not answering.
+broker: $(STAMP)
+	@command -v rabbitmq-server >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server)
+	@$(BIN)/python -m vsmd.broker.ensure
+
+# Runs vsmd in the foreground with a small demo tree; Ctrl-C stops the tree and the daemon.
+# BROKER=auto uses the local RabbitMQ when it answers, else starts a private node.
+run: $(STAMP)
+	@mkdir -p $(STATE_DIR)
+	$(BIN)/vsmd run --broker $(BROKER) --namespace $(NAMESPACE) --state-dir $(STATE_DIR) --demo
+
+test: $(STAMP) broker
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+test-integration: $(STAMP) broker
+	$(BIN)/pytest -q tests/integration
+
+test-stress: $(STAMP)
+	$(BIN)/pytest -q -m stress tests/stress
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP) broker
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP) broker
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests that need the broker fail (never skip) when it is missing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.harness import DaemonProc, running_daemon
+from vsmd.broker.probe import broker_answers
+from vsmd.config import DEFAULT_BROKER_URL
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    url = os.environ.get("VSM_TEST_BROKER_URL", DEFAULT_BROKER_URL)
+    if not broker_answers(url, timeout=5.0):
+        pytest.fail(f"no RabbitMQ answers at {url}: start it (rabbitmq-server -detached) or run "
+                    "`make test`, which does", pytrace=False)
+    return url
+
+
+@pytest.fixture
+def daemon(broker_url: str, tmp_path: Path) -> Iterator[DaemonProc]:
+    with running_daemon(broker_url, tmp_path / "state") as d:
+        yield d

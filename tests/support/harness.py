@@ -1,0 +1,165 @@
+"""Start the real daemon as a subprocess, talk to it as a user would, and clean up after it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import pika
+import pika.exceptions
+
+from vsmctl.client import VsmClient
+from vsmd.bus.topology import Topology
+from vsmd.errors import VsmdError
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def poll_for(fn: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05,
+             what: str = "condition") -> T:
+    """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def new_namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def test_env(namespace: str, broker_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(VSM_NAMESPACE=namespace, VSM_BROKER_URL=broker_url,
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.pop("VSM_CONFIG", None)
+    return env
+
+
+@dataclass
+class DaemonProc:
+    namespace: str
+    broker_url: str
+    state_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    clients: list[VsmClient] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return test_env(self.namespace, self.broker_url)
+
+    def client(self, timeout: float = 30.0) -> VsmClient:
+        c = VsmClient(self.broker_url, self.namespace, timeout)
+        self.clients.append(c)
+        return c
+
+    def vsmctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "vsmctl"), *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"vsmd exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(VsmdError), VsmClient(self.broker_url, self.namespace, 2) as c:
+                return bool(c.ping()["pong"])
+            return False
+
+        poll_for(answers, timeout, 0.1, "vsmd to answer ping")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        for c in self.clients:
+            c.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_daemon(broker_url: str, state_dir: Path, namespace: str | None = None,
+                 config: dict[str, object] | None = None) -> DaemonProc:
+    ns = namespace or new_namespace()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {"agent_modules": ["tests.support.agents"], "stop_timeout": 5.0, **(config or {})}
+    lines = ["[vsmd]"]
+    for key, value in cfg.items():
+        if isinstance(value, list):
+            lines.append(f"{key} = [{', '.join(repr(v).replace(chr(39), chr(34)) for v in value)}]")
+        elif isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        else:
+            lines.append(f"{key} = {value}")
+    config_file = state_dir / "vsmd.toml"
+    config_file.write_text("\n".join(lines) + "\n")
+    log_path = state_dir / "vsmd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "vsmd"), "run", "--config", str(config_file), "--state-dir", str(state_dir),
+             "--log-level", "DEBUG"],
+            env=test_env(ns, broker_url), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    d = DaemonProc(ns, broker_url, state_dir, proc, log_path)
+    d.wait_ready()
+    return d
+
+
+def queue_exists(broker_url: str, queue: str) -> bool:
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        ch = conn.channel()
+        try:
+            ch.queue_declare(queue, passive=True)
+            return True
+        except pika.exceptions.ChannelClosedByBroker:
+            return False
+    finally:
+        conn.close()
+
+
+def cleanup_namespace(broker_url: str, namespace: str, vsm_ids: tuple[str, ...] = ()) -> None:
+    """Remove what a test's daemon leaves on the broker on purpose (durable admin queue...)."""
+    topo = Topology(namespace)
+    with contextlib.suppress(Exception):
+        conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+        ch = conn.channel()
+        for q in (topo.admin_queue, topo.daemon_queue, *(topo.inbox(i) for i in vsm_ids)):
+            ch.queue_delete(q)
+        ch.exchange_delete(topo.exchange)
+        conn.close()
+
+
+@contextlib.contextmanager
+def running_daemon(
+    broker_url: str, state_dir: Path, namespace: str | None = None,
+    config: dict[str, object] | None = None,
+) -> Iterator[DaemonProc]:
+    d = start_daemon(broker_url, state_dir, namespace, config)
+    try:
+        yield d
+    finally:
+        d.stop()
+        cleanup_namespace(broker_url, d.namespace)

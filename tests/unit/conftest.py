@@ -1,0 +1,70 @@
+"""Fixtures of the unit tests: fakes only, no broker and no processes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.unit.fakes import FakeClock, FakePool, Tree
+from vsmd.agents import AgentRegistry
+from vsmd.config import Config
+from vsmd.registry import VsmRecord
+from vsmd.spawn_manager import SpawnManager
+from vsmd.timers import Timers
+
+# Round numbers so the timeout tests read easily.
+UNIT_CONFIG = Config(spawn_timeout=10.0, stop_timeout=5.0)
+
+MakeManager = Callable[..., SpawnManager]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def timers(clock: FakeClock) -> Timers:
+    return Timers(clock)
+
+
+@pytest.fixture
+def pool() -> FakePool:
+    return FakePool()
+
+
+@pytest.fixture
+def agents() -> AgentRegistry:
+    return AgentRegistry()
+
+
+@pytest.fixture
+def removed() -> list[VsmRecord]:
+    """Every record the manager reported as removed, in order."""
+    return []
+
+
+@pytest.fixture
+def make_manager(
+    pool: FakePool, timers: Timers, agents: AgentRegistry, removed: list[VsmRecord]
+) -> MakeManager:
+    """A SpawnManager on the fakes; keyword arguments override fields of the unit config."""
+
+    def make(**overrides: Any) -> SpawnManager:
+        config = dataclasses.replace(UNIT_CONFIG, **overrides)
+        return SpawnManager(config, pool, timers, agents, on_removed=removed.append)
+
+    return make
+
+
+@pytest.fixture
+def manager(make_manager: MakeManager) -> SpawnManager:
+    return make_manager()
+
+
+@pytest.fixture
+def tree(manager: SpawnManager, pool: FakePool) -> Tree:
+    return Tree(manager, pool)

@@ -1,0 +1,31 @@
+"""Agents that ship with vsmd."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vsmd.agents import AgentContext, BaseAgent
+from vsmd.errors import VsmdError
+
+log = logging.getLogger("vsmd.agents")
+
+
+class TreeAgent(BaseAgent):
+    """Grows a subtree over the bus: ``fanout`` children, each a TreeAgent one level shallower.
+
+    Settings: ``fanout`` (default 2), ``levels`` (default 1: children but no grandchildren).
+    Each child is asked for by the VSM itself, the way any agent asks for children.
+    """
+
+    def start(self, ctx: AgentContext) -> None:
+        fanout = int(self.config.get("fanout", 2))
+        levels = int(self.config.get("levels", 1))
+        if levels < 1:
+            return
+        child: dict[str, Any] = {"fanout": fanout, "levels": levels - 1}
+        for i in range(fanout):
+            try:
+                ctx.spawn_child(name=f"c{i}", agent="tree", config=child)
+            except VsmdError as err:
+                log.warning("%s: child %d refused: %s %s", ctx.path, i, err.code, err.message)
