@@ -17,8 +17,11 @@ from vsmd.config import DEFAULT_BROKER_URL
 def broker_url() -> str:
     url = os.environ.get("VSM_TEST_BROKER_URL", DEFAULT_BROKER_URL)
     if not broker_answers(url, timeout=5.0):
-        pytest.fail(f"no RabbitMQ answers at {url}: start it (rabbitmq-server -detached) or run "
-                    "`make test`, which does", pytrace=False)
+        pytest.fail(
+            f"no RabbitMQ answers at {url}: start it (rabbitmq-server -detached) or run "
+            "`make test`, which does",
+            pytrace=False,
+        )
     return url
 
 

@@ -127,7 +127,7 @@ class VsmClient:
 
     def call(self, vsm_id: str, kind: str, args: dict[str, Any] | None = None,
              timeout: float | None = None) -> Any:
-        """Send a message to a VSM's inbox (its agent's ``handle``) and return the agent's answer."""
+        """Send a message to a VSM's inbox (its agent's ``handle``); the agent's answer."""
         info = self.show(vsm_id)
         env = Envelope(type="call", sender="vsmctl", body={"kind": kind, "args": args or {}})
         rpc = self._channel()

@@ -80,9 +80,19 @@ def test_list_tree_and_show(daemon: DaemonProc) -> None:
 
 
 def test_child_spawns_its_own_child_over_the_bus(daemon: DaemonProc) -> None:
-    parent = spawn(daemon, "--name", "p", "--agent", "spawner",
-                   "--set", 'children=["x", "y"]', "--set", "child_agent=spawner",
-                   "--set", 'child_config={"children": ["z"]}')
+    parent = spawn(
+        daemon,
+        "--name",
+        "p",
+        "--agent",
+        "spawner",
+        "--set",
+        'children=["x", "y"]',
+        "--set",
+        "child_agent=spawner",
+        "--set",
+        'child_config={"children": ["z"]}',
+    )
 
     def grown() -> dict[str, dict[str, object]] | None:
         vsms = listing(daemon)
@@ -133,7 +143,8 @@ def test_crash_is_seen_at_once(daemon: DaemonProc) -> None:
     assert pid is not None
     with pytest.raises(Exception):  # noqa: B017 - the VSM dies before it can answer
         c.call(vsm, "crash", {"code": 7}, timeout=1.0)
-    info = poll_for(lambda: (i := c.show(vsm)).status == "failed" and i, what="failed status")
+    poll_for(lambda: c.show(vsm).status == "failed", what="failed status")
+    info = c.show(vsm)
     assert info.exit_code == 7 and info.last_exit == "exit code 7"
     assert info.pid is None
     c.terminate_child_vsm(vsm)

@@ -21,8 +21,11 @@ class SpawnerAgent(BaseAgent):
     def start(self, ctx: AgentContext) -> None:
         for name in self.config.get("children", []):
             try:
-                ctx.spawn_child(name=name, agent=self.config.get("child_agent"),
-                                config=self.config.get("child_config") or {})
+                ctx.spawn_child(
+                    name=name,
+                    agent=self.config.get("child_agent"),
+                    config=self.config.get("child_config") or {},
+                )
             except VsmdError as err:
                 print(f"spawner {ctx.path}: {err.code} {err.message}", file=sys.stderr)
 

@@ -26,8 +26,12 @@ BIN = Path(sys.executable).parent
 T = TypeVar("T")
 
 
-def poll_for(fn: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05,
-             what: str = "condition") -> T:
+def poll_for(
+    fn: Callable[[], T | None],
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
     """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: T | None = None
@@ -43,10 +47,13 @@ def new_namespace() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-def test_env(namespace: str, broker_url: str) -> dict[str, str]:
+def vsm_env(namespace: str, broker_url: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(VSM_NAMESPACE=namespace, VSM_BROKER_URL=broker_url,
-               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(
+        VSM_NAMESPACE=namespace,
+        VSM_BROKER_URL=broker_url,
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     env.pop("VSM_CONFIG", None)
     return env
 
@@ -62,7 +69,7 @@ class DaemonProc:
 
     @property
     def env(self) -> dict[str, str]:
-        return test_env(self.namespace, self.broker_url)
+        return vsm_env(self.namespace, self.broker_url)
 
     def client(self, timeout: float = 30.0) -> VsmClient:
         c = VsmClient(self.broker_url, self.namespace, timeout)
@@ -70,8 +77,14 @@ class DaemonProc:
         return c
 
     def vsmctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "vsmctl"), *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            [str(BIN / "vsmctl"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -99,8 +112,12 @@ class DaemonProc:
         return self.proc.returncode
 
 
-def start_daemon(broker_url: str, state_dir: Path, namespace: str | None = None,
-                 config: dict[str, object] | None = None) -> DaemonProc:
+def start_daemon(
+    broker_url: str,
+    state_dir: Path,
+    namespace: str | None = None,
+    config: dict[str, object] | None = None,
+) -> DaemonProc:
     ns = namespace or new_namespace()
     state_dir.mkdir(parents=True, exist_ok=True)
     cfg = {"agent_modules": ["tests.support.agents"], "stop_timeout": 5.0, **(config or {})}
@@ -117,9 +134,19 @@ def start_daemon(broker_url: str, state_dir: Path, namespace: str | None = None,
     log_path = state_dir / "vsmd.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [str(BIN / "vsmd"), "run", "--config", str(config_file), "--state-dir", str(state_dir),
-             "--log-level", "DEBUG"],
-            env=test_env(ns, broker_url), stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(BIN / "vsmd"),
+                "run",
+                "--config",
+                str(config_file),
+                "--state-dir",
+                str(state_dir),
+                "--log-level",
+                "DEBUG",
+            ],
+            env=vsm_env(ns, broker_url),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     d = DaemonProc(ns, broker_url, state_dir, proc, log_path)
@@ -154,7 +181,9 @@ def cleanup_namespace(broker_url: str, namespace: str, vsm_ids: tuple[str, ...] 
 
 @contextlib.contextmanager
 def running_daemon(
-    broker_url: str, state_dir: Path, namespace: str | None = None,
+    broker_url: str,
+    state_dir: Path,
+    namespace: str | None = None,
     config: dict[str, object] | None = None,
 ) -> Iterator[DaemonProc]:
     d = start_daemon(broker_url, state_dir, namespace, config)

@@ -1,0 +1,107 @@
+"""Bad admin input: each kind gets its stable error code, the daemon keeps answering, nothing
+else changes."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import orjson
+import pytest
+
+from tests.support.harness import BIN, DaemonProc, new_namespace, vsm_env
+from vsmd.protocol import SpawnConfig
+
+BAD_INPUTS = [
+    (b"this is not json", "BAD_JSON"),
+    (b"[1, 2, 3]", "BAD_REQUEST"),
+    (b'{"v": 1, "cmd": "explode", "args": {}}', "UNKNOWN_COMMAND"),
+    (b'{"v": 1, "args": {}}', "BAD_REQUEST"),
+    (b'{"v": 1, "cmd": "show", "args": {}}', "BAD_REQUEST"),
+    (b'{"v": 1, "cmd": "show", "args": {"id": 42}}', "BAD_REQUEST"),
+    (b'{"v": 1, "cmd": "list", "args": {"recursive": "yes"}}', "BAD_REQUEST"),
+    (b'{"v": 1, "cmd": "spawn", "args": {"config": [1]}}', "BAD_REQUEST"),
+    (b'{"v": 1, "cmd": "spawn", "args": {"colour": "red"}}', "BAD_REQUEST"),
+    (b'{"v": 1, "cmd": "spawn", "args": {"name": "Not A Name!"}}', "BAD_REQUEST"),
+    (b'{"v": 1, "cmd": "spawn", "args": {"parent": "nosuchvsm"}}', "NOT_FOUND"),
+    (b'{"v": 1, "cmd": "terminate", "args": {"id": "nosuchvsm"}}', "NOT_FOUND"),
+    (b'{"v": 1, "cmd": "terminate", "args": {"id": "x", "timeout": -3}}', "BAD_REQUEST"),
+    (b'{"v": 1, "cmd": "show", "args": {"id": "nosuchvsm"}}', "NOT_FOUND"),
+    (b'{"v": 99, "cmd": "ping"}', "BAD_REQUEST"),
+    (
+        b'{"v": 1, "cmd": "spawn", "args": {"config": {"pad": "' + b"x" * 70_000 + b'"}}}',
+        "TOO_LARGE",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"), BAD_INPUTS, ids=[c + str(i) for i, (_, c) in enumerate(BAD_INPUTS)]
+)
+def test_bad_input_gets_its_code(daemon: DaemonProc, body: bytes, code: str) -> None:
+    c = daemon.client()
+    keeper = c.spawn_recursive_vsm(None, SpawnConfig(name="keeper"))
+    reply = c.send_raw(body)
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == code
+    assert reply["error"]["message"]
+    assert c.ping()["pong"] is True
+    assert [v.id for v in c.list_child_vsms()] == [keeper.id]  # nothing else changed
+    assert c.show(keeper.id).status == "running"
+
+
+def test_exactly_one_reply_per_request(daemon: DaemonProc) -> None:
+    c = daemon.client()
+    replies = [c.send_raw(orjson.dumps({"v": 1, "cmd": "ping"})) for _ in range(20)]
+    assert all(r["ok"] for r in replies)
+    with pytest.raises(Exception, match="no reply"):
+        # Nothing is left over for a request we never sent: a wait for an unknown id times out.
+        c._channel().wait("no-such-correlation-id", 0.3)
+
+
+def test_vsmctl_without_daemon_exits_3_quickly(broker_url: str) -> None:
+    ns = new_namespace()
+    started = time.monotonic()
+    res = subprocess.run(
+        [str(BIN / "vsmctl"), "ping", "--timeout", "120"],
+        env=vsm_env(ns, broker_url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert res.returncode == 3
+    assert res.stderr.strip().splitlines() == [
+        f"vsmctl: no vsmd answering on namespace {ns} at broker amqp://guest:***@localhost:5672/%2F"
+    ]
+    assert "Traceback" not in res.stderr
+    assert elapsed < 60  # not the 120 s request timeout: the empty admin queue is seen at once
+
+
+def test_vsmctl_with_no_broker_exits_3(broker_url: str) -> None:
+    res = subprocess.run(
+        [str(BIN / "vsmctl"), "list", "--broker", "amqp://guest:guest@127.0.0.1:1/%2F"],
+        env=vsm_env(new_namespace(), broker_url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 3
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vsmctl: no vsmd answering on namespace")
+    assert "Traceback" not in res.stderr
+
+
+def test_vsmctl_usage_error_exits_2(broker_url: str) -> None:
+    res = subprocess.run(
+        [str(BIN / "vsmctl"), "spawn", "--set", "novalue"],
+        env=vsm_env(new_namespace(), broker_url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 2
+    assert "KEY=VALUE" in res.stderr

@@ -1,0 +1,82 @@
+"""A broker that goes away and comes back: vsmd keeps its VSMs and answers again.
+
+Runs against a private RabbitMQ node that this test may stop; the shared broker is untouched.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.harness import BIN, poll_for, running_daemon, vsm_env
+from vsmctl.client import VsmClient
+from vsmd.broker.embedded import EmbeddedBroker
+from vsmd.errors import VsmdError
+from vsmd.protocol import SpawnConfig
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    node = EmbeddedBroker(tmp_path / "rabbit")
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def test_vsmd_survives_a_broker_outage(private_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    url = private_broker.url
+    with running_daemon(url, tmp_path / "state") as d:
+        c = d.client()
+        root = c.spawn_recursive_vsm(None, SpawnConfig(name="root"))
+        kid = c.spawn_recursive_vsm(root.id, SpawnConfig(name="kid"))
+        pids = [root.pid, kid.pid]
+        c.close()
+
+        private_broker.stop()
+        # While the broker is away the VSMs keep running and vsmctl says no daemon answers.
+        down = subprocess.run(
+            [str(BIN / "vsmctl"), "ping", "--timeout", "3"],
+            env=vsm_env(d.namespace, url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert down.returncode == 3
+        assert all(pid is not None and psutil.pid_exists(pid) for pid in pids)
+        assert d.proc.poll() is None
+
+        private_broker.start()
+
+        def answers() -> bool:
+            try:
+                with d.client(timeout=3) as probe:
+                    return bool(probe.ping()["pong"])
+            except VsmdError:
+                return False
+
+        poll_for(answers, timeout=60, interval=0.5, what="vsmd to answer after the outage")
+        c = d.client()
+        listed = {v.id: v for v in c.list_child_vsms()}
+        assert set(listed) == {root.id, kid.id}
+        assert [listed[root.id].pid, listed[kid.id].pid] == pids  # the same processes
+        assert all(v.status == "running" for v in listed.values())
+        # The VSMs reconnected too: they answer on their inboxes, declared anew.
+        poll_for(lambda: _pong(d.client(timeout=2), kid.id), timeout=30, what="the VSM inbox")
+        new = c.spawn_recursive_vsm(root.id, SpawnConfig(name="after"))
+        assert new.status == "running"
+
+
+def _pong(client: VsmClient, vsm_id: str) -> bool:
+    try:
+        return bool(client.ping_vsm(vsm_id)["pong"] == vsm_id)
+    except VsmdError:
+        return False
+    finally:
+        client.close()

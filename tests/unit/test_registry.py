@@ -1,0 +1,185 @@
+"""The registry: the one transition function and the tree operations."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from vsmd.errors import NotFound
+from vsmd.registry import Registry, Status, VsmRecord, transition
+
+S = Status
+
+# The lifecycle, written out independently of the code under test.
+ALLOWED: dict[Status, set[Status]] = {
+    S.STARTING: {S.RUNNING, S.FAILED, S.STOPPING},
+    S.RUNNING: {S.STOPPING, S.EXITED, S.FAILED},
+    S.STOPPING: {S.EXITED},
+    S.EXITED: {S.STARTING, S.STOPPING},
+    S.FAILED: {S.STARTING, S.STOPPING},
+}
+ALL_PAIRS = list(itertools.product(Status, Status))
+
+
+@pytest.mark.parametrize(
+    ("current", "new"), [p for p in ALL_PAIRS if p[1] in ALLOWED[p[0]]], ids=str
+)
+def test_allowed_transitions(current: Status, new: Status) -> None:
+    assert transition(current, new) is new
+
+
+@pytest.mark.parametrize(
+    ("current", "new"), [p for p in ALL_PAIRS if p[1] not in ALLOWED[p[0]]], ids=str
+)
+def test_illegal_transitions_raise(current: Status, new: Status) -> None:
+    with pytest.raises(AssertionError, match="illegal VSM state change"):
+        transition(current, new)
+
+
+def test_exited_to_running_is_illegal_and_leaves_the_record_alone() -> None:
+    rec = record("a", status=S.EXITED)
+    with pytest.raises(AssertionError):
+        rec.set_status(S.RUNNING)
+    assert rec.status is S.EXITED
+
+
+def test_set_status_follows_an_edge() -> None:
+    rec = record("a")
+    assert rec.status is S.STARTING
+    rec.set_status(S.RUNNING)
+    assert rec.status is S.RUNNING
+
+
+def record(
+    vsm_id: str, parent: str | None = None, name: str | None = None, status: Status = S.RUNNING
+) -> VsmRecord:
+    return VsmRecord(
+        id=vsm_id,
+        name=name or vsm_id,
+        parent=parent,
+        path=vsm_id,
+        depth=1,
+        agent="noop",
+        config={},
+        status=status,
+    )
+
+
+@pytest.fixture
+def forest() -> Registry:
+    """r1 -> (a -> (a1, a2), b); r2."""
+    reg = Registry()
+    for rec in (
+        record("r1"),
+        record("a", "r1"),
+        record("a1", "a"),
+        record("a2", "a"),
+        record("b", "r1"),
+        record("r2"),
+    ):
+        reg.add(rec)
+    return reg
+
+
+def ids(recs: list[VsmRecord]) -> list[str]:
+    return [r.id for r in recs]
+
+
+def test_add_links_children(forest: Registry) -> None:
+    assert len(forest) == 6
+    assert "a1" in forest
+    assert "zz" not in forest
+    assert forest.get("r1").children == ["a", "b"]
+    assert forest.get("a").children == ["a1", "a2"]
+    assert forest.get("r2").children == []
+    assert ids(forest.roots()) == ["r1", "r2"]
+
+
+def test_subtree_is_post_order_leaves_first(forest: Registry) -> None:
+    assert ids(forest.subtree("r1")) == ["a1", "a2", "a", "b", "r1"]
+    assert ids(forest.subtree("a")) == ["a1", "a2", "a"]
+    assert ids(forest.subtree("a2")) == ["a2"]
+    assert ids(forest.subtree("r2")) == ["r2"]
+
+
+def test_descendants_is_pre_order(forest: Registry) -> None:
+    assert ids(forest.descendants(None)) == ["r1", "a", "a1", "a2", "b", "r2"]
+    assert ids(forest.descendants("r1")) == ["a", "a1", "a2", "b"]
+    assert ids(forest.descendants("a")) == ["a1", "a2"]
+    assert forest.descendants("a1") == []
+
+
+def test_remove_unlinks_from_parent(forest: Registry) -> None:
+    rec = forest.remove("a2")
+    assert rec.id == "a2"
+    assert "a2" not in forest
+    assert forest.find("a2") is None
+    assert forest.get("a").children == ["a1"]
+    assert len(forest) == 5
+    forest.remove("r2")
+    assert ids(forest.roots()) == ["r1"]
+
+
+def test_sibling_named(forest: Registry) -> None:
+    assert forest.sibling_named(None, "r2") is forest.get("r2")
+    assert forest.sibling_named("r1", "b") is forest.get("b")
+    assert forest.sibling_named("a", "a2") is forest.get("a2")
+    assert forest.sibling_named("a", "b") is None  # b is a's sibling, not its child
+    assert forest.sibling_named(None, "a") is None  # a is not at the top level
+    with pytest.raises(NotFound):
+        forest.sibling_named("nope", "a")
+
+
+def test_live_count(forest: Registry) -> None:
+    assert forest.live_count() == 6
+    forest.get("a1").status = S.STARTING
+    forest.get("a2").status = S.STOPPING
+    forest.get("b").status = S.EXITED
+    forest.get("r2").status = S.FAILED
+    assert forest.live_count() == 4
+
+
+def test_get_unknown_raises_not_found(forest: Registry) -> None:
+    with pytest.raises(NotFound) as info:
+        forest.get("missing")
+    assert info.value.code == "NOT_FOUND"
+    assert info.value.details == {"id": "missing"}
+    assert forest.find("missing") is None
+    with pytest.raises(NotFound):
+        forest.subtree("missing")
+    with pytest.raises(NotFound):
+        forest.descendants("missing")
+
+
+def test_get_cuts_long_ids() -> None:
+    with pytest.raises(NotFound) as info:
+        Registry().get("x" * 1000)
+    assert info.value.details == {"id": "x" * 64}
+
+
+def test_all_is_a_snapshot(forest: Registry) -> None:
+    seen = []
+    for rec in forest.all():
+        seen.append(rec.id)
+        if rec.id == "r2":
+            forest.remove("r2")  # must not break the iteration
+    assert sorted(seen) == ["a", "a1", "a2", "b", "r1", "r2"]
+
+
+def test_record_properties_and_info() -> None:
+    rec = record("x", status=S.STARTING)
+    assert rec.live
+    assert not rec.has_process
+    rec.forking = True
+    assert rec.has_process
+    rec.forking, rec.pid = False, 77
+    assert rec.has_process
+    rec.children.append("c1")
+    info = rec.info()
+    assert info.status == "starting"
+    assert info.pid == 77
+    assert info.children == ["c1"]
+    assert info.children is not rec.children
+    rec.status = S.FAILED
+    assert not rec.live
