@@ -53,6 +53,27 @@ class Config:
     embedded_broker_nofile: int = 65536  # capped at the hard limit
     default_agent: str = "noop"
     agent_modules: tuple[str, ...] = field(default_factory=tuple)
+    # Supervision (OTP-style): defaults for VSMs that do not say otherwise.
+    default_restart: str = "transient"
+    default_on_parent_exit: str = "terminate"
+    default_on_child_failure: str = "ignore"
+    max_restarts: int = 5
+    max_seconds: float = 60.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 30.0
+    stable_uptime: float = 10.0
+    # Quotas: psutil sampling, acted on after this many violations in a row.
+    sample_interval: float = 1.0
+    quota_violations: int = 3
+    default_quota_action: str = "warn"
+    # Admission: token buckets (per second, burst) overall and per parent VSM.
+    spawn_rate: float = 1000.0
+    spawn_burst: int = 1000
+    parent_spawn_rate: float = 50.0
+    parent_spawn_burst: int = 100
+    min_available_mb: int = 256
+    memory_budget_mb: int = 0
+    event_buffer: int = 1000
 
     def __post_init__(self) -> None:
         check_name(self.namespace, "namespace")
@@ -61,14 +82,56 @@ class Config:
                 f"invalid spawn_strategy {self.spawn_strategy!r}: "
                 f"use one of {', '.join(SPAWN_STRATEGIES)}"
             )
-        for name in ("max_total", "max_depth", "max_children", "max_message_bytes", "heartbeat"):
+        for name in (
+            "max_total",
+            "max_depth",
+            "max_children",
+            "max_message_bytes",
+            "heartbeat",
+            "max_restarts",
+            "quota_violations",
+            "spawn_burst",
+            "parent_spawn_burst",
+            "event_buffer",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}: must be at least 1")
-        for name in ("spawn_timeout", "stop_timeout", "reconnect_max_backoff"):
-            if getattr(self, name) <= 0:
+        for name in (
+            "spawn_timeout",
+            "stop_timeout",
+            "reconnect_max_backoff",
+            "max_seconds",
+            "backoff_initial",
+            "backoff_max",
+            "sample_interval",
+            "spawn_rate",
+            "parent_spawn_rate",
+        ):
+            if not getattr(self, name) > 0:  # also refuses NaN
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}: must be above 0")
+        self._check_choices()
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"invalid log_level {self.log_level!r}")
+
+    def _check_choices(self) -> None:
+        from vsmd.protocol import (
+            CHILD_FAILURE_POLICIES,
+            PARENT_EXIT_POLICIES,
+            QUOTA_ACTIONS,
+            RESTART_POLICIES,
+        )
+
+        _choice(self.default_restart, "default_restart", RESTART_POLICIES)
+        _choice(self.default_on_parent_exit, "default_on_parent_exit", PARENT_EXIT_POLICIES)
+        _choice(self.default_on_child_failure, "default_on_child_failure", CHILD_FAILURE_POLICIES)
+        _choice(self.default_quota_action, "default_quota_action", QUOTA_ACTIONS)
+        if self.min_available_mb < 0 or self.memory_budget_mb < 0:
+            raise ConfigError("min_available_mb and memory_budget_mb must be 0 or more")
+
+
+def _choice(value: str, name: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"invalid {name} {value!r}: use one of {', '.join(allowed)}")
 
 
 def _number(raw: Any, integer: bool) -> float | int:
@@ -92,7 +155,9 @@ def _coerce(name: str, raw: Any) -> Any:
         if kind in ("int", "float"):
             return _number(raw, kind == "int")
         if kind == "Path":
-            return Path(str(raw))
+            if not isinstance(raw, str | Path):
+                raise ValueError
+            return Path(raw)
         if kind == "tuple[str, ...]":
             return _strings(raw)
         if not isinstance(raw, str):

@@ -118,9 +118,8 @@ def from_dict(err: dict[str, Any]) -> VsmdError:
     """Rebuild an error received in a reply (client side)."""
     code = str(err.get("code", "INTERNAL"))
     message = str(err.get("message", "unknown error"))
-    details = err.get("details") or {}
-    if not isinstance(details, dict):
-        details = {}
+    raw = err.get("details") or {}
+    details = dict(raw) if isinstance(raw, dict) else {}
     cls = _BY_CODE.get(code, VsmdError)
     if cls is Throttled:
         return Throttled(message, float(details.pop("retry_after", 1.0)), **details)

@@ -44,6 +44,8 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "str | None": (str, type(None)),
     "float | None": (int, float, type(None)),
+    "int | None": (int, type(None)),
+    "int": (int,),
     "float": (int, float),
     "bool": (bool,),
     "dict[str, Any]": (dict,),
@@ -99,6 +101,58 @@ class Ping(Command):
     cmd: ClassVar[str] = "ping"
 
 
+RESTART_POLICIES = ("permanent", "transient", "temporary")
+PARENT_EXIT_POLICIES = ("terminate", "abandon")
+CHILD_FAILURE_POLICIES = ("ignore", "terminate", "restart")
+QUOTA_ACTIONS = ("warn", "restart", "terminate")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a VSM is supervised and what it may use. None means: the daemon's default."""
+
+    restart: str | None = None
+    on_parent_exit: str | None = None
+    on_child_failure: str | None = None
+    memory_mb: int | None = None
+    cpu_percent: float | None = None
+    max_fds: int | None = None
+    max_procs: int | None = None
+    quota_action: str | None = None
+    max_children: int | None = None
+    budget_descendants: int | None = None
+    budget_memory_mb: int | None = None
+
+    def validate(self) -> Policy:
+        choices = {
+            "restart": RESTART_POLICIES,
+            "on_parent_exit": PARENT_EXIT_POLICIES,
+            "on_child_failure": CHILD_FAILURE_POLICIES,
+            "quota_action": QUOTA_ACTIONS,
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ProtocolError(
+                    f"{name} must be one of {', '.join(allowed)}, not {value!r}", field=name
+                )
+        for name in ("memory_mb", "max_fds", "max_procs", "max_children", "budget_memory_mb"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ProtocolError(f"{name} must be at least 1, not {value}", field=name)
+        if self.budget_descendants is not None and self.budget_descendants < 0:
+            raise ProtocolError("budget_descendants must be 0 or more", field="budget_descendants")
+        if self.cpu_percent is not None and not 0 < self.cpu_percent <= 100 * 1024:
+            raise ProtocolError("cpu_percent must be above 0", field="cpu_percent")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
+
+
 @dataclass(frozen=True)
 class Spawn(Command):
     cmd: ClassVar[str] = "spawn"
@@ -106,6 +160,38 @@ class Spawn(Command):
     name: str | None = None
     agent: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    restart: str | None = None
+    on_parent_exit: str | None = None
+    on_child_failure: str | None = None
+    memory_mb: int | None = None
+    cpu_percent: float | None = None
+    max_fds: int | None = None
+    max_procs: int | None = None
+    quota_action: str | None = None
+    max_children: int | None = None
+    budget_descendants: int | None = None
+    budget_memory_mb: int | None = None
+
+    def spawn_config(self) -> SpawnConfig:
+        policy = Policy(**{name: getattr(self, name) for name in POLICY_FIELDS}).validate()
+        return SpawnConfig(name=self.name, agent=self.agent, settings=self.config, policy=policy)
+
+    @classmethod
+    def of(cls, parent: str | None, cfg: SpawnConfig) -> Spawn:
+        return cls(
+            parent=parent,
+            name=cfg.name,
+            agent=cfg.agent,
+            config=dict(cfg.settings),
+            **cfg.policy.to_dict(),
+        )
+
+
+@dataclass(frozen=True)
+class Events(Command):
+    cmd: ClassVar[str] = "events"
+    since: int = 0
+    limit: int = 1000
 
 
 @dataclass(frozen=True)
@@ -128,13 +214,15 @@ class Terminate(Command):
     timeout: float | None = None
 
 
-COMMANDS: dict[str, type[Command]] = {c.cmd: c for c in (Ping, Spawn, ListVsms, Show, Terminate)}
+COMMANDS: dict[str, type[Command]] = {
+    c.cmd: c for c in (Ping, Spawn, ListVsms, Show, Terminate, Events)
+}
 
 
 def parse_request(body: bytes, limit: int) -> Command:
     data = loads_object(body, limit)
     version = data.get("v", VERSION)
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # True == 1 in Python
         raise ProtocolError(
             f"unsupported protocol version {version!r}; this daemon speaks {VERSION}"
         )
@@ -184,7 +272,7 @@ class Envelope:
             env = cls(**data)
         except TypeError as exc:
             raise ProtocolError(f"bad envelope: {exc}") from None
-        if env.v != VERSION or not isinstance(env.type, str) or not isinstance(env.sender, str):
+        if type(env.v) is not int or env.v != VERSION or not isinstance(env.type, str) or not isinstance(env.sender, str):
             raise ProtocolError("bad envelope: wrong version or field types")
         if not isinstance(env.body, dict):
             raise ProtocolError("bad envelope: body must be an object")
@@ -198,6 +286,7 @@ class SpawnConfig:
     name: str | None = None
     agent: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    policy: Policy = field(default_factory=Policy)
 
 
 # --- registry view shared with clients ---------------------------------------------------------
@@ -222,6 +311,9 @@ class VsmInfo:
     restarts: int = 0
     last_exit: str | None = None
     last_reason: str | None = None
+    next_restart: float | None = None
+    policy: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,32 +8,39 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vsmd.errors import NotFound
-from vsmd.protocol import VsmInfo
+from vsmd.policy import RestartHistory
+from vsmd.protocol import Policy, VsmInfo
 from vsmd.timers import Timer
 
 
 class Status(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
+    BACKOFF = "backoff"
     STOPPING = "stopping"
     EXITED = "exited"
     FAILED = "failed"
 
 
-LIVE = frozenset({Status.STARTING, Status.RUNNING, Status.STOPPING})
+# Counted against max_total: they have, or are about to have, a process.
+LIVE = frozenset({Status.STARTING, Status.RUNNING, Status.BACKOFF, Status.STOPPING})
 
 # Every edge the lifecycle allows; anything else is a bug and raises.
 _EDGES: dict[Status, frozenset[Status]] = {
     # STARTING -> RUNNING: the VSM reported ready; -> FAILED: it died or timed out first;
-    # STARTING -> STOPPING: terminated while still starting.
-    Status.STARTING: frozenset({Status.RUNNING, Status.FAILED, Status.STOPPING}),
-    # RUNNING -> STOPPING: a commanded stop; -> EXITED/FAILED: it ended on its own.
-    Status.RUNNING: frozenset({Status.STOPPING, Status.EXITED, Status.FAILED}),
+    # STARTING -> STOPPING: terminated while still starting; -> BACKOFF: a restart failed.
+    Status.STARTING: frozenset({Status.RUNNING, Status.FAILED, Status.STOPPING, Status.BACKOFF}),
+    # RUNNING -> STOPPING: a commanded stop; -> EXITED/FAILED: it ended on its own and stays
+    # down; -> BACKOFF: it ended and its restart policy brings it back after a delay.
+    Status.RUNNING: frozenset({Status.STOPPING, Status.EXITED, Status.FAILED, Status.BACKOFF}),
+    # BACKOFF -> STARTING: the delay is over; -> STOPPING: terminated while waiting (no
+    # process, so no restart afterwards); -> FAILED: restart intensity exceeded.
+    Status.BACKOFF: frozenset({Status.STARTING, Status.STOPPING, Status.FAILED}),
     # STOPPING -> EXITED: the commanded stop finished, however it ended.
     Status.STOPPING: frozenset({Status.EXITED}),
     # EXITED/FAILED -> STARTING: restarted; -> STOPPING: terminate of a dead VSM (no process).
-    Status.EXITED: frozenset({Status.STARTING, Status.STOPPING}),
-    Status.FAILED: frozenset({Status.STARTING, Status.STOPPING}),
+    Status.EXITED: frozenset({Status.STARTING, Status.STOPPING, Status.BACKOFF}),
+    Status.FAILED: frozenset({Status.STARTING, Status.STOPPING, Status.BACKOFF}),
 }
 
 
@@ -61,9 +68,16 @@ class VsmRecord:
     restarts: int = 0
     last_exit: str | None = None
     last_reason: str | None = None
+    policy: Policy = field(default_factory=Policy)
     forking: bool = False  # asked the fork server, no pid reported yet
     term_sent: bool = False
-    timer: Timer | None = None  # spawn deadline or kill deadline, whichever applies now
+    timer: Timer | None = None  # spawn deadline, kill deadline or restart delay
+    ever_ready: bool = False  # once it ran, a failed start is a crash, not a refused spawn
+    ready_at: float | None = None  # monotonic, for the uptime that resets the backoff
+    next_restart: float | None = None  # wall clock, for list/show
+    force_restart: bool = False  # a quota or supervisor asked for a restart whatever the policy
+    history: RestartHistory = field(default_factory=RestartHistory)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def set_status(self, new: Status) -> None:
         self.status = transition(self.status, new)
@@ -93,6 +107,9 @@ class VsmRecord:
             restarts=self.restarts,
             last_exit=self.last_exit,
             last_reason=self.last_reason,
+            next_restart=self.next_restart,
+            policy=self.policy.to_dict(),
+            metrics=dict(self.metrics),
         )
 
 
@@ -126,6 +143,18 @@ class Registry:
         if parent is not None and vsm_id in parent.children:
             parent.children.remove(vsm_id)
         return rec
+
+    def reparent(self, vsm_id: str, new_parent: str | None) -> None:
+        rec = self._by_id[vsm_id]
+        if rec.parent is not None and rec.parent in self._by_id:
+            self._by_id[rec.parent].children.remove(vsm_id)
+        rec.parent = new_parent
+        if new_parent is not None:
+            self._by_id[new_parent].children.append(vsm_id)
+        base = 0 if new_parent is None else self._by_id[new_parent].depth
+        for node in [rec, *self.descendants(vsm_id)]:
+            parent_depth = base if node is rec else self._by_id[node.parent or ""].depth
+            node.depth = parent_depth + 1
 
     def roots(self) -> list[VsmRecord]:
         return [r for r in self._by_id.values() if r.parent is None]

@@ -1,5 +1,6 @@
-"""SpawnManager: the daemon's lifecycle owner. It admits spawns, tracks every VSM through its
-states, terminates subtrees leaves first and reports exits the moment the fork server sees them.
+"""SpawnManager: the daemon's lifecycle owner. It admits spawns (authority, limits, budgets,
+throttles), keeps the registry and the journal, and hands exits, restarts and stops to
+:class:`vsmd.lifecycle.Lifecycle`.
 
 All methods run on the daemon's loop thread; results are ``concurrent.futures.Future`` objects
 that the loop resolves, so callers on other threads may block on them.
@@ -13,8 +14,8 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Protocol
 
+from vsmd import budget
 from vsmd.agents import AgentRegistry
 from vsmd.config import Config, check_name
 from vsmd.errors import (
@@ -27,25 +28,21 @@ from vsmd.errors import (
     SpawnError,
     VsmdError,
 )
-from vsmd.protocol import SpawnConfig, VsmInfo
-from vsmd.registry import Registry, Status, VsmRecord
-from vsmd.runtime import EXIT_REASONS
+from vsmd.events import EventLog
+from vsmd.journal import Entry, Journal
+from vsmd.lifecycle import Lifecycle, Notify, ProcessPool
+from vsmd.protocol import Policy, SpawnConfig, VsmInfo
+from vsmd.quotas import Sample, Sampler
+from vsmd.registry import Status, VsmRecord
 from vsmd.spec import VsmSpec
-from vsmd.supervisor.oscalls import exit_text
+from vsmd.throttle import Admission
 from vsmd.timers import Timers
 
+__all__ = ["ProcessPool", "SpawnManager"]
 log = logging.getLogger("vsmd.spawn")
 
 
-class ProcessPool(Protocol):
-    """What the manager needs from the process layer (the fork server handle)."""
-
-    def spawn(self, spec: VsmSpec) -> None: ...
-
-    def kill(self, pid: int, sig: int) -> None: ...
-
-
-class SpawnManager:
+class SpawnManager(Lifecycle):
     def __init__(
         self,
         config: Config,
@@ -53,16 +50,15 @@ class SpawnManager:
         timers: Timers,
         agents: AgentRegistry,
         on_removed: Callable[[VsmRecord], None] = lambda _rec: None,
+        events: EventLog | None = None,
+        journal: Journal | None = None,
+        admission: Admission | None = None,
+        notify: Notify | None = None,
     ) -> None:
-        self.config = config
-        self.pool = pool
-        self.timers = timers
+        super().__init__(config, pool, timers, on_removed, events, journal, notify)
         self.agents = agents
-        self.registry = Registry()
-        self._on_removed = on_removed
-        self._spawn_waiters: dict[str, list[Future[VsmInfo]]] = {}
-        self._stop_waiters: dict[str, list[Future[list[str]]]] = {}
-        self._stop_timeout: dict[str, float] = {}
+        self.admission = admission or Admission(config)
+        self.sampler = Sampler(config.quota_violations)
         self.shutting_down = False
 
     # --- the API ---------------------------------------------------------------------------
@@ -72,26 +68,50 @@ class SpawnManager:
         try:
             rec = self._admit(parent_id, config)
         except VsmdError as err:
+            if err.code in ("THROTTLED", "QUOTA_EXCEEDED"):
+                self.events.emit(err.code.lower(), err.message, parent_id, None, **err.details)
             fut.set_exception(err)
             return fut
         self.registry.add(rec)
+        if self.journal is not None:
+            self.journal.put(
+                Entry(
+                    rec.id,
+                    rec.parent,
+                    rec.name,
+                    rec.path,
+                    rec.depth,
+                    rec.agent,
+                    rec.config,
+                    rec.policy.to_dict(),
+                )
+            )
         self._spawn_waiters[rec.id] = [fut]
         self._start(rec)
         return fut
 
     def terminate_child_vsm(self, vsm_id: str, timeout: float | None = None) -> Future[list[str]]:
-        """Stop the VSM and its whole subtree, leaves first; resolves to the removed ids."""
+        """Stop the VSM and its whole subtree, leaves first; resolves to the removed ids.
+
+        Children whose on_parent_exit is ``abandon`` are first re-parented to the nearest
+        ancestor that lives on, and keep running.
+        """
         fut: Future[list[str]] = Future()
         try:
             rec = self.registry.get(vsm_id)
         except NotFound as err:
             fut.set_exception(err)
             return fut
+        self._abandon_children(rec)
         self._stop_waiters.setdefault(rec.id, []).append(fut)
+        self._stop_members.setdefault(rec.id, [n.id for n in self.registry.subtree(rec.id)])
         grace = self.config.stop_timeout if timeout is None else timeout
         for node in self.registry.subtree(rec.id):
             self._stop_timeout[node.id] = grace
-            if node.status in (Status.STARTING, Status.RUNNING, Status.EXITED, Status.FAILED):
+            if node.status is not Status.STOPPING:
+                if node.timer:
+                    node.timer.cancel()  # a pending restart must not fire after this
+                node.next_restart = None
                 node.set_status(Status.STOPPING)
         self._advance(rec.id)
         return fut
@@ -109,8 +129,9 @@ class SpawnManager:
         return self.registry.get(vsm_id).info()
 
     def shutdown(self, timeout: float | None = None) -> list[Future[list[str]]]:
-        """Refuse new spawns and stop every tree."""
+        """Refuse new spawns and stop every tree; the journal keeps the desired tree."""
         self.shutting_down = True
+        self.journal = None  # a daemon shutdown is not a wish to forget the tree
         return [self.terminate_child_vsm(r.id, timeout) for r in self.registry.roots()]
 
     # --- admission -------------------------------------------------------------------------
@@ -122,6 +143,38 @@ class SpawnManager:
         if parent is not None and parent.status is not Status.RUNNING:
             raise Conflict(f"parent {parent.id} is {parent.status}, not running")
         depth = 1 if parent is None else parent.depth + 1
+        self._check_limits(parent, depth)
+        agent = config.agent or self.config.default_agent
+        if agent not in self.agents:
+            raise NotFound(
+                f"unknown agent type {agent[:64]!r}; known: {', '.join(self.agents.names())}"
+            )
+        vsm_id = uuid.uuid4().hex[:12]
+        try:
+            name = check_name(config.name, "VSM name") if config.name else vsm_id
+        except ConfigError as err:
+            raise ProtocolError(err.message, field="name") from None
+        if self.registry.sibling_named(parent_id, name) is not None:
+            raise Conflict(
+                f"a VSM named {name!r} already exists under "
+                f"{parent.path if parent else 'the top level'}"
+            )
+        policy = config.policy.validate()
+        budget.check(self.registry, self.config, parent_id, policy)
+        self.admission.admit(parent_id)  # last: a refused spawn must not use up a token
+        path = name if parent is None else f"{parent.path}.{name}"
+        return VsmRecord(
+            id=vsm_id,
+            name=name,
+            parent=parent_id,
+            path=path,
+            depth=depth,
+            agent=agent,
+            config=dict(config.settings),
+            policy=policy,
+        )
+
+    def _check_limits(self, parent: VsmRecord | None, depth: int) -> None:
         if depth > self.config.max_depth:
             raise QuotaExceeded(
                 f"depth {depth} is over max_depth {self.config.max_depth}",
@@ -137,38 +190,37 @@ class SpawnManager:
                 value=live,
                 max=self.config.max_total,
             )
-        if parent is not None and len(parent.children) >= self.config.max_children:
+        if parent is None:
+            return
+        cap = min(self.config.max_children, parent.policy.max_children or self.config.max_children)
+        if len(parent.children) >= cap:
             raise QuotaExceeded(
-                f"{parent.id} has {len(parent.children)} children; max_children is "
-                f"{self.config.max_children}",
+                f"{parent.path} has {len(parent.children)} children; max_children is {cap}",
                 limit="max_children",
                 value=len(parent.children),
-                max=self.config.max_children,
+                max=cap,
             )
-        agent = config.agent or self.config.default_agent
-        if agent not in self.agents:
-            raise NotFound(
-                f"unknown agent type {agent[:64]!r}; known: {', '.join(self.agents.names())}"
-            )
-        vsm_id = uuid.uuid4().hex[:12]
-        try:
-            name = check_name(config.name, "VSM name") if config.name else vsm_id
-        except ConfigError as err:
-            raise ProtocolError(err.message, field="name") from None
-        if self.registry.sibling_named(parent_id, name) is not None:
-            raise Conflict(
-                f"a VSM named {name!r} already exists under {parent_id or 'the top level'}"
-            )
-        path = name if parent is None else f"{parent.path}.{name}"
-        return VsmRecord(
-            id=vsm_id,
-            name=name,
-            parent=parent_id,
-            path=path,
-            depth=depth,
-            agent=agent,
-            config=dict(config.settings),
-        )
+
+    def _abandon_children(self, rec: VsmRecord) -> None:
+        heir = rec.parent  # the nearest ancestor that is not being terminated
+        for node in [rec, *self.registry.descendants(rec.id)]:
+            for child_id in list(node.children):
+                child = self.registry.get(child_id)
+                if self.effective(child, "on_parent_exit") != "abandon":
+                    continue
+                self.registry.reparent(child_id, heir)
+                if self.journal is not None:
+                    self.journal.reparent(child_id, heir, child.depth)
+                self.events.emit(
+                    "abandoned",
+                    f"{child.path} outlives {node.path}; its parent is "
+                    f"now {self.registry.get(heir).path if heir else 'the top level'}",
+                    child.id,
+                    child.path,
+                    parent=heir,
+                )
+
+    # --- starting --------------------------------------------------------------------------
 
     def _start(self, rec: VsmRecord) -> None:
         spec = VsmSpec(
@@ -184,18 +236,22 @@ class SpawnManager:
             heartbeat=self.config.heartbeat,
             max_message_bytes=self.config.max_message_bytes,
             agent_modules=self.config.agent_modules,
+            policy=rec.policy.to_dict(),
         )
         rec.forking, rec.term_sent = True, False
         rec.timer = self.timers.call_later(
             self.config.spawn_timeout, lambda: self._start_timeout(rec.id)
         )
-        self.pool.spawn(spec)
-
-    # --- events from the fork server and the bus ------------------------------------------
+        try:
+            self.pool.spawn(spec)
+        except SpawnError as err:
+            self.on_spawn_failed(rec.id, err.message)
 
     def on_spawned(self, vsm_id: str, pid: int) -> None:
         rec = self.registry.find(vsm_id)
         if rec is None:
+            # Its start already failed (timed out while the fork was pending): no leak.
+            self.pool.kill(pid, signal.SIGKILL)
             return
         rec.pid, rec.forking = pid, False
         if rec.status is Status.STOPPING:
@@ -206,10 +262,15 @@ class SpawnManager:
         if rec is None:
             return
         rec.forking = False
-        if rec.status is Status.STARTING:
-            self._fail_start(rec, SpawnError(f"cannot start VSM {rec.path}: {error}"))
-        else:
+        if rec.timer:
+            rec.timer.cancel()
+        if rec.status is not Status.STARTING:
             self._advance_all()
+        elif rec.ever_ready:
+            rec.last_exit = f"fork failed: {error}"
+            self._crashed(rec, None, None)
+        else:
+            self._fail_start(rec, SpawnError(f"cannot start VSM {rec.path}: {error}"))
 
     def on_ready(self, vsm_id: str, pid: int) -> None:
         rec = self.registry.find(vsm_id)
@@ -218,94 +279,90 @@ class SpawnManager:
         rec.pid = rec.pid or pid
         rec.set_status(Status.RUNNING)
         rec.started_at = time.time()
+        rec.ready_at = time.monotonic()
         if rec.timer:
             rec.timer.cancel()
+        if rec.ever_ready:
+            self.events.emit(
+                "restarted",
+                f"{rec.path} is running again (restart {rec.restarts})",
+                rec.id,
+                rec.path,
+                pid=rec.pid,
+            )
+        rec.ever_ready = True
         for fut in self._spawn_waiters.pop(rec.id, []):
             fut.set_result(rec.info())
 
-    def on_exited(self, vsm_id: str, pid: int, code: int | None, sig: int | None) -> None:
+    def on_failure_report(self, vsm_id: str, reason: str) -> None:
+        """The VSM said why it is about to exit (its agent raised)."""
         rec = self.registry.find(vsm_id)
-        if rec is None or (rec.pid is not None and rec.pid != pid):
-            return
-        rec.pid, rec.exit_code, rec.exit_signal = None, code, sig
-        rec.last_exit = exit_text(code, sig)
-        if rec.timer:
-            rec.timer.cancel()
-        if rec.status is Status.STARTING:
-            reason = EXIT_REASONS.get(code or 0, rec.last_exit)
-            self._fail_start(
-                rec, SpawnError(f"VSM {rec.path} exited during start: {reason}", exit=rec.last_exit)
-            )
-        elif rec.status is Status.STOPPING:
-            rec.set_status(Status.EXITED)
-            self._advance_all()
-        else:
-            rec.set_status(Status.EXITED if code == 0 else Status.FAILED)
-            rec.last_reason = f"exited on its own ({rec.last_exit})"
-            log.warning("VSM %s (%s) %s", rec.path, rec.id, rec.last_reason)
-
-    # --- internals -------------------------------------------------------------------------
-
-    def _fail_start(self, rec: VsmRecord, err: VsmdError) -> None:
-        log.warning("%s", err.message)
-        if rec.pid is not None:
-            self.pool.kill(rec.pid, signal.SIGKILL)
-        self.registry.remove(rec.id)
-        self._on_removed(rec)
-        for fut in self._spawn_waiters.pop(rec.id, []):
-            fut.set_exception(err)
+        if rec is not None:
+            rec.last_reason = reason[:500]
 
     def _start_timeout(self, vsm_id: str) -> None:
         rec = self.registry.find(vsm_id)
-        if rec is not None and rec.status is Status.STARTING:
-            self._fail_start(
-                rec,
-                SpawnError(
-                    f"VSM {rec.path} did not report ready within {self.config.spawn_timeout:g} s"
-                ),
-            )
-
-    def _advance_all(self) -> None:
-        for root_id in list(self._stop_waiters):
-            if root_id in self.registry:
-                self._advance(root_id)
-
-    def _advance(self, root_id: str) -> None:
-        """Signal every stopping VSM whose children are all gone; finish when none is left."""
-        nodes = self.registry.subtree(root_id)
-        for node in nodes:
-            self._signal_if_ready(node)
-        if not any(node.has_process for node in nodes):
-            self._finish(nodes)
-
-    def _signal_if_ready(self, node: VsmRecord) -> None:
-        if node.status is not Status.STOPPING or node.pid is None or node.term_sent:
+        if rec is None or rec.status is not Status.STARTING:
             return
-        if any(self.registry.get(c).has_process for c in node.children):
-            return  # leaves first: a parent outlives its children
-        node.term_sent = True
-        self.pool.kill(node.pid, signal.SIGTERM)
-        grace = self._stop_timeout.get(node.id, self.config.stop_timeout)
-        node.timer = self.timers.call_later(grace, lambda: self._kill_now(node.id))
+        message = f"VSM {rec.path} did not report ready within {self.config.spawn_timeout:g} s"
+        if not rec.ever_ready:
+            self._fail_start(rec, SpawnError(message))
+        elif rec.pid is not None:
+            rec.last_reason = message
+            self.pool.kill(rec.pid, signal.SIGKILL)  # its exit is then handled as a crash
 
-    def _kill_now(self, vsm_id: str) -> None:
-        rec = self.registry.find(vsm_id)
-        if rec is not None and rec.pid is not None:
-            log.warning("VSM %s did not stop in time; killing it", rec.path)
-            self.pool.kill(rec.pid, signal.SIGKILL)
+    # --- restore and sampling --------------------------------------------------------------
 
-    def _finish(self, nodes: list[VsmRecord]) -> None:
-        removed: list[str] = []
-        for node in nodes:  # leaves first
-            self.registry.remove(node.id)
-            self._stop_timeout.pop(node.id, None)
-            self._on_removed(node)
-            removed.append(node.id)
-            for spawn_fut in self._spawn_waiters.pop(node.id, []):
-                spawn_fut.set_exception(
-                    SpawnError(f"VSM {node.path} was terminated while starting")
-                )
-            # Also answers a terminate of a descendant that was still in flight.
-            for stop_fut in self._stop_waiters.pop(node.id, []):
-                stop_fut.set_result(list(removed))
-        self._advance_all()
+    def restore(self) -> tuple[int, int]:
+        """Re-create the journaled tree; (restored, dropped). Temporary VSMs are not restored."""
+        if self.journal is None:
+            return 0, 0
+        restored = dropped = 0
+        for e in self.journal.load():
+            policy = Policy(**e.policy)
+            rec = VsmRecord(
+                id=e.id,
+                name=e.name,
+                parent=e.parent,
+                path=e.path,
+                depth=e.depth,
+                agent=e.agent,
+                config=e.config,
+                policy=policy,
+                ever_ready=True,
+            )
+            orphan = e.parent is not None and e.parent not in self.registry
+            if (
+                orphan
+                or self.effective(rec, "restart") == "temporary"
+                or e.agent not in self.agents
+            ):
+                self.journal.delete(e.id)
+                dropped += 1
+                continue
+            self.registry.add(rec)
+            self._start(rec)
+            restored += 1
+        if restored or dropped:
+            self.events.emit(
+                "restored",
+                f"restored {restored} VSMs from the journal"
+                f" ({dropped} temporary or orphaned dropped)",
+                restored=restored,
+                dropped=dropped,
+            )
+        return restored, dropped
+
+    def sample(self) -> None:
+        targets = [
+            Sample(r.id, r.pid, r.policy, self.effective(r, "quota_action"))
+            for r in self.registry.all()
+            if r.status is Status.RUNNING and r.pid
+        ]
+        metrics, violations = self.sampler.sample(targets)
+        for vsm_id, m in metrics.items():
+            rec = self.registry.find(vsm_id)
+            if rec is not None:
+                rec.metrics = m
+        for v in violations:
+            self.on_violation(v)

@@ -22,6 +22,7 @@ class VsmSpec:
     max_message_bytes: int = 65536
     tick_interval: float = 1.0
     agent_modules: tuple[str, ...] = ()
+    policy: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

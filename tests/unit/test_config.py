@@ -226,3 +226,12 @@ def test_config_constructor_validates() -> None:
         Config(max_children=0)
     with pytest.raises(ConfigError):
         Config(reconnect_max_backoff=0.0)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_sample_config_holds_the_defaults() -> None:
+    loaded = load_config(REPO / "config" / "vsmd.toml", env={})
+    # state_dir is where a packager points it; everything else must match the code's defaults.
+    assert dataclasses.replace(loaded, state_dir=Config().state_dir) == Config()

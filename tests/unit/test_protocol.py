@@ -438,7 +438,8 @@ def test_from_dict_rebuilds_the_class(cls: type[VsmdError]) -> None:
 
 
 def test_codes_are_distinct() -> None:
-    codes = [cls.code for cls in [*SIMPLE_ERRORS, Throttled]]
+    classes: list[type[VsmdError]] = [*SIMPLE_ERRORS, Throttled]
+    codes = [cls.code for cls in classes]
     assert len(codes) == len(set(codes))
 
 

@@ -45,8 +45,7 @@ def test_exited_to_running_is_illegal_and_leaves_the_record_alone() -> None:
 
 
 def test_set_status_follows_an_edge() -> None:
-    rec = record("a")
-    assert rec.status is S.STARTING
+    rec = record("a", status=S.STARTING)
     rec.set_status(S.RUNNING)
     assert rec.status is S.RUNNING
 

@@ -1,0 +1,275 @@
+"""The fork server on fake OS calls, heard through a real SOCK_SEQPACKET pair."""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.unit.fakes import FakeOs
+from vsmd.agents import AgentRegistry
+from vsmd.spec import VsmSpec
+from vsmd.supervisor.forkserver import ForkServer
+
+PID = 4242
+
+
+@pytest.fixture
+def fake_os() -> FakeOs:
+    return FakeOs()
+
+
+@pytest.fixture
+def socks() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.setblocking(False)
+    with ours, theirs:
+        yield ours, theirs
+
+
+@pytest.fixture
+def daemon_end(socks: tuple[socket.socket, socket.socket]) -> socket.socket:
+    """The daemon's end of the socket: what the fork server sends arrives here."""
+    return socks[1]
+
+
+@pytest.fixture
+def server(socks: tuple[socket.socket, socket.socket], fake_os: FakeOs) -> Iterator[ForkServer]:
+    fs = ForkServer(socks[0], AgentRegistry(), fake_os)
+    fs.freeze = False  # keep gc.freeze() out of the test process
+    yield fs
+    os.close(fs._wake_r)
+    os.close(fs._wake_w)
+
+
+def received(sock: socket.socket) -> list[dict[str, Any]]:
+    """Every message waiting on the daemon's end, one per packet."""
+    out: list[dict[str, Any]] = []
+    while True:
+        try:
+            raw = sock.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        out.append(orjson.loads(raw))
+
+
+def spec(vsm_id: str = "abc123") -> VsmSpec:
+    return VsmSpec(
+        vsm_id=vsm_id,
+        name="alpha",
+        path="alpha",
+        parent_id=None,
+        depth=1,
+        agent="noop",
+        broker_url="amqp://x/",
+        namespace="vsm",
+    )
+
+
+def spawn_msg(vsm_id: str = "abc123") -> dict[str, Any]:
+    return {"op": "spawn", "spec": spec(vsm_id).to_dict(), "strategy": "forkserver"}
+
+
+def test_fork_eagain_reports_spawn_failed(
+    server: ForkServer, fake_os: FakeOs, daemon_end: socket.socket
+) -> None:
+    fake_os.fork_results = [OSError(errno.EAGAIN, "Resource temporarily unavailable")]
+    assert server.handle(spawn_msg()) is True
+    assert received(daemon_end) == [
+        {
+            "ev": "spawn_failed",
+            "vsm_id": "abc123",
+            "error": f"fork failed: {os.strerror(errno.EAGAIN)}",
+        }
+    ]
+    assert server.children == {}
+
+
+def test_fork_enomem_names_the_error(
+    server: ForkServer, fake_os: FakeOs, daemon_end: socket.socket
+) -> None:
+    fake_os.fork_results = [OSError(errno.ENOMEM, "no memory")]
+    server.spawn(spawn_msg())
+    [msg] = received(daemon_end)
+    assert msg["ev"] == "spawn_failed"
+    assert msg["error"] == f"fork failed: {os.strerror(errno.ENOMEM)}"
+
+
+def test_fork_reports_spawned(
+    server: ForkServer, fake_os: FakeOs, daemon_end: socket.socket
+) -> None:
+    fake_os.fork_results = [PID]
+    assert server.handle(spawn_msg()) is True
+    assert received(daemon_end) == [{"ev": "spawned", "vsm_id": "abc123", "pid": PID}]
+    assert server.children == {PID: "abc123"}
+
+
+def test_gc_freeze_before_fork_unless_turned_off(
+    server: ForkServer, fake_os: FakeOs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frozen: list[bool] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    server.freeze = True
+    fake_os.fork_results = [PID, PID + 1]
+    server.spawn({**spawn_msg("a"), "gc_freeze": False})
+    assert frozen == []
+    server.spawn(spawn_msg("b"))
+    assert frozen == [True]
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "sig"),
+    [
+        (3 << 8, 3, None),  # exit(3)
+        (0, 0, None),  # exit(0)
+        (signal.SIGKILL, None, signal.SIGKILL),  # killed by SIGKILL
+        (signal.SIGTERM, None, signal.SIGTERM),
+        (signal.SIGSEGV | 0x80, None, signal.SIGSEGV),  # with a core dump
+    ],
+)
+def test_reap_reports_exited(
+    server: ForkServer,
+    fake_os: FakeOs,
+    daemon_end: socket.socket,
+    status: int,
+    code: int | None,
+    sig: int | None,
+) -> None:
+    fake_os.fork_results = [PID]
+    server.spawn(spawn_msg())
+    received(daemon_end)
+    fake_os.waitpid_results = [(PID, status)]
+    server.reap()
+    assert received(daemon_end) == [
+        {"ev": "exited", "vsm_id": "abc123", "pid": PID, "code": code, "signal": sig}
+    ]
+    assert server.children == {}
+    assert fake_os.waitpid_calls[0] == (-1, os.WNOHANG)
+
+
+def test_reap_reports_every_exit_in_order(
+    server: ForkServer, fake_os: FakeOs, daemon_end: socket.socket
+) -> None:
+    fake_os.fork_results = [100, 200]
+    server.spawn(spawn_msg("one"))
+    server.spawn(spawn_msg("two"))
+    received(daemon_end)
+    fake_os.waitpid_results = [(200, 1 << 8), (100, signal.SIGKILL)]
+    server.reap()
+    assert [(m["vsm_id"], m["code"], m["signal"]) for m in received(daemon_end)] == [
+        ("two", 1, None),
+        ("one", None, signal.SIGKILL),
+    ]
+
+
+def test_reap_stops_when_nothing_has_exited(
+    server: ForkServer, fake_os: FakeOs, daemon_end: socket.socket
+) -> None:
+    fake_os.fork_results = [PID]
+    server.spawn(spawn_msg())
+    received(daemon_end)
+    fake_os.waitpid_results = [(0, 0), (PID, 0)]
+    server.reap()
+    assert received(daemon_end) == []
+    assert server.children == {PID: "abc123"}
+    assert fake_os.waitpid_results == [(PID, 0)]  # it did not keep waiting
+
+
+def test_reap_of_an_orphan_sends_nothing(
+    server: ForkServer, fake_os: FakeOs, daemon_end: socket.socket
+) -> None:
+    fake_os.fork_results = [PID]
+    server.spawn(spawn_msg())
+    received(daemon_end)
+    fake_os.waitpid_results = [(9999, 0), (PID, 2 << 8)]
+    server.reap()
+    msgs = received(daemon_end)
+    assert [m["pid"] for m in msgs] == [PID]  # the orphan 9999 was reaped silently
+    assert msgs[0]["code"] == 2
+
+
+def test_reap_with_no_children_at_all(server: ForkServer, daemon_end: socket.socket) -> None:
+    server.reap()  # waitpid raises ChildProcessError
+    assert received(daemon_end) == []
+
+
+def test_kill_signals_the_process_group(server: ForkServer, fake_os: FakeOs) -> None:
+    fake_os.fork_results = [PID]
+    server.spawn(spawn_msg())
+    server.kill(PID, signal.SIGTERM)
+    assert fake_os.killpg_calls == [(PID, signal.SIGTERM)]
+    assert fake_os.kill_calls == []
+
+
+def test_kill_of_unknown_pid_does_nothing(server: ForkServer, fake_os: FakeOs) -> None:
+    server.kill(12345, signal.SIGKILL)
+    assert fake_os.killpg_calls == []
+    assert fake_os.kill_calls == []
+
+
+def test_kill_after_reap_does_nothing(server: ForkServer, fake_os: FakeOs) -> None:
+    fake_os.fork_results = [PID]
+    server.spawn(spawn_msg())
+    fake_os.waitpid_results = [(PID, 0)]
+    server.reap()
+    server.kill(PID, signal.SIGKILL)  # the pid may belong to someone else by now
+    assert fake_os.killpg_calls == []
+    assert fake_os.kill_calls == []
+
+
+def test_kill_falls_back_to_the_pid_without_a_group(server: ForkServer, fake_os: FakeOs) -> None:
+    fake_os.fork_results = [PID]
+    server.spawn(spawn_msg())
+    fake_os.killpg_error = ProcessLookupError(errno.ESRCH, "No such process")
+    server.kill(PID, signal.SIGTERM)
+    assert fake_os.killpg_calls == [(PID, signal.SIGTERM)]
+    assert fake_os.kill_calls == [(PID, signal.SIGTERM)]
+
+
+def test_kill_of_a_process_that_just_went_is_quiet(server: ForkServer, fake_os: FakeOs) -> None:
+    fake_os.fork_results = [PID]
+    server.spawn(spawn_msg())
+    fake_os.killpg_error = ProcessLookupError(errno.ESRCH, "No such process")
+    fake_os.kill_error = ProcessLookupError(errno.ESRCH, "No such process")
+    server.kill(PID, signal.SIGKILL)  # must not raise
+    assert fake_os.kill_calls == [(PID, signal.SIGKILL)]
+
+
+def test_handle_kill(server: ForkServer, fake_os: FakeOs) -> None:
+    fake_os.fork_results = [PID]
+    server.spawn(spawn_msg())
+    assert server.handle({"op": "kill", "pid": PID, "sig": int(signal.SIGTERM)}) is True
+    assert fake_os.killpg_calls == [(PID, signal.SIGTERM)]
+
+
+def test_kill_all(server: ForkServer, fake_os: FakeOs) -> None:
+    fake_os.fork_results = [100, 200]
+    server.spawn(spawn_msg("one"))
+    server.spawn(spawn_msg("two"))
+    server.kill_all()
+    assert sorted(fake_os.killpg_calls) == [(100, signal.SIGKILL), (200, signal.SIGKILL)]
+
+
+def test_handle_shutdown_returns_false(server: ForkServer, fake_os: FakeOs) -> None:
+    assert server.handle({"op": "shutdown"}) is False
+    assert fake_os.killpg_calls == []
+
+
+def test_handle_unknown_op_is_ignored(server: ForkServer, daemon_end: socket.socket) -> None:
+    assert server.handle({"op": "dance"}) is True
+    assert server.handle({}) is True
+    assert received(daemon_end) == []
+
+
+def test_send_to_a_gone_daemon_is_quiet(
+    server: ForkServer, socks: tuple[socket.socket, socket.socket]
+) -> None:
+    socks[1].close()
+    server.send({"ev": "hello"})  # must not raise
