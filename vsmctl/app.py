@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 the daemon refused (its code and message on stderr), 2 usage
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +16,9 @@ import orjson
 import typer
 
 from vsmctl.client import DEFAULT_TIMEOUT, VsmClient
-from vsmctl.render import print_info, print_table, print_tree
+from vsmctl.render import print_event, print_info, print_table, print_tree
 from vsmd.errors import NoDaemon, VsmdError
-from vsmd.protocol import SpawnConfig, VsmInfo
+from vsmd.protocol import Policy, SpawnConfig, VsmInfo
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
 
@@ -83,30 +84,97 @@ def _settings(pairs: list[str], config_file: Path | None) -> dict[str, Any]:
     return settings
 
 
+Opt = typer.Option
+
+
 @app.command()
 def spawn(
-    parent: Annotated[str | None, typer.Option(help="Id of the parent VSM.")] = None,
-    name: Annotated[str | None, typer.Option(help="Name, unique among siblings.")] = None,
-    agent: Annotated[str | None, typer.Option(help="Agent type.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Agent setting KEY=VALUE.")
+    parent: Annotated[str | None, Opt(help="Id of the parent VSM.")] = None,
+    name: Annotated[str | None, Opt(help="Name, unique among siblings.")] = None,
+    agent: Annotated[str | None, Opt(help="Agent type.")] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="Agent setting KEY=VALUE.")] = None,
+    config: Annotated[Path | None, Opt(help="JSON file of agent settings.")] = None,
+    restart: Annotated[str | None, Opt(help="permanent, transient or temporary.")] = None,
+    on_parent_exit: Annotated[str | None, Opt(help="terminate or abandon.")] = None,
+    on_child_failure: Annotated[str | None, Opt(help="ignore, terminate or restart.")] = None,
+    memory_mb: Annotated[int | None, Opt(min=1, help="Memory quota (RSS, MiB).")] = None,
+    cpu_percent: Annotated[float | None, Opt(min=0.1, help="CPU quota (% of a core).")] = None,
+    max_fds: Annotated[int | None, Opt(min=1, help="Open files quota.")] = None,
+    max_procs: Annotated[int | None, Opt(min=1, help="Child processes quota.")] = None,
+    quota_action: Annotated[str | None, Opt(help="warn, restart or terminate.")] = None,
+    max_children: Annotated[int | None, Opt(min=1, help="Most direct children.")] = None,
+    budget_descendants: Annotated[
+        int | None, Opt(min=0, help="Most VSMs below this one (carved from the parent's).")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="JSON file of agent settings.")] = None,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print the id alone.")] = False,
+    budget_memory_mb: Annotated[
+        int | None, Opt(min=1, help="Memory quotas of this subtree, MiB (from the parent's).")
+    ] = None,
+    wait_throttle: Annotated[
+        bool, Opt("--wait-throttle", help="On THROTTLED, wait retry_after and try again.")
+    ] = False,
+    quiet: Annotated[bool, Opt("-q", "--quiet", help="Print the id alone.")] = False,
     json: Json = False,
     broker: Broker = None,
     namespace: Namespace = None,
     timeout: Timeout = DEFAULT_TIMEOUT,
 ) -> None:
     """Spawn a VSM (under --parent, or at the top level); returns once it is ready."""
-    cfg = SpawnConfig(name=name, agent=agent, settings=_settings(set_ or [], config))
-    info = _call(broker, namespace, timeout, lambda c: c.spawn_recursive_vsm(parent, cfg))
+    try:
+        policy = Policy(
+            restart=restart,
+            on_parent_exit=on_parent_exit,
+            on_child_failure=on_child_failure,
+            memory_mb=memory_mb,
+            cpu_percent=cpu_percent,
+            max_fds=max_fds,
+            max_procs=max_procs,
+            quota_action=quota_action,
+            max_children=max_children,
+            budget_descendants=budget_descendants,
+            budget_memory_mb=budget_memory_mb,
+        ).validate()
+    except VsmdError as err:
+        raise typer.BadParameter(err.message) from None
+    cfg = SpawnConfig(name=name, agent=agent, settings=_settings(set_ or [], config), policy=policy)
+    info = _call(
+        broker, namespace, timeout, lambda c: c.spawn_recursive_vsm(parent, cfg, wait_throttle)
+    )
     if json:
         _json(info.to_dict())
     elif quiet:
         typer.echo(info.id)
     else:
         typer.echo(f"spawned {info.id} ({info.path}, pid {info.pid})")
+
+
+@app.command()
+def events(
+    follow: Annotated[bool, Opt("--follow", "-f", help="Keep printing new events.")] = False,
+    since: Annotated[int, Opt(min=0, help="Only events after this sequence number.")] = 0,
+    json: Annotated[bool, Opt("--json", help="One JSON object per line.")] = False,
+    broker: Broker = None,
+    namespace: Namespace = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+) -> None:
+    """Supervision events: exits, restarts, quota actions, throttles, escalations."""
+
+    def show(event: dict[str, Any]) -> None:
+        if json:
+            sys.stdout.write(orjson.dumps(event).decode() + "\n")
+        else:
+            print_event(event)
+        sys.stdout.flush()
+
+    def run(c: VsmClient) -> None:
+        if not follow:
+            for event in c.events(since)[1]:
+                show(event)
+            return
+        for event in c.follow_events(since):
+            show(event)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _call(broker, namespace, timeout, run)
 
 
 @app.command("list")

@@ -10,18 +10,21 @@ with VsmClient(namespace="vsm") as c:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from vsmd.bus.connection import close_quietly, connect, redact
 from vsmd.bus.rpc import RpcChannel
+from vsmd.bus.subscribe import Subscription
 from vsmd.bus.topology import Topology
 from vsmd.config import DEFAULT_BROKER_URL
-from vsmd.errors import BrokerError, NoDaemon, VsmdError, from_dict
+from vsmd.errors import BrokerError, NoDaemon, Throttled, VsmdError, from_dict
 from vsmd.protocol import (
     Command,
     Envelope,
+    Events,
     ListVsms,
     Ping,
     Show,
@@ -102,11 +105,22 @@ class VsmClient:
         return result
 
     def spawn_recursive_vsm(
-        self, parent_id: str | None = None, config: SpawnConfig | None = None
+        self,
+        parent_id: str | None = None,
+        config: SpawnConfig | None = None,
+        wait_throttle: bool = False,
     ) -> VsmInfo:
-        cfg = config or SpawnConfig()
-        cmd = Spawn(parent=parent_id, name=cfg.name, agent=cfg.agent, config=dict(cfg.settings))
-        return VsmInfo.from_dict(self.request(cmd))
+        """Spawn a VSM and return it once ready. With ``wait_throttle``, a THROTTLED refusal is
+        retried after its ``retry_after`` until the client's timeout runs out."""
+        cmd = Spawn.of(parent_id, config or SpawnConfig())
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return VsmInfo.from_dict(self.request(cmd))
+            except Throttled as err:
+                if not wait_throttle or time.monotonic() + err.retry_after > deadline:
+                    raise
+                time.sleep(err.retry_after)
 
     def terminate_child_vsm(self, vsm_id: str, timeout: float | None = None) -> list[str]:
         # The daemon stops leaves first, each with ``timeout`` of grace: wait long enough.
@@ -125,8 +139,13 @@ class VsmClient:
     def show(self, vsm_id: str) -> VsmInfo:
         return VsmInfo.from_dict(self.request(Show(id=vsm_id)))
 
-    def call(self, vsm_id: str, kind: str, args: dict[str, Any] | None = None,
-             timeout: float | None = None) -> Any:
+    def call(
+        self,
+        vsm_id: str,
+        kind: str,
+        args: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """Send a message to a VSM's inbox (its agent's ``handle``); the agent's answer."""
         info = self.show(vsm_id)
         env = Envelope(type="call", sender="vsmctl", body={"kind": kind, "args": args or {}})
@@ -146,13 +165,33 @@ class VsmClient:
         info = self.show(vsm_id)
         env = Envelope(type="ping", sender="vsmctl")
         wait = self.timeout if timeout is None else timeout
-        raw = self._channel().call(self.topo.exchange, self.topo.down_key(info.path),
-                                   env.encode(), wait)
+        raw = self._channel().call(
+            self.topo.exchange, self.topo.down_key(info.path), env.encode(), wait
+        )
         reply = loads_object(raw, MAX_REPLY)
         if reply.get("ok") is not True:
             raise from_dict(reply.get("error") or {})
         result: dict[str, Any] = reply["result"]
         return result
+
+    def events(self, since: int = 0, limit: int = 1000) -> tuple[int, list[dict[str, Any]]]:
+        """Buffered supervision events after ``since``: (last sequence number, events)."""
+        result = self.request(Events(since=since, limit=limit))
+        return int(result["last_seq"]), list(result["events"])
+
+    def follow_events(self, since: int = 0) -> Iterator[dict[str, Any]]:
+        """Buffered events after ``since``, then live ones as they happen (never ends)."""
+        self._channel()  # connects
+        sub = Subscription(self._conn, self.topo.exchange, "event.#")
+        last, backlog = self.events(since)
+        yield from backlog
+        while True:
+            raw = sub.get(1.0)
+            if raw is None:
+                continue
+            event = loads_object(raw, MAX_REPLY)
+            if int(event.get("seq", 0)) > last:  # the backlog may already have had it
+                yield event
 
     # --- lifetime --------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -13,10 +14,13 @@ from vsmd.protocol import VsmInfo
 _STATUS_STYLE = {
     "running": "green",
     "starting": "yellow",
+    "backoff": "yellow",
     "stopping": "yellow",
     "exited": "dim",
     "failed": "red",
 }
+_COLUMNS = ("ID", "NAME", "PATH", "DEPTH", "PID", "STATUS", "AGENT", "RESTARTS", "CHILDREN",
+            "RSS MiB", "CPU %")
 
 
 def _status(info: VsmInfo) -> str:
@@ -24,22 +28,25 @@ def _status(info: VsmInfo) -> str:
     return f"[{style}]{info.status}[/]" if style else info.status
 
 
+def _metric(info: VsmInfo, key: str) -> str:
+    value = info.metrics.get(key)
+    return "-" if value is None else f"{value:g}"
+
+
+def _when(stamp: float | None) -> str:
+    if not stamp:
+        return "-"
+    return datetime.datetime.fromtimestamp(stamp).isoformat(timespec="seconds")
+
+
 def print_table(infos: list[VsmInfo]) -> None:
     table = Table(box=None, header_style="bold")
-    for col in ("ID", "NAME", "PATH", "DEPTH", "PID", "STATUS", "AGENT", "RESTARTS", "CHILDREN"):
+    for col in _COLUMNS:
         table.add_column(col)
     for i in infos:
-        table.add_row(
-            i.id,
-            i.name,
-            i.path,
-            str(i.depth),
-            str(i.pid or "-"),
-            _status(i),
-            i.agent,
-            str(i.restarts),
-            str(len(i.children)),
-        )
+        table.add_row(i.id, i.name, i.path, str(i.depth), str(i.pid or "-"), _status(i), i.agent,
+                      str(i.restarts), str(len(i.children)), _metric(i, "rss_mb"),
+                      _metric(i, "cpu_percent"))
     Console().print(table)
 
 
@@ -56,27 +63,24 @@ def print_info(info: VsmInfo) -> None:
     table = Table(box=None, show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    started = (
-        datetime.datetime.fromtimestamp(info.started_at).isoformat(timespec="seconds")
-        if info.started_at
-        else "-"
-    )
     rows = {
-        "id": info.id,
-        "name": info.name,
-        "path": info.path,
-        "parent": info.parent or "-",
-        "depth": str(info.depth),
-        "pid": str(info.pid or "-"),
-        "status": _status(info),
-        "agent": info.agent,
-        "config": str(info.config),
-        "started": started,
-        "restarts": str(info.restarts),
-        "last exit": info.last_exit or "-",
-        "last reason": info.last_reason or "-",
+        "id": info.id, "name": info.name, "path": info.path, "parent": info.parent or "-",
+        "depth": str(info.depth), "pid": str(info.pid or "-"), "status": _status(info),
+        "agent": info.agent, "config": str(info.config), "started": _when(info.started_at),
+        "restarts": str(info.restarts), "last exit": info.last_exit or "-",
+        "last reason": info.last_reason or "-", "next restart": _when(info.next_restart),
+        "policy": " ".join(f"{k}={v}" for k, v in info.policy.items()) or "defaults",
+        "usage": " ".join(f"{k}={v}" for k, v in info.metrics.items()) or "-",
         "children": " ".join(info.children) or "-",
     }
     for key, value in rows.items():
         table.add_row(key, value)
     Console().print(table)
+
+
+def print_event(event: dict[str, Any]) -> None:
+    stamp = datetime.datetime.fromtimestamp(event["time"]).strftime("%H:%M:%S.%f")[:-3]
+    Console(highlight=False).print(
+        f"[dim]{stamp} #{event['seq']}[/] [bold]{event['kind']}[/] {event['message']}",
+        markup=True,
+    )

@@ -18,11 +18,11 @@ from vsmd.errors import ProtocolError, Unauthorized, VsmdError
 from vsmd.protocol import (
     Command,
     Envelope,
+    Events,
     ListVsms,
     Ping,
     Show,
     Spawn,
-    SpawnConfig,
     Terminate,
     VsmInfo,
     error_reply,
@@ -84,9 +84,7 @@ class Control:
         )
 
     def spawn(self, cmd: Spawn, respond: Respond) -> None:
-        fut = self.manager.spawn_recursive_vsm(
-            cmd.parent, SpawnConfig(name=cmd.name, agent=cmd.agent, settings=cmd.config)
-        )
+        fut = self.manager.spawn_recursive_vsm(cmd.parent, cmd.spawn_config())
         _answer_when_done(fut, respond, VsmInfo.to_dict)
 
     def list(self, cmd: ListVsms, respond: Respond) -> None:
@@ -95,6 +93,17 @@ class Control:
 
     def show(self, cmd: Show, respond: Respond) -> None:
         respond(ok_reply(self.manager.show(cmd.id).to_dict()))
+
+    def events(self, cmd: Events, respond: Respond) -> None:
+        log_ = self.manager.events
+        respond(
+            ok_reply(
+                {
+                    "last_seq": log_.last_seq,
+                    "events": [e.to_dict() for e in log_.since(cmd.since, cmd.limit)],
+                }
+            )
+        )
 
     def terminate(self, cmd: Terminate, respond: Respond) -> None:
         if cmd.timeout is not None and not 0 < cmd.timeout <= 3600:
@@ -116,12 +125,12 @@ class Control:
             if kind == "ready":
                 pid = env.body.get("pid")
                 self.manager.on_ready(sender.id, pid if isinstance(pid, int) else 0)
+            elif kind == "failed":
+                self.manager.on_failure_report(sender.id, str(env.body.get("reason", "")))
             elif kind == "spawn":
                 cmd = Spawn.from_args(env.body)
                 # A VSM may only create children of its own: its authority is its subtree.
-                fut = self.manager.spawn_recursive_vsm(
-                    sender.id, SpawnConfig(name=cmd.name, agent=cmd.agent, settings=cmd.config)
-                )
+                fut = self.manager.spawn_recursive_vsm(sender.id, cmd.spawn_config())
                 _answer_when_done(fut, respond, VsmInfo.to_dict)
             else:
                 raise ProtocolError(f"unknown message kind {kind[:64]!r}")
@@ -136,4 +145,5 @@ HANDLERS: dict[type[Command], Handler] = {
     ListVsms: Control.list,
     Show: Control.show,
     Terminate: Control.terminate,
+    Events: Control.events,
 }

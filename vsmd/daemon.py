@@ -26,9 +26,12 @@ from vsmd.bus.topology import Topology
 from vsmd.config import Config
 from vsmd.control import Control
 from vsmd.errors import BrokerError, ProtocolError
-from vsmd.protocol import error_reply
+from vsmd.events import Event, EventLog
+from vsmd.journal import Journal
+from vsmd.protocol import Envelope, dumps, error_reply
 from vsmd.registry import VsmRecord
 from vsmd.spawn_manager import SpawnManager
+from vsmd.supervisor.oscalls import become_subreaper
 from vsmd.supervisor.pool import ForkServerPool
 from vsmd.timers import Timers
 
@@ -46,8 +49,17 @@ class Daemon:
         self.bus = DaemonBus(
             config.broker_url, self.topo, config.heartbeat, self._on_admin, self._on_bus_event
         )
+        self.events_log = EventLog(config.event_buffer, self._publish_event)
+        self.journal = Journal(config.state_dir / f"journal-{config.namespace}.db")
         self.manager = SpawnManager(
-            config, self.pool, self.timers, self.agents, on_removed=self._on_removed
+            config,
+            self.pool,
+            self.timers,
+            self.agents,
+            on_removed=self._on_removed,
+            events=self.events_log,
+            journal=self.journal,
+            notify=self._notify_vsm,
         )
         self.control = Control(config, self.manager)
         self._signals: list[int] = []
@@ -118,7 +130,43 @@ class Daemon:
             return
         self.control.handle_vsm(split[0], split[1], body, respond)
 
+    def _publish_event(self, event: Event) -> None:
+        key = f"event.{event.path or 'daemon'}.{event.kind}"
+        # Without a broker it stays in the ring buffer; followers catch up with `vsmctl events`.
+        with contextlib.suppress(BrokerError):
+            self.bus.publish(self.topo.exchange, key, dumps(event.to_dict()))
+
+    def _notify_vsm(self, rec: VsmRecord, kind: str, body: dict[str, Any]) -> None:
+        """A message for a VSM's agent (its ``handle(kind, args)``), e.g. child_failed."""
+        env = Envelope(type="call", sender="vsmd", body={"kind": kind, "args": body})
+        try:
+            self.bus.publish(self.topo.exchange, self.topo.down_key(rec.path), env.encode())
+        except BrokerError as err:
+            log.warning("could not tell %s about %s: %s", rec.path, kind, err.message)
+
+    def _sample(self) -> None:
+        self.manager.sample()
+        self._reap_orphans()
+        self.timers.call_later(self.config.sample_interval, self._sample)
+
+    def _reap_orphans(self) -> None:
+        """As a subreaper we inherit what loses its parent (VSMs of a dead fork server).
+
+        Peek first (WNOWAIT) and leave the fork server to its Popen; reaping another Popen
+        child is harmless, subprocess reads ECHILD as "already exited".
+        """
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == self.pool.pid:
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, 0)
+
     def _on_removed(self, rec: VsmRecord) -> None:
+        self.manager.sampler.forget(rec.id)
         try:
             self.bus.delete_queue(self.topo.inbox(rec.id))
         except BrokerError as err:
@@ -194,7 +242,12 @@ class Daemon:
     def run(self) -> int:
         self.bus.connect()  # raises BrokerError: the caller reports it and exits 3
         self._install_signals()
+        become_subreaper()
         self.pool.start()
+        restored, _dropped = self.manager.restore()
+        if restored:
+            log.info("restored %d VSMs from the journal", restored)
+        self.timers.call_later(self.config.sample_interval, self._sample)
         log.info(
             "vsmd ready: namespace %s, broker %s, strategy %s, max_total %d",
             self.config.namespace,
@@ -215,5 +268,6 @@ class Daemon:
         finally:
             self.pool.stop()
             self.bus.close()
+            self.journal.close()
         log.info("vsmd stopped")
         return 0

@@ -272,7 +272,12 @@ class Envelope:
             env = cls(**data)
         except TypeError as exc:
             raise ProtocolError(f"bad envelope: {exc}") from None
-        if type(env.v) is not int or env.v != VERSION or not isinstance(env.type, str) or not isinstance(env.sender, str):
+        if (
+            type(env.v) is not int
+            or env.v != VERSION
+            or not isinstance(env.type, str)
+            or not isinstance(env.sender, str)
+        ):
             raise ProtocolError("bad envelope: wrong version or field types")
         if not isinstance(env.body, dict):
             raise ProtocolError("bad envelope: body must be an object")

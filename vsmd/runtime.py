@@ -131,6 +131,18 @@ class VsmRuntime:
         env = Envelope(type=kind, sender=self.vsm_id, body=body)
         self._rpc.notify(self.topo.exchange, self.topo.up_key(self.path, kind), env.encode())
 
+    def _report_failure(self, reason: str) -> None:
+        """Tell the daemon why we are about to exit, if the broker can still hear us."""
+        try:
+            if self._rpc is not None:
+                self._publish("failed", {"reason": reason[:500]})
+                if self._conn is not None:
+                    self._conn.process_data_events(time_limit=0)  # flush before exiting
+        except BUS_ERRORS:
+            pass  # the exit code still tells the daemon that the agent failed
+        except MemoryError:
+            pass
+
     def _handle(self, props: pika.spec.BasicProperties, raw: bytes) -> bytes:
         try:
             env = Envelope.decode(raw, self.spec.max_message_bytes)
@@ -221,6 +233,7 @@ class VsmRuntime:
             self._agent.stop(self)
         except Exception as exc:
             log.exception("vsm %s: agent failed: %s", self.vsm_id, exc)
+            self._report_failure(f"agent failed: {type(exc).__name__}: {exc}")
             return EXIT_AGENT
         finally:
             close_quietly(self._conn)

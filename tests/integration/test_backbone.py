@@ -137,7 +137,7 @@ def test_refusals_have_codes_and_exit_1(broker_url: str, tmp_path: Path) -> None
 
 
 def test_crash_is_seen_at_once(daemon: DaemonProc) -> None:
-    vsm = spawn(daemon, "--agent", "crasher")
+    vsm = spawn(daemon, "--agent", "crasher", "--restart", "temporary")
     c = daemon.client()
     pid = c.show(vsm).pid
     assert pid is not None

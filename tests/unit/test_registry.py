@@ -13,11 +13,13 @@ S = Status
 
 # The lifecycle, written out independently of the code under test.
 ALLOWED: dict[Status, set[Status]] = {
-    S.STARTING: {S.RUNNING, S.FAILED, S.STOPPING},
-    S.RUNNING: {S.STOPPING, S.EXITED, S.FAILED},
+    S.STARTING: {S.RUNNING, S.FAILED, S.STOPPING, S.BACKOFF},
+    S.RUNNING: {S.STOPPING, S.EXITED, S.FAILED, S.BACKOFF},
+    # Waiting out a restart delay: the delay ends, a terminate, or intensity exceeded.
+    S.BACKOFF: {S.STARTING, S.STOPPING, S.FAILED},
     S.STOPPING: {S.EXITED},
-    S.EXITED: {S.STARTING, S.STOPPING},
-    S.FAILED: {S.STARTING, S.STOPPING},
+    S.EXITED: {S.STARTING, S.STOPPING, S.BACKOFF},
+    S.FAILED: {S.STARTING, S.STOPPING, S.BACKOFF},
 }
 ALL_PAIRS = list(itertools.product(Status, Status))
 

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import orjson
 
 from vsmd.agents import AgentRegistry, build_registry
+from vsmd.quotas import apply_rlimits
 from vsmd.runtime import run_vsm
 from vsmd.spec import VsmSpec
 from vsmd.supervisor.oscalls import (
@@ -129,6 +130,7 @@ class ForkServer:
             self.sock.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+            apply_rlimits(spec.policy)  # hard quotas before any agent code, inherited by exec
             if strategy == "exec":
                 os.execv(
                     sys.executable,

@@ -1,0 +1,81 @@
+"""Memory and CPU of the daemon, its fork server, every VSM and the broker node (psutil)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+
+import psutil
+
+from bench.vsmd_proc import VsmdProc
+
+MIB = 2**20
+
+
+def beam_pid(root_pid: int) -> int | None:
+    """The Erlang VM of a private node started by EmbeddedBroker (a descendant of its script)."""
+    with contextlib.suppress(psutil.Error):
+        for p in psutil.Process(root_pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if p.name().startswith("beam"):
+                    return p.pid
+    return None
+
+
+def _procs(pids: Iterable[int | None]) -> list[psutil.Process]:
+    out: list[psutil.Process] = []
+    for pid in pids:
+        if pid is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            out.append(psutil.Process(pid))
+    return out
+
+
+def memory(d: VsmdProc, broker: int | None) -> dict[str, list[float]]:
+    """MiB: daemon/fork server/broker RSS (one value each), and RSS/USS/PSS of every VSM."""
+    out: dict[str, list[float]] = {}
+    singles = {"daemon_rss": d.pid, "forkserver_rss": d.forkserver_pid(), "broker_rss": broker}
+    for key, pid in singles.items():
+        for p in _procs([pid]):
+            with contextlib.suppress(psutil.Error):
+                out[key] = [p.memory_info().rss / MIB]
+    for key in ("vsm_rss", "vsm_uss", "vsm_pss"):
+        out[key] = []
+    for p in _procs(d.vsm_pids()):
+        with contextlib.suppress(psutil.Error):
+            info = p.memory_full_info()
+            out["vsm_rss"].append(info.rss / MIB)
+            out["vsm_uss"].append(info.uss / MIB)
+            out["vsm_pss"].append(info.pss / MIB)
+    return out
+
+
+def _cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def idle_cpu(d: VsmdProc, broker: int | None, seconds: float) -> dict[str, float]:
+    """Percent of one core used over ``seconds`` while nothing is asked of the daemon."""
+    vsms = _procs(d.vsm_pids())
+    groups = {
+        "daemon": _procs([d.pid]),
+        "forkserver": _procs([d.forkserver_pid()]),
+        "vsms_total": vsms,
+        "broker": _procs([broker]),
+    }
+    before = {k: _cpu(v) for k, v in groups.items()}
+    start = time.perf_counter()
+    time.sleep(seconds)
+    after = {k: _cpu(v) for k, v in groups.items()}
+    wall = time.perf_counter() - start
+    out = {k: (after[k] - before[k]) / wall * 100 for k in groups if groups[k]}
+    if vsms:
+        out["vsm_each"] = out["vsms_total"] / len(vsms)
+    return out
