@@ -164,6 +164,9 @@ class VsmRuntime:
     def _drain_inbox(self) -> None:
         while self._inbox:
             props, raw, tag = self._inbox.popleft()
+            # Ack before the agent sees it: a message that crashes the agent must not come back
+            # to the restarted VSM and crash it again (at-most-once for agent calls).
+            self._ch.basic_ack(tag)
             reply = self._handle(props, raw)
             if props.reply_to:
                 self._ch.basic_publish(
@@ -172,7 +175,6 @@ class VsmRuntime:
                     reply,
                     pika.BasicProperties(correlation_id=props.correlation_id),
                 )
-            self._ch.basic_ack(tag)
 
     def _wait(self, seconds: float) -> None:
         self._waiting = True

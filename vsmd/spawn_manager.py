@@ -282,14 +282,12 @@ class SpawnManager(Lifecycle):
         rec.ready_at = time.monotonic()
         if rec.timer:
             rec.timer.cancel()
-        if rec.ever_ready:
-            self.events.emit(
-                "restarted",
-                f"{rec.path} is running again (restart {rec.restarts})",
-                rec.id,
-                rec.path,
-                pid=rec.pid,
-            )
+        if rec.restarts:
+            self.events.emit("restarted", f"{rec.path} is running again (restart {rec.restarts})",
+                             rec.id, rec.path, pid=rec.pid)
+        elif rec.ever_ready:
+            self.events.emit("started", f"{rec.path} is running again after a daemon restart",
+                             rec.id, rec.path, pid=rec.pid)
         rec.ever_ready = True
         for fut in self._spawn_waiters.pop(rec.id, []):
             fut.set_result(rec.info())

@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
-from tests.unit.fakes import FakeClock, FakePool, Tree
+from tests.unit.fakes import FakeClock, FakePool, HostMemory, Notes, Tree
 from vsmd.agents import AgentRegistry
 from vsmd.config import Config
+from vsmd.journal import Journal
 from vsmd.registry import VsmRecord
 from vsmd.spawn_manager import SpawnManager
+from vsmd.throttle import Admission
 from vsmd.timers import Timers
 
 # Round numbers so the timeout tests read easily.
@@ -48,14 +50,43 @@ def removed() -> list[VsmRecord]:
 
 
 @pytest.fixture
-def make_manager(
-    pool: FakePool, timers: Timers, agents: AgentRegistry, removed: list[VsmRecord]
-) -> MakeManager:
-    """A SpawnManager on the fakes; keyword arguments override fields of the unit config."""
+def memory() -> HostMemory:
+    """The host's free memory as admission sees it: plenty unless a test lowers it."""
+    return HostMemory()
 
-    def make(**overrides: Any) -> SpawnManager:
+
+@pytest.fixture
+def notes() -> Notes:
+    return Notes()
+
+
+@pytest.fixture
+def make_manager(
+    pool: FakePool,
+    timers: Timers,
+    clock: FakeClock,
+    agents: AgentRegistry,
+    removed: list[VsmRecord],
+    memory: HostMemory,
+    notes: Notes,
+) -> MakeManager:
+    """A SpawnManager on the fakes; keyword arguments override fields of the unit config.
+
+    ``journal=`` attaches a journal. Admission runs on the fake clock and fake free memory.
+    """
+
+    def make(journal: Journal | None = None, **overrides: Any) -> SpawnManager:
         config = dataclasses.replace(UNIT_CONFIG, **overrides)
-        return SpawnManager(config, pool, timers, agents, on_removed=removed.append)
+        return SpawnManager(
+            config,
+            pool,
+            timers,
+            agents,
+            on_removed=removed.append,
+            journal=journal,
+            admission=Admission(config, clock=clock, available_mb=memory),
+            notify=notes,
+        )
 
     return make
 

@@ -1,4 +1,5 @@
-"""Test doubles shared by the unit tests: a clock, a process pool, OS calls and a reply sink."""
+"""Test doubles shared by the unit tests: a clock, a process pool, OS calls, a reply sink, the
+host's free memory, a notify sink and a driver that builds running trees."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from typing import Any
 import orjson
 
 from vsmd.errors import VsmdError
-from vsmd.protocol import SpawnConfig, VsmInfo
+from vsmd.events import Event
+from vsmd.protocol import Policy, SpawnConfig, VsmInfo
+from vsmd.registry import VsmRecord
 from vsmd.spawn_manager import SpawnManager
 from vsmd.spec import VsmSpec
+from vsmd.timers import Timers
 
 
 class FakeClock:
@@ -24,6 +28,38 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def run_for(clock: FakeClock, timers: Timers, seconds: float) -> None:
+    """Let ``seconds`` pass and run every timer that is due by then."""
+    clock.advance(seconds)
+    timers.run_due()
+
+
+class HostMemory:
+    """The ``available_mb`` seam of Admission: free memory the test sets."""
+
+    def __init__(self, mb: float = 1_000_000.0) -> None:
+        self.mb = mb
+
+    def __call__(self) -> float:
+        return self.mb
+
+
+class Notes:
+    """The manager's ``notify`` callable: every message meant for a VSM's agent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __call__(self, rec: VsmRecord, kind: str, body: dict[str, Any]) -> None:
+        self.sent.append((rec.id, kind, body))
+
+
+def events_of(manager: SpawnManager, kind: str | None = None) -> list[Event]:
+    """The manager's events (of one kind), oldest first."""
+    every = manager.events.since(0, 1_000_000)
+    return [e for e in every if kind is None or e.kind == kind]
 
 
 class FakePool:
@@ -115,9 +151,12 @@ class Tree:
     def next_pid(self) -> int:
         return next(self._pids)
 
-    def start(self, parent: str | None = None, name: str | None = None) -> VsmInfo:
+    def start(
+        self, parent: str | None = None, name: str | None = None, policy: Policy | None = None
+    ) -> VsmInfo:
         """Spawn, report the fork and report ready; returns the running VSM's info."""
-        fut = self.manager.spawn_recursive_vsm(parent, SpawnConfig(name=name))
+        cfg = SpawnConfig(name=name, policy=policy or Policy())
+        fut = self.manager.spawn_recursive_vsm(parent, cfg)
         if fut.done():
             fut.result()  # raises the refusal
         spec = self.pool.last
@@ -125,6 +164,14 @@ class Tree:
         self.manager.on_spawned(spec.vsm_id, pid)
         self.manager.on_ready(spec.vsm_id, pid)
         return fut.result(timeout=0)
+
+    def come_back(self, vsm_id: str) -> int:
+        """A restart of ``vsm_id`` was asked of the pool: report its fork and ready; its pid."""
+        assert any(s.vsm_id == vsm_id for s in self.pool.spawned), f"{vsm_id} was not spawned"
+        pid = self.next_pid()
+        self.manager.on_spawned(vsm_id, pid)
+        self.manager.on_ready(vsm_id, pid)
+        return pid
 
     def pid(self, vsm_id: str) -> int:
         pid = self.manager.registry.get(vsm_id).pid

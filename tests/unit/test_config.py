@@ -180,23 +180,20 @@ def test_bad_override() -> None:
     assert "max_depth" in info.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Config.__post_init__ checks 'value <= 0', which is False for NaN, "
-    "so spawn_timeout = nan is accepted",
-)
-def test_nan_timeout_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError):
-        load_config(write_toml(tmp_path, "[vsmd]\nspawn_timeout = nan\n"), env={})
+@pytest.mark.parametrize("name", ["spawn_timeout", "stop_timeout", "backoff_max", "spawn_rate"])
+def test_nan_timeout_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write_toml(tmp_path, f"[vsmd]\n{name} = nan\n"), env={})
+    assert name in info.value.message
+    assert "above 0" in info.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config._coerce turns any TOML value into a Path (state_dir = 5 -> Path('5'))",
-)
-def test_non_string_state_dir_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError):
-        load_config(write_toml(tmp_path, "[vsmd]\nstate_dir = 5\n"), env={})
+@pytest.mark.parametrize("value", ["5", "true", '["/x"]'])
+def test_non_string_state_dir_is_refused(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write_toml(tmp_path, f"[vsmd]\nstate_dir = {value}\n"), env={})
+    assert "state_dir" in info.value.message
+    assert "Path" in info.value.message
 
 
 def test_invalid_toml(tmp_path: Path) -> None:

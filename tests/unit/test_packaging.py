@@ -30,8 +30,12 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     vsmd_bin = Path(sys.executable).parent / "vsmd"
     assert "ExecStart=/usr/local/bin/vsmd run" in unit
     (tmp_path / "vsmd.service").write_text(unit.replace("/usr/local/bin/vsmd", str(vsmd_bin)))
-    res = subprocess.run([analyze, "verify", str(tmp_path / "vsmd.service")],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [analyze, "verify", str(tmp_path / "vsmd.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     problems = [line for line in res.stderr.splitlines() if "vsmd.service" in line]
     assert problems == [], res.stderr
     assert "KillMode=mixed" in unit and "Restart=on-failure" in unit
