@@ -19,8 +19,19 @@ _STATUS_STYLE = {
     "exited": "dim",
     "failed": "red",
 }
-_COLUMNS = ("ID", "NAME", "PATH", "DEPTH", "PID", "STATUS", "AGENT", "RESTARTS", "CHILDREN",
-            "RSS MiB", "CPU %")
+_COLUMNS = (
+    "ID",
+    "NAME",
+    "PATH",
+    "DEPTH",
+    "PID",
+    "STATUS",
+    "AGENT",
+    "RESTARTS",
+    "CHILDREN",
+    "RSS MiB",
+    "CPU %",
+)
 
 
 def _status(info: VsmInfo) -> str:
@@ -44,9 +55,19 @@ def print_table(infos: list[VsmInfo]) -> None:
     for col in _COLUMNS:
         table.add_column(col)
     for i in infos:
-        table.add_row(i.id, i.name, i.path, str(i.depth), str(i.pid or "-"), _status(i), i.agent,
-                      str(i.restarts), str(len(i.children)), _metric(i, "rss_mb"),
-                      _metric(i, "cpu_percent"))
+        table.add_row(
+            i.id,
+            i.name,
+            i.path,
+            str(i.depth),
+            str(i.pid or "-"),
+            _status(i),
+            i.agent,
+            str(i.restarts),
+            str(len(i.children)),
+            _metric(i, "rss_mb"),
+            _metric(i, "cpu_percent"),
+        )
     Console().print(table)
 
 
@@ -64,11 +85,20 @@ def print_info(info: VsmInfo) -> None:
     table.add_column(style="bold")
     table.add_column()
     rows = {
-        "id": info.id, "name": info.name, "path": info.path, "parent": info.parent or "-",
-        "depth": str(info.depth), "pid": str(info.pid or "-"), "status": _status(info),
-        "agent": info.agent, "config": str(info.config), "started": _when(info.started_at),
-        "restarts": str(info.restarts), "last exit": info.last_exit or "-",
-        "last reason": info.last_reason or "-", "next restart": _when(info.next_restart),
+        "id": info.id,
+        "name": info.name,
+        "path": info.path,
+        "parent": info.parent or "-",
+        "depth": str(info.depth),
+        "pid": str(info.pid or "-"),
+        "status": _status(info),
+        "agent": info.agent,
+        "config": str(info.config),
+        "started": _when(info.started_at),
+        "restarts": str(info.restarts),
+        "last exit": info.last_exit or "-",
+        "last reason": info.last_reason or "-",
+        "next restart": _when(info.next_restart),
         "policy": " ".join(f"{k}={v}" for k, v in info.policy.items()) or "defaults",
         "usage": " ".join(f"{k}={v}" for k, v in info.metrics.items()) or "-",
         "children": " ".join(info.children) or "-",

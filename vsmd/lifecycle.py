@@ -97,11 +97,12 @@ class Lifecycle:
     def _crashed(self, rec: VsmRecord, code: int | None, sig: int | None) -> None:
         uptime = time.monotonic() - rec.ready_at if rec.ready_at is not None else None
         rec.ready_at = None
-        why = (
-            rec.last_reason
-            if rec.force_restart and rec.last_reason
-            else (f"exited on its own ({rec.last_exit})")
-        )
+        why = f"exited on its own ({rec.last_exit})"
+        if rec.reported:
+            why += f": {rec.reported}"
+        if rec.force_restart and rec.last_reason:
+            why = rec.last_reason  # the quota or supervisor that asked for it
+        rec.reported = None
         restart = rec.force_restart or should_restart(self.effective(rec, "restart"), code, sig)
         rec.force_restart = False
         if not restart:

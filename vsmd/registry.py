@@ -78,6 +78,7 @@ class VsmRecord:
     force_restart: bool = False  # a quota or supervisor asked for a restart whatever the policy
     history: RestartHistory = field(default_factory=RestartHistory)
     metrics: dict[str, Any] = field(default_factory=dict)
+    reported: str | None = None  # what the VSM said about its own failure, before exiting
 
     def set_status(self, new: Status) -> None:
         self.status = transition(self.status, new)

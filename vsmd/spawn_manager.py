@@ -283,11 +283,21 @@ class SpawnManager(Lifecycle):
         if rec.timer:
             rec.timer.cancel()
         if rec.restarts:
-            self.events.emit("restarted", f"{rec.path} is running again (restart {rec.restarts})",
-                             rec.id, rec.path, pid=rec.pid)
+            self.events.emit(
+                "restarted",
+                f"{rec.path} is running again (restart {rec.restarts})",
+                rec.id,
+                rec.path,
+                pid=rec.pid,
+            )
         elif rec.ever_ready:
-            self.events.emit("started", f"{rec.path} is running again after a daemon restart",
-                             rec.id, rec.path, pid=rec.pid)
+            self.events.emit(
+                "started",
+                f"{rec.path} is running again after a daemon restart",
+                rec.id,
+                rec.path,
+                pid=rec.pid,
+            )
         rec.ever_ready = True
         for fut in self._spawn_waiters.pop(rec.id, []):
             fut.set_result(rec.info())
@@ -296,7 +306,7 @@ class SpawnManager(Lifecycle):
         """The VSM said why it is about to exit (its agent raised)."""
         rec = self.registry.find(vsm_id)
         if rec is not None:
-            rec.last_reason = reason[:500]
+            rec.reported = reason[:500]
 
     def _start_timeout(self, vsm_id: str) -> None:
         rec = self.registry.find(vsm_id)

@@ -69,10 +69,12 @@ def test_kill_9_at_each_depth_follows_the_restart_policy(broker_url: str, tmp_pa
 def test_transient_stays_down_after_a_clean_exit(broker_url: str, tmp_path: Path) -> None:
     with running_daemon(broker_url, tmp_path, config=FAST) as d:
         c = d.client()
-        clean = c.spawn_recursive_vsm(None, SpawnConfig(
-            name="clean", agent="crasher", policy=Policy(restart="transient")))
-        perm = c.spawn_recursive_vsm(None, SpawnConfig(
-            name="perm", agent="crasher", policy=Policy(restart="permanent")))
+        clean = c.spawn_recursive_vsm(
+            None, SpawnConfig(name="clean", agent="crasher", policy=Policy(restart="transient"))
+        )
+        perm = c.spawn_recursive_vsm(
+            None, SpawnConfig(name="perm", agent="crasher", policy=Policy(restart="permanent"))
+        )
         for vsm in (clean, perm):
             with pytest.raises(VsmdError):
                 c.call(vsm.id, "crash", {"code": 0}, timeout=1.0)
@@ -86,8 +88,9 @@ def test_intensity_exceeded_fails_and_escalates(broker_url: str, tmp_path: Path)
     with running_daemon(broker_url, tmp_path, config=config) as d:
         c = d.client()
         parent = new(c, None, "boss", on_child_failure="terminate")
-        kid = c.spawn_recursive_vsm(parent.id, SpawnConfig(
-            name="flaky", agent="crasher", settings={"after": 0, "code": 3}))
+        kid = c.spawn_recursive_vsm(
+            parent.id, SpawnConfig(name="flaky", agent="crasher", settings={"after": 0, "code": 3})
+        )
         poll_for(lambda: "failed" in events_of(c, kid.id), timeout=30, what="intensity exceeded")
         kinds = events_of(c, kid.id)
         assert kinds.count("restart_scheduled") == 2 and "escalated" in kinds
@@ -118,8 +121,9 @@ def test_terminate_during_backoff_means_no_restart(broker_url: str, tmp_path: Pa
         poll_for(lambda: time.time() > due + 0.5, timeout=10, what="the restart time to pass")
         assert not _exists(c, vsm.id)
         assert "restarted" not in events_of(c, vsm.id)
-        assert not any(vsm.id in " ".join(p.info["cmdline"] or [])
-                       for p in psutil.process_iter(["cmdline"]))
+        assert not any(
+            vsm.id in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
+        )
 
 
 def test_abandoned_children_outlive_their_parent(daemon: DaemonProc) -> None:
@@ -145,8 +149,9 @@ def test_terminate_kills_the_agents_own_subprocesses(daemon: DaemonProc) -> None
     poll_for(lambda: gone(helper), what="the agent's subprocess to die with its group")
 
 
-def test_kill_9_of_vsmd_leaves_nothing_and_restart_restores(broker_url: str,
-                                                            tmp_path: Path) -> None:
+def test_kill_9_of_vsmd_leaves_nothing_and_restart_restores(
+    broker_url: str, tmp_path: Path
+) -> None:
     d = start_daemon(broker_url, tmp_path / "state")
     try:
         c = d.client()
@@ -158,14 +163,22 @@ def test_kill_9_of_vsmd_leaves_nothing_and_restart_restores(broker_url: str,
         c.close()
         d.proc.kill()
         d.proc.wait()
-        poll_for(lambda: all(gone(p.pid) for p in family), timeout=2,
-                 what="every VSM to die with the daemon")
+        poll_for(
+            lambda: all(gone(p.pid) for p in family),
+            timeout=2,
+            what="every VSM to die with the daemon",
+        )
 
         again = start_daemon(broker_url, tmp_path / "state", namespace=d.namespace)
         d = again
         c = d.client()
-        poll_for(lambda: all(v.status == "running" for v in c.list_child_vsms())
-                 and len(c.list_child_vsms()) == 2, what="the restored tree")
+        poll_for(
+            lambda: (
+                all(v.status == "running" for v in c.list_child_vsms())
+                and len(c.list_child_vsms()) == 2
+            ),
+            what="the restored tree",
+        )
         restored = {v.id: v for v in c.list_child_vsms()}
         assert set(restored) == {root.id, kid.id}  # temporary ones are not restored
         assert restored[kid.id].path == "root.kid" and restored[kid.id].parent == root.id

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -116,7 +116,7 @@ def start_daemon(
     broker_url: str,
     state_dir: Path,
     namespace: str | None = None,
-    config: dict[str, object] | None = None,
+    config: Mapping[str, object] | None = None,
 ) -> DaemonProc:
     ns = namespace or new_namespace()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,7 @@ def running_daemon(
     broker_url: str,
     state_dir: Path,
     namespace: str | None = None,
-    config: dict[str, object] | None = None,
+    config: Mapping[str, object] | None = None,
 ) -> Iterator[DaemonProc]:
     d = start_daemon(broker_url, state_dir, namespace, config)
     try:
