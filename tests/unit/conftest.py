@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,6 +59,19 @@ def memory() -> HostMemory:
 @pytest.fixture
 def notes() -> Notes:
     return Notes()
+
+
+@pytest.fixture
+def journal_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "journal.db"
+
+
+@pytest.fixture
+def journal(journal_path: Path) -> Iterator[Journal]:
+    """A real SQLite journal in the test's own directory."""
+    j = Journal(journal_path)
+    yield j
+    j.close()
 
 
 @pytest.fixture
