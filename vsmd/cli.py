@@ -95,8 +95,9 @@ def run(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # pika narrates every connection at INFO; keep the daemon's own log readable.
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika narrates every connection (and every refusal, with a traceback); vsmd logs what
+    # matters in its own words.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     raise typer.Exit(_run(config, demo))
 
 

@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vsm: bad spec: {exc}", file=sys.stderr)
         return EXIT_SPEC
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # we report in our own words
     return run_vsm(spec)
 
 

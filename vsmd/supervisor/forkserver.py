@@ -184,6 +184,7 @@ def main() -> None:
     die_with_parent(signal.SIGKILL)
     become_subreaper()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # we report in our own words
     sock = socket.socket(fileno=fd)
     registry = build_registry(sys.argv[2:])
     gc.collect()

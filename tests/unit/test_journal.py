@@ -1,0 +1,198 @@
+"""The SQLite journal of desired VSMs, and the SpawnManager's restore from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.unit.conftest import MakeManager
+from tests.unit.fakes import FakePool, Tree, events_of
+from tests.unit.helpers import spawn
+from vsmd.errors import ConfigError
+from vsmd.journal import Entry, Journal
+from vsmd.protocol import Policy
+from vsmd.registry import Status
+from vsmd.spawn_manager import SpawnManager
+
+
+def entry(vsm_id: str, parent: str | None, depth: int, **policy: object) -> Entry:
+    return Entry(vsm_id, parent, vsm_id, vsm_id, depth, "noop", {"k": [1, "x"]}, dict(policy))
+
+
+def ids(entries: list[Entry]) -> list[str]:
+    return [e.id for e in entries]
+
+
+def test_load_is_parents_first_then_in_put_order(journal: Journal) -> None:
+    # Put out of order: a child before its parent, and two roots apart.
+    journal.put(entry("r2", None, 1))
+    journal.put(entry("c", "r1", 2))
+    journal.put(entry("r1", None, 1))
+    journal.put(entry("g", "c", 3))
+    journal.put(entry("c2", "r2", 2))
+    assert ids(journal.load()) == ["r2", "r1", "c", "c2", "g"]
+    assert journal.count() == 5
+
+
+def test_entries_round_trip(journal: Journal) -> None:
+    original = entry("a", None, 1, restart="permanent", memory_mb=64)
+    journal.put(original)
+    assert journal.load() == [original]
+
+
+def test_put_replaces_an_entry(journal: Journal) -> None:
+    journal.put(entry("a", None, 1))
+    journal.put(entry("b", None, 1))
+    journal.put(Entry("a", None, "a", "a", 1, "tree", {}, {}))
+    assert journal.count() == 2
+    assert ids(journal.load()) == ["b", "a"]  # a replaced entry goes to the end
+    assert journal.load()[1].agent == "tree"
+
+
+def test_reparent_and_delete(journal: Journal) -> None:
+    journal.put(entry("r", None, 1))
+    journal.put(entry("a", "r", 2))
+    journal.reparent("a", None, 1)
+    journal.delete("r")
+    journal.delete("never-there")
+    [only] = journal.load()
+    assert (only.id, only.parent, only.depth) == ("a", None, 1)
+
+
+def test_survives_reopening(journal_path: Path) -> None:
+    first = Journal(journal_path)
+    first.put(entry("r", None, 1))
+    first.put(entry("c", "r", 2))
+    first.close()
+    second = Journal(journal_path)
+    try:
+        assert ids(second.load()) == ["r", "c"]
+        second.put(entry("r2", None, 1))  # its sequence continues after the old ones
+        assert ids(second.load()) == ["r", "r2", "c"]
+    finally:
+        second.close()
+
+
+def test_unusable_path_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError) as info:
+        Journal(blocker / "journal.db")
+    assert "cannot open the journal" in info.value.message
+
+
+# --- through the SpawnManager -----------------------------------------------------------------
+
+
+def test_spawn_journals_and_terminate_forgets(
+    make_manager: MakeManager, pool: FakePool, journal: Journal
+) -> None:
+    manager = make_manager(journal=journal)
+    tree = Tree(manager, pool)
+    root = tree.start(name="r", policy=Policy(restart="permanent"))
+    kid = tree.start(parent=root.id, name="k")
+    [r, k] = journal.load()
+    assert (r.id, r.parent, r.name, r.path, r.depth, r.agent) == (root.id, None, "r", "r", 1, "noop")
+    assert r.policy == {"restart": "permanent"}
+    assert (k.id, k.parent, k.path, k.depth) == (kid.id, root.id, "r.k", 2)
+    manager.terminate_child_vsm(root.id)
+    tree.exit(kid.id)
+    assert journal.count() == 2  # forgotten with the records, when the whole subtree is gone
+    tree.exit(root.id)
+    assert journal.count() == 0
+
+
+def test_a_failed_start_is_not_journaled(
+    make_manager: MakeManager, pool: FakePool, journal: Journal
+) -> None:
+    manager = make_manager(journal=journal)
+    spawn(manager, name="a")
+    manager.on_spawn_failed(pool.last.vsm_id, "no")
+    assert journal.count() == 0
+
+
+def test_shutdown_keeps_the_journal(
+    make_manager: MakeManager, pool: FakePool, journal: Journal
+) -> None:
+    manager = make_manager(journal=journal)
+    tree = Tree(manager, pool)
+    root = tree.start(name="r")
+    kid = tree.start(parent=root.id, name="k")
+    futs = manager.shutdown()
+    tree.exit(kid.id)
+    tree.exit(root.id)
+    assert futs[0].result(timeout=0) == [kid.id, root.id]
+    assert len(manager.registry) == 0
+    assert ids(journal.load()) == [root.id, kid.id]
+
+
+def build_and_shut_down(manager: SpawnManager, pool: FakePool) -> dict[str, str]:
+    """r (transient) -> k (permanent), r -> t (temporary) -> tx, and a temporary root c."""
+    tree = Tree(manager, pool)
+    r = tree.start(name="r")
+    k = tree.start(parent=r.id, name="k", policy=Policy(restart="permanent"))
+    t = tree.start(parent=r.id, name="t", policy=Policy(restart="temporary"))
+    tx = tree.start(parent=t.id, name="tx", policy=Policy(restart="permanent"))
+    c = tree.start(name="c", policy=Policy(restart="temporary"))
+    manager.shutdown()
+    for info in (tx, k, t, r, c):
+        tree.exit(info.id)
+    return {i.path: i.id for i in (r, k, t, tx, c)}
+
+
+def test_restore_recreates_the_lasting_vsms(
+    make_manager: MakeManager, pool: FakePool, journal_path: Path
+) -> None:
+    first = Journal(journal_path)
+    made = build_and_shut_down(make_manager(journal=first), pool)
+    first.close()
+
+    again = Journal(journal_path)
+    try:
+        manager = make_manager(journal=again)
+        before = len(pool.spawned)
+        assert manager.restore() == (2, 3)
+        specs = pool.spawned[before:]
+        assert [(s.vsm_id, s.path, s.parent_id, s.depth) for s in specs] == [
+            (made["r"], "r", None, 1),
+            (made["r.k"], "r.k", made["r"], 2),
+        ]
+        assert specs[1].policy == {"restart": "permanent"}
+        assert manager.show(made["r"]).children == [made["r.k"]]
+        assert manager.show(made["r"]).status == "starting"
+        assert all(made[p] not in manager.registry for p in ("r.t", "r.t.tx", "c"))
+        # Temporary VSMs and their orphans are gone from the journal too.
+        assert ids(again.load()) == [made["r"], made["r.k"]]
+        [event] = events_of(manager, "restored")
+        assert event.details == {"restored": 2, "dropped": 3}
+        assert "restored 2 VSMs" in event.message
+    finally:
+        again.close()
+
+
+def test_a_restored_vsm_that_dies_while_starting_is_restarted(
+    make_manager: MakeManager, pool: FakePool, journal: Journal
+) -> None:
+    journal.put(Entry("a1", None, "a", "a", 1, "noop", {}, {}))
+    manager = make_manager(journal=journal)
+    manager.restore()
+    manager.on_spawned("a1", 4000)
+    manager.on_exited("a1", 4000, 3, None)
+    # It ran before the daemon restarted: a crash, not a refused spawn.
+    assert manager.registry.get("a1").status is Status.BACKOFF
+    assert journal.count() == 1
+
+
+def test_restore_drops_unknown_agents(make_manager: MakeManager, journal: Journal) -> None:
+    journal.put(Entry("m1", None, "m", "m", 1, "martian", {}, {}))
+    manager = make_manager(journal=journal)
+    assert manager.restore() == (0, 1)
+    assert journal.count() == 0
+
+
+def test_restore_without_a_journal_or_entries(make_manager: MakeManager, journal: Journal) -> None:
+    assert make_manager().restore() == (0, 0)
+    manager = make_manager(journal=journal)
+    assert manager.restore() == (0, 0)
+    assert events_of(manager, "restored") == []
