@@ -13,8 +13,11 @@ from vsmd.config import DEFAULT_BROKER_URL, Config, load_config
 from vsmd.errors import BrokerError, VsmdError
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from vsmd.broker.embedded import EmbeddedBroker
     from vsmd.daemon import Daemon
+    from vsmd.protocol import VsmInfo
 
 EXIT_CONFIG = 2
 EXIT_NO_BROKER = 3
@@ -130,17 +133,22 @@ def _spawn_demo(daemon: Daemon) -> None:
     from vsmd.protocol import SpawnConfig
 
     log = logging.getLogger("vsmd")
+    hint = f"try: vsmctl list --tree --namespace {daemon.config.namespace}"
+    if daemon.manager.registry.sibling_named(None, "demo") is not None:
+        log.info("the demo tree was restored from the journal; %s", hint)
+        return
     fut = daemon.manager.spawn_recursive_vsm(
         None, SpawnConfig(name="demo", agent="tree", settings={"fanout": 2, "levels": 2})
     )
-    fut.add_done_callback(
-        lambda f: log.info(
-            "demo tree root %s is up; it spawns its own children. Try: vsmctl list --tree "
-            "--namespace %s",
-            f.result().id if f.exception() is None else f.exception(),
-            daemon.config.namespace,
-        )
-    )
+
+    def done(f: Future[VsmInfo]) -> None:
+        err = f.exception()
+        if err is None:
+            log.info("demo root %s is up and spawns its own children; %s", f.result().id, hint)
+        else:
+            log.error("the demo tree could not start: %s", err)
+
+    fut.add_done_callback(done)
 
 
 def main() -> None:

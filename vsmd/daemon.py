@@ -166,7 +166,6 @@ class Daemon:
                 os.waitpid(info.si_pid, 0)
 
     def _on_removed(self, rec: VsmRecord) -> None:
-        self.manager.sampler.forget(rec.id)
         try:
             self.bus.delete_queue(self.topo.inbox(rec.id))
         except BrokerError as err:

@@ -236,7 +236,11 @@ class Lifecycle:
         self._stop_timeout.pop(rec.id, None)
         if self.journal is not None:
             self.journal.delete(rec.id)
+        self._forget(rec)
         self._on_removed(rec)
+
+    def _forget(self, rec: VsmRecord) -> None:
+        """Drop per-VSM bookkeeping kept outside the registry (a hook for subclasses)."""
 
     # --- commanded stops -------------------------------------------------------------------
 

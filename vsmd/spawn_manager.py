@@ -247,6 +247,10 @@ class SpawnManager(Lifecycle):
         except SpawnError as err:
             self.on_spawn_failed(rec.id, err.message)
 
+    def _forget(self, rec: VsmRecord) -> None:
+        self.admission.forget(rec.id)
+        self.sampler.forget(rec.id)
+
     def on_spawned(self, vsm_id: str, pid: int) -> None:
         rec = self.registry.find(vsm_id)
         if rec is None:

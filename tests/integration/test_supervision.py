@@ -187,3 +187,23 @@ def test_kill_9_of_vsmd_leaves_nothing_and_restart_restores(
         assert any(e["kind"] == "restored" for e in c.events()[1])
     finally:
         d.stop()
+
+
+def test_fork_server_crash_takes_its_vsms_and_they_come_back(daemon: DaemonProc) -> None:
+    c = daemon.client()
+    keep = new(c, None, "keep", restart="permanent")
+    temp = new(c, None, "temp", restart="temporary")
+    fork_server = next(p for p in psutil.Process(daemon.proc.pid).children()
+                       if "forkserver" in " ".join(p.cmdline()))
+    fork_server.kill()
+    assert keep.pid is not None and temp.pid is not None
+    poll_for(lambda: gone(keep.pid or 0) and gone(temp.pid or 0),
+             what="the VSMs to die with their fork server")
+    back = back_with_new_pid(c, keep)
+    assert back.last_exit == "killed by SIGKILL"
+    poll_for(lambda: c.show(temp.id).status == "failed", what="the temporary one to stay down")
+    # The dead VSMs were re-parented to the daemon (a subreaper) and reaped: no zombies.
+    poll_for(lambda: not any(p.status() == psutil.STATUS_ZOMBIE
+                             for p in psutil.Process(daemon.proc.pid).children()),
+             what="the orphans to be reaped")
+    assert c.spawn_recursive_vsm(None, SpawnConfig(name="fresh")).status == "running"

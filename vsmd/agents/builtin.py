@@ -28,4 +28,6 @@ class TreeAgent(BaseAgent):
             try:
                 ctx.spawn_child(name=f"c{i}", agent="tree", config=child)
             except VsmdError as err:
+                if err.code == "CONFLICT":
+                    continue  # already there: restored from the journal after a daemon restart
                 log.warning("%s: child %d refused: %s %s", ctx.path, i, err.code, err.message)
