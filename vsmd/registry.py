@@ -73,6 +73,7 @@ class VsmRecord:
     term_sent: bool = False
     timer: Timer | None = None  # spawn deadline, kill deadline or restart delay
     ever_ready: bool = False  # once it ran, a failed start is a crash, not a refused spawn
+    start_requested: float = 0.0  # monotonic, when the fork was asked for
     ready_at: float | None = None  # monotonic, for the uptime that resets the backoff
     next_restart: float | None = None  # wall clock, for list/show
     force_restart: bool = False  # a quota or supervisor asked for a restart whatever the policy

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import signal
@@ -14,6 +13,7 @@ from typing import Any
 
 import pika
 import pika.spec
+from setproctitle import setproctitle
 
 from vsmd.agents import Agent, AgentRegistry, build_registry
 from vsmd.bus.connection import BUS_ERRORS, CONNECTION_ERRORS, close_quietly, connect, describe
@@ -111,7 +111,7 @@ class VsmRuntime:
                 self.topo.inbox(self.vsm_id), self.topo.exchange, self.topo.down_key(self.path)
             )
             ch.basic_consume(self.topo.inbox(self.vsm_id), self._on_message)
-            self._rpc = RpcChannel(conn)
+            self._rpc = RpcChannel(conn, ch)
         except CONNECTION_ERRORS as exc:
             close_quietly(conn)
             raise BrokerError(f"cannot set up the inbox: {describe(exc)}") from None
@@ -125,8 +125,8 @@ class VsmRuntime:
         self._inbox.append((props, body, method.delivery_tag))
 
     def _publish(self, kind: str, body: dict[str, Any]) -> None:
-        # The RPC channel, not the inbox's: a "ready" must reach the daemon before any request
-        # the agent makes next, and AMQP orders messages per channel only.
+        # On the channel the RPCs use: a "ready" must reach the daemon before any request the
+        # agent makes next, and AMQP orders messages per channel only.
         assert self._rpc is not None
         env = Envelope(type=kind, sender=self.vsm_id, body=body)
         self._rpc.notify(self.topo.exchange, self.topo.up_key(self.path, kind), env.encode())
@@ -244,10 +244,7 @@ class VsmRuntime:
 
 def run_vsm(spec: VsmSpec, registry: AgentRegistry | None = None) -> int:
     """Entry point of a VSM process, after fork or exec."""
-    with contextlib.suppress(ImportError):
-        from setproctitle import setproctitle
-
-        setproctitle(f"vsm {spec.vsm_id} {spec.path}")
+    setproctitle(f"vsm {spec.vsm_id} {spec.path}")
     try:
         reg = registry if registry is not None else build_registry(spec.agent_modules)
         runtime = VsmRuntime(spec, reg)

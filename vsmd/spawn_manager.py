@@ -239,6 +239,7 @@ class SpawnManager(Lifecycle):
             policy=rec.policy.to_dict(),
         )
         rec.forking, rec.term_sent = True, False
+        rec.start_requested = time.monotonic()
         rec.timer = self.timers.call_later(
             self.config.spawn_timeout, lambda: self._start_timeout(rec.id)
         )
@@ -258,6 +259,8 @@ class SpawnManager(Lifecycle):
             self.pool.kill(pid, signal.SIGKILL)
             return
         rec.pid, rec.forking = pid, False
+        log.debug("%s forked as %d after %.1f ms", rec.path, pid,
+                  (time.monotonic() - rec.start_requested) * 1000)
         if rec.status is Status.STOPPING:
             self._advance_all()
 
@@ -284,6 +287,7 @@ class SpawnManager(Lifecycle):
         rec.set_status(Status.RUNNING)
         rec.started_at = time.time()
         rec.ready_at = time.monotonic()
+        log.debug("%s ready after %.1f ms", rec.path, (rec.ready_at - rec.start_requested) * 1000)
         if rec.timer:
             rec.timer.cancel()
         if rec.restarts:

@@ -14,7 +14,9 @@ from vsmd.protocol import Policy
 from vsmd.spawn_manager import SpawnManager
 
 
-def refused(manager: SpawnManager, parent: str | None, policy: Policy | None = None) -> QuotaExceeded:
+def refused(
+    manager: SpawnManager, parent: str | None, policy: Policy | None = None
+) -> QuotaExceeded:
     err = refusal(spawn(manager, parent=parent, policy=policy), QuotaExceeded)
     assert isinstance(err, QuotaExceeded)
     return err

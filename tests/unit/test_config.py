@@ -30,6 +30,52 @@ def test_defaults() -> None:
     assert config.agent_modules == ()
 
 
+def test_supervision_defaults() -> None:
+    config = Config()
+    assert (config.default_restart, config.default_on_parent_exit) == ("transient", "terminate")
+    assert (config.default_on_child_failure, config.default_quota_action) == ("ignore", "warn")
+    assert (config.max_restarts, config.max_seconds) == (5, 60.0)
+    assert (config.backoff_initial, config.backoff_max, config.stable_uptime) == (0.1, 30.0, 10.0)
+    assert (config.sample_interval, config.quota_violations) == (1.0, 3)
+    assert (config.spawn_rate, config.spawn_burst) == (1000.0, 1000)
+    assert (config.parent_spawn_rate, config.parent_spawn_burst) == (50.0, 100)
+    assert (config.min_available_mb, config.memory_budget_mb, config.event_buffer) == (256, 0, 1000)
+
+
+def test_supervision_options_from_toml(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        """
+[vsmd]
+default_restart = "permanent"
+default_on_parent_exit = "abandon"
+default_on_child_failure = "restart"
+default_quota_action = "terminate"
+max_restarts = 2
+max_seconds = 5
+backoff_max = 1.5
+spawn_rate = 10
+memory_budget_mb = 4096
+min_available_mb = 0
+""",
+    )
+    config = load_config(path, env={})
+    assert config == dataclasses.replace(
+        Config(),
+        default_restart="permanent",
+        default_on_parent_exit="abandon",
+        default_on_child_failure="restart",
+        default_quota_action="terminate",
+        max_restarts=2,
+        max_seconds=5.0,
+        backoff_max=1.5,
+        spawn_rate=10.0,
+        memory_budget_mb=4096,
+        min_available_mb=0,
+    )
+    assert type(config.max_seconds) is float
+
+
 def test_toml_overrides_defaults(tmp_path: Path) -> None:
     path = write_toml(
         tmp_path,
@@ -151,6 +197,22 @@ def test_unknown_option_in_toml(tmp_path: Path) -> None:
         ('log_level = "LOUD"', ["log_level", "'LOUD'"]),
         ("agent_modules = [1, 2]", ["agent_modules"]),
         ("broker_url = 5672", ["broker_url", "5672"]),
+        ('default_restart = "always"', ["default_restart", "'always'", "permanent"]),
+        ('default_on_parent_exit = "ignore"', ["default_on_parent_exit", "abandon"]),
+        ('default_on_child_failure = "abandon"', ["default_on_child_failure", "ignore"]),
+        ('default_quota_action = "kill"', ["default_quota_action", "'kill'", "warn"]),
+        ("max_restarts = 0", ["max_restarts", "at least 1"]),
+        ("quota_violations = 0", ["quota_violations", "at least 1"]),
+        ("spawn_burst = 0", ["spawn_burst", "at least 1"]),
+        ("parent_spawn_burst = -1", ["parent_spawn_burst", "at least 1"]),
+        ("event_buffer = 0", ["event_buffer", "at least 1"]),
+        ("max_seconds = 0", ["max_seconds", "above 0"]),
+        ("backoff_initial = -0.1", ["backoff_initial", "above 0"]),
+        ("sample_interval = 0", ["sample_interval", "above 0"]),
+        ("parent_spawn_rate = 0", ["parent_spawn_rate", "above 0"]),
+        ("min_available_mb = -1", ["min_available_mb", "0 or more"]),
+        ("memory_budget_mb = -5", ["memory_budget_mb", "0 or more"]),
+        ("max_restarts = 2.5", ["max_restarts", "2.5", "int"]),
     ],
 )
 def test_bad_values_in_toml(tmp_path: Path, line: str, fragments: list[str]) -> None:

@@ -277,3 +277,66 @@ def test_spawn_from_a_starting_vsm_is_a_conflict(
     assert error_code(replies.only()) == "CONFLICT"
     assert len(pool.spawned) == 1
     assert manager.show(vsm_id).children == []
+
+
+# --- supervision over the control plane -------------------------------------------------------
+
+
+def test_admin_spawn_passes_the_policy(
+    control: Control, replies: Replies, manager: SpawnManager, pool: FakePool
+) -> None:
+    admin(control, replies, "spawn", name="alpha", restart="permanent", memory_mb=64)
+    assert pool.last.policy == {"restart": "permanent", "memory_mb": 64}
+    vsm_id = pool.last.vsm_id
+    manager.on_spawned(vsm_id, 55)
+    manager.on_ready(vsm_id, 55)
+    assert replies.only()["result"]["policy"] == {"restart": "permanent", "memory_mb": 64}
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [({"restart": "always"}, "restart"), ({"memory_mb": 0}, "memory_mb")],
+)
+def test_admin_spawn_with_a_bad_policy(
+    control: Control, replies: Replies, pool: FakePool, args: dict[str, Any], field: str
+) -> None:
+    admin(control, replies, "spawn", **args)
+    reply = replies.only()
+    assert error_code(reply) == "BAD_REQUEST"
+    assert reply["error"]["details"] == {"field": field}
+    assert pool.spawned == []
+
+
+def test_admin_events(control: Control, replies: Replies, tree: Tree) -> None:
+    info = tree.start(name="alpha")
+    tree.exit(info.id, code=1)  # transient: a restart is scheduled
+    admin(control, replies, "events")
+    admin(control, replies, "events", since=1, limit=5)
+    every, later = replies.decoded
+    assert every["ok"] is True
+    kinds = [e["kind"] for e in every["result"]["events"]]
+    assert kinds == ["restart_scheduled"]
+    assert every["result"]["last_seq"] == 1
+    assert every["result"]["events"][0]["vsm_id"] == info.id
+    assert later["result"] == {"last_seq": 1, "events": []}
+
+
+def test_failure_report_from_a_vsm(
+    control: Control, replies: Replies, manager: SpawnManager, tree: Tree
+) -> None:
+    alpha = tree.start(name="alpha")
+    from_vsm(control, replies, alpha.id, "alpha", "failed", reason="agent failed: KeyError: 'x'")
+    assert replies.raw == []  # a notification: no reply
+    tree.exit(alpha.id, code=4)
+    assert manager.show(alpha.id).last_reason == (
+        "exited on its own (exit code 4): agent failed: KeyError: 'x'"
+    )
+
+
+def test_spawn_from_a_vsm_passes_the_policy(
+    control: Control, replies: Replies, tree: Tree, pool: FakePool
+) -> None:
+    alpha = tree.start(name="alpha")
+    from_vsm(control, replies, alpha.id, "alpha", "spawn", name="kid", restart="temporary")
+    assert pool.last.parent_id == alpha.id
+    assert pool.last.policy == {"restart": "temporary"}

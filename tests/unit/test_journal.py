@@ -93,7 +93,14 @@ def test_spawn_journals_and_terminate_forgets(
     root = tree.start(name="r", policy=Policy(restart="permanent"))
     kid = tree.start(parent=root.id, name="k")
     [r, k] = journal.load()
-    assert (r.id, r.parent, r.name, r.path, r.depth, r.agent) == (root.id, None, "r", "r", 1, "noop")
+    assert (r.id, r.parent, r.name, r.path, r.depth, r.agent) == (
+        root.id,
+        None,
+        "r",
+        "r",
+        1,
+        "noop",
+    )
     assert r.policy == {"restart": "permanent"}
     assert (k.id, k.parent, k.path, k.depth) == (kid.id, root.id, "r.k", 2)
     manager.terminate_child_vsm(root.id)

@@ -85,7 +85,9 @@ def test_each_metric_counts_on_its_own() -> None:
     _, violations = sampler.sample([target(action="warn", memory_mb=1, max_fds=1)])
     by_metric = {v.metric: v for v in violations}
     assert set(by_metric) == {"memory", "fds"}
-    assert re.fullmatch(r"open files quota exceeded: \d+ > 1 for 1 samples", by_metric["fds"].message)
+    assert re.fullmatch(
+        r"open files quota exceeded: \d+ > 1 for 1 samples", by_metric["fds"].message
+    )
     assert by_metric["fds"].action == "warn"
 
 
@@ -136,9 +138,7 @@ def test_default_quota_action_from_the_config(make_manager: MakeManager, pool: F
     manager = make_manager(quota_violations=1, default_quota_action="terminate")
     vsm_id = run_as_me(manager, pool, hog("hog", memory_mb=1))
     manager.sample()
-    assert [e.kind for e in events_of(manager) if e.kind.startswith("quota")] == [
-        "quota_terminate"
-    ]
+    assert [e.kind for e in events_of(manager) if e.kind.startswith("quota")] == ["quota_terminate"]
     assert manager.show(vsm_id).status == "stopping"
     assert pool.kills == [(ME, signal.SIGTERM)]
 

@@ -77,7 +77,9 @@ def test_per_parent_rate(clock: FakeClock) -> None:
 
 
 def test_a_refused_admission_takes_no_token(clock: FakeClock) -> None:
-    adm = admission(clock, spawn_rate=1.0, spawn_burst=1, parent_spawn_rate=1.0, parent_spawn_burst=1)
+    adm = admission(
+        clock, spawn_rate=1.0, spawn_burst=1, parent_spawn_rate=1.0, parent_spawn_burst=1
+    )
     adm.admit("p")  # both buckets empty now
     clock.advance(0.5)
     with pytest.raises(Throttled):
@@ -117,7 +119,9 @@ def test_forget_drops_a_parents_bucket(clock: FakeClock) -> None:
 # --- through the SpawnManager -----------------------------------------------------------------
 
 
-def test_throttled_spawn_is_refused_with_an_event(make_manager: MakeManager, pool: FakePool) -> None:
+def test_throttled_spawn_is_refused_with_an_event(
+    make_manager: MakeManager, pool: FakePool
+) -> None:
     manager = make_manager(spawn_rate=0.5, spawn_burst=1)
     Tree(manager, pool).start(name="a")
     err = refusal(spawn(manager, name="b"), Throttled)

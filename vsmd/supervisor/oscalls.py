@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import signal
 from typing import Protocol
@@ -38,9 +38,15 @@ class RealOs:
         os.kill(pid, sig)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # The C library already mapped into this process: find_library("c") would run ldconfig,
+    # milliseconds on every spawn.
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _prctl(option: int, arg: int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.prctl(option, arg, 0, 0, 0) != 0:
+    if _libc().prctl(option, arg, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
