@@ -106,6 +106,7 @@ class Config:
             "sample_interval",
             "spawn_rate",
             "parent_spawn_rate",
+            "stable_uptime",
         ):
             if not getattr(self, name) > 0:  # also refuses NaN
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}: must be above 0")

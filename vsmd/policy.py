@@ -32,7 +32,8 @@ class RestartHistory:
             self.times.popleft()
         if len(self.times) > config.max_restarts:
             return None
-        base = config.backoff_initial * (2 ** (self.consecutive - 1))
+        # Cap the exponent too: 2**1024 does not fit a float.
+        base = config.backoff_initial * (2 ** min(self.consecutive - 1, 64))
         # Jitter spreads the restarts of VSMs that crashed together (say, on a broker outage).
         delay: float = min(config.backoff_max, base) * random.uniform(1.0, 1.25)
         return delay

@@ -28,8 +28,11 @@ LIVE = frozenset({Status.STARTING, Status.RUNNING, Status.BACKOFF, Status.STOPPI
 # Every edge the lifecycle allows; anything else is a bug and raises.
 _EDGES: dict[Status, frozenset[Status]] = {
     # STARTING -> RUNNING: the VSM reported ready; -> FAILED: it died or timed out first;
-    # STARTING -> STOPPING: terminated while still starting; -> BACKOFF: a restart failed.
-    Status.STARTING: frozenset({Status.RUNNING, Status.FAILED, Status.STOPPING, Status.BACKOFF}),
+    # STARTING -> STOPPING: terminated while still starting; -> BACKOFF: a restart failed;
+    # -> EXITED: a restart ended cleanly (exit 0) before it was ready, and stays down.
+    Status.STARTING: frozenset(
+        {Status.RUNNING, Status.FAILED, Status.STOPPING, Status.BACKOFF, Status.EXITED}
+    ),
     # RUNNING -> STOPPING: a commanded stop; -> EXITED/FAILED: it ended on its own and stays
     # down; -> BACKOFF: it ended and its restart policy brings it back after a delay.
     Status.RUNNING: frozenset({Status.STOPPING, Status.EXITED, Status.FAILED, Status.BACKOFF}),

@@ -203,18 +203,23 @@ class SpawnManager(Lifecycle):
 
     def _abandon_children(self, rec: VsmRecord) -> None:
         heir = rec.parent  # the nearest ancestor that is not being terminated
-        for node in [rec, *self.registry.descendants(rec.id)]:
+        stack = [rec]
+        while stack:
+            node = stack.pop()
             for child_id in list(node.children):
                 child = self.registry.get(child_id)
                 if self.effective(child, "on_parent_exit") != "abandon":
+                    stack.append(child)  # goes down with the terminate; look below it
                     continue
+                # Its own subtree moves with it and keeps running.
                 self.registry.reparent(child_id, heir)
                 if self.journal is not None:
-                    self.journal.reparent(child_id, heir, child.depth)
+                    for moved in [child, *self.registry.descendants(child_id)]:
+                        self.journal.reparent(moved.id, moved.parent, moved.depth)
+                new_parent = self.registry.get(heir).path if heir else "the top level"
                 self.events.emit(
                     "abandoned",
-                    f"{child.path} outlives {node.path}; its parent is "
-                    f"now {self.registry.get(heir).path if heir else 'the top level'}",
+                    f"{child.path} outlives {node.path}; its parent is now {new_parent}",
                     child.id,
                     child.path,
                     parent=heir,
@@ -259,8 +264,12 @@ class SpawnManager(Lifecycle):
             self.pool.kill(pid, signal.SIGKILL)
             return
         rec.pid, rec.forking = pid, False
-        log.debug("%s forked as %d after %.1f ms", rec.path, pid,
-                  (time.monotonic() - rec.start_requested) * 1000)
+        log.debug(
+            "%s forked as %d after %.1f ms",
+            rec.path,
+            pid,
+            (time.monotonic() - rec.start_requested) * 1000,
+        )
         if rec.status is Status.STOPPING:
             self._advance_all()
 
@@ -274,7 +283,7 @@ class SpawnManager(Lifecycle):
         if rec.status is not Status.STARTING:
             self._advance_all()
         elif rec.ever_ready:
-            rec.last_exit = f"fork failed: {error}"
+            rec.last_exit = error
             self._crashed(rec, None, None)
         else:
             self._fail_start(rec, SpawnError(f"cannot start VSM {rec.path}: {error}"))
@@ -326,6 +335,12 @@ class SpawnManager(Lifecycle):
         elif rec.pid is not None:
             rec.last_reason = message
             self.pool.kill(rec.pid, signal.SIGKILL)  # its exit is then handled as a crash
+        else:
+            # The fork was never reported (the fork server died with the request): a crash.
+            rec.forking = False
+            rec.last_exit = "no process was started"
+            rec.reported = message
+            self._crashed(rec, None, None)
 
     # --- restore and sampling --------------------------------------------------------------
 

@@ -250,6 +250,13 @@ def test_nan_timeout_is_refused(tmp_path: Path, name: str) -> None:
     assert "above 0" in info.value.message
 
 
+@pytest.mark.parametrize("value", ["nan", "-1.0"])
+def test_bad_stable_uptime_is_refused(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write_toml(tmp_path, f"[vsmd]\nstable_uptime = {value}\n"), env={})
+    assert "stable_uptime" in info.value.message
+
+
 @pytest.mark.parametrize("value", ["5", "true", '["/x"]'])
 def test_non_string_state_dir_is_refused(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError) as info:

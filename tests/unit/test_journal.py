@@ -174,6 +174,13 @@ def test_restore_recreates_the_lasting_vsms(
         [event] = events_of(manager, "restored")
         assert event.details == {"restored": 2, "dropped": 3}
         assert "restored 2 VSMs" in event.message
+        # Back after a daemon restart: "started", not a restart of the VSM itself.
+        tree = Tree(manager, pool)
+        tree.come_back(made["r"])
+        assert manager.show(made["r"]).restarts == 0
+        [started] = events_of(manager, "started")
+        assert started.vsm_id == made["r"]
+        assert events_of(manager, "restarted") == []
     finally:
         again.close()
 

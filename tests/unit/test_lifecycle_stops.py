@@ -142,12 +142,6 @@ def test_default_on_parent_exit_from_the_config(make_manager: MakeManager, pool:
     assert status(manager, b.id) is Status.STOPPING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: SpawnManager._abandon_children walks the descendants listed before it "
-    "re-parents anything, so an abandoning grandchild whose parent was itself abandoned (and "
-    "lives on) is also torn off its living parent and moved to the heir",
-)
 def test_an_abandoning_grandchild_stays_under_its_surviving_parent(
     manager: SpawnManager, tree: Tree
 ) -> None:
@@ -161,12 +155,6 @@ def test_an_abandoning_grandchild_stays_under_its_surviving_parent(
     assert len(events_of(manager, "abandoned")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: SpawnManager._abandon_children updates the journal's parent and depth of the "
-    "abandoned child only; its descendants keep their old depth in the journal, so a restored "
-    "tree has them deeper than their parents",
-)
 def test_abandon_updates_the_journaled_depth_of_the_whole_moved_subtree(
     make_manager: MakeManager, pool: FakePool, journal: Journal
 ) -> None:

@@ -129,14 +129,6 @@ def test_clear_forgets_everything(upper_jitter: None) -> None:
     assert crashes(history, [3.0, 4.0, 5.0]) == [1.25, 2.5, 5.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="bug: RestartHistory.record computes backoff_initial * 2 ** (consecutive - 1) "
-    "before the cap; after 1024 crashes without stable uptime that stay within the "
-    "intensity limit (one every 31 s under the defaults) the int is too large for a float "
-    "and record() raises OverflowError in the daemon's loop",
-)
 def test_a_long_crash_loop_under_the_intensity_limit_keeps_the_cap() -> None:
     config = Config()  # 5 restarts in 60 s, backoff capped at 30 s, stable after 10 s
     history = RestartHistory()

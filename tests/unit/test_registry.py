@@ -13,7 +13,7 @@ S = Status
 
 # The lifecycle, written out independently of the code under test.
 ALLOWED: dict[Status, set[Status]] = {
-    S.STARTING: {S.RUNNING, S.FAILED, S.STOPPING, S.BACKOFF},
+    S.STARTING: {S.RUNNING, S.FAILED, S.STOPPING, S.BACKOFF, S.EXITED},
     S.RUNNING: {S.STOPPING, S.EXITED, S.FAILED, S.BACKOFF},
     # Waiting out a restart delay: the delay ends, a terminate, or intensity exceeded.
     S.BACKOFF: {S.STARTING, S.STOPPING, S.FAILED},

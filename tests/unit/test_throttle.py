@@ -155,3 +155,18 @@ def test_another_refusal_does_not_use_up_a_token(make_manager: MakeManager, pool
     refusal(spawn(manager, parent=top.id, name="c2"), QuotaExceeded)  # max_children: no token
     tree.start(name="other")  # token 3 is still there
     refusal(spawn(manager, name="more"), Throttled)
+
+
+def test_a_removed_parent_forgets_its_bucket(make_manager: MakeManager, pool: FakePool) -> None:
+    manager = make_manager(parent_spawn_rate=0.001, parent_spawn_burst=1)
+    tree = Tree(manager, pool)
+    parent = tree.start(name="p")
+    kid = tree.start(parent=parent.id, name="k")
+    assert parent.id in manager.admission.per_parent
+    refusal(spawn(manager, parent=parent.id, name="k2"), Throttled)
+    manager.terminate_child_vsm(parent.id)
+    tree.exit(kid.id)
+    assert parent.id in manager.admission.per_parent  # until it is gone
+    tree.exit(parent.id)
+    assert len(manager.registry) == 0
+    assert manager.admission.per_parent == {}
