@@ -83,7 +83,9 @@ class ReadyListener:
     def __init__(self, url: str, bind: tuple[str, str] | None = None) -> None:
         self._conn = connect(url, heartbeat=0, timeout=10.0)
         ch = self._conn.channel()
-        self.queue: str = ch.queue_declare("", exclusive=True).method.queue
+        # Named by us: peers derive their own queue names from it ("amq.*" is reserved).
+        self.queue = f"bench-ready-{uuid.uuid4().hex[:12]}"
+        ch.queue_declare(self.queue, exclusive=True)
         if bind is not None:
             ch.queue_bind(self.queue, bind[0], bind[1])
         ch.basic_consume(self.queue, self._on_message, auto_ack=True)

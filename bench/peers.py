@@ -20,7 +20,9 @@ from bench import child
 from bench.bus import BenchError, ReadyListener
 from bench.vsmd_proc import BIN, REPO
 
-READY_TIMEOUT = 600.0
+
+def ready_timeout(n: int) -> float:
+    return 60.0 + 0.3 * n
 
 
 def _setup_ms(arrivals: list[tuple[float, dict[str, Any]]]) -> list[float]:
@@ -55,7 +57,7 @@ class Floor:
         try:
             for p in procs:
                 p.start()
-            arrivals = self.listener.wait_for(n, READY_TIMEOUT)
+            arrivals = self.listener.wait_for(n, ready_timeout(n))
             up = max(at for at, _b in arrivals) - start
             start = time.perf_counter()
             for p in procs:
@@ -73,10 +75,13 @@ class Floor:
     def close(self) -> None:
         self.listener.close()
         import multiprocessing.forkserver as mp_forkserver
+        import multiprocessing.resource_tracker as mp_tracker
 
-        stop = getattr(mp_forkserver._forkserver, "_stop", None)
-        if callable(stop):
-            stop()
+        # Private helpers, but the only way to end both servers before this process exits.
+        for server in (mp_forkserver._forkserver, mp_tracker._resource_tracker):
+            stop = getattr(server, "_stop", None)
+            if callable(stop):
+                stop()
 
 
 # --- supervisord ----------------------------------------------------------------------------
@@ -168,12 +173,14 @@ class Supervisord:
                 raise BenchError("supervisord did not answer within 60 s")
             time.sleep(0.1)
 
-    def run(self) -> tuple[float, float, list[float]]:
+    def run(self, n: int) -> tuple[float, float, list[float]]:
         """(s from startAllProcesses until all ready, s of stopAllProcesses(wait), setup ms)."""
+        if n != self.n:
+            raise BenchError(f"this supervisord has {self.n} programs, not {n}")
         self.listener.reset()
         start = time.perf_counter()
         self.rpc.supervisor.startAllProcesses(False)
-        arrivals = self.listener.wait_for(self.n, READY_TIMEOUT)
+        arrivals = self.listener.wait_for(self.n, ready_timeout(self.n))
         up = max(at for at, _b in arrivals) - start
         start = time.perf_counter()
         self.rpc.supervisor.stopAllProcesses(True)
