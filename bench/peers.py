@@ -8,17 +8,32 @@ import contextlib
 import http.client
 import multiprocessing
 import multiprocessing.context
+import multiprocessing.forkserver
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import xmlrpc.client
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import psutil
+
 from bench import child
 from bench.bus import BenchError, ReadyListener
+from bench.resources import CpuWindow
 from bench.vsmd_proc import BIN, REPO
+
+
+@dataclass
+class PeerRun:
+    up: float  # s from the first start request until the last "ready"
+    down: float  # s from the first stop request until all are gone
+    setup_ms: list[float]  # each child's own connect + declare + consume + publish
+    cpu: dict[str, float]  # CPU seconds per part while coming up
 
 
 def ready_timeout(n: int) -> float:
@@ -33,10 +48,19 @@ def _setup_ms(arrivals: list[tuple[float, dict[str, Any]]]) -> list[float]:
 
 
 class Floor:
-    """N processes from multiprocessing's fork server, each running bench.child."""
+    """N processes from multiprocessing's fork server, each running bench.child.
 
-    def __init__(self, url: str) -> None:
+    Must run under ``python -m bench``: started from a script path, every child would first
+    re-import that script as ``__mp_main__`` and the floor would be far too slow.
+    """
+
+    def __init__(self, url: str, broker_pid: int | None) -> None:
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        if getattr(main, "__file__", None) and not getattr(spec, "name", "").endswith("__main__"):
+            raise BenchError("run the floor under `python -m bench`, not from a script path")
         self.url = url
+        self.broker_pid = broker_pid
         self.ctx: multiprocessing.context.ForkServerContext = multiprocessing.get_context(
             "forkserver"
         )
@@ -46,19 +70,23 @@ class Floor:
         warm.join()
         self.listener = ReadyListener(url)
 
-    def run(self, n: int) -> tuple[float, float, list[float]]:
-        """(s until all ready, s until all stopped, each child's own setup ms)."""
+    def run(self, n: int) -> PeerRun:
         self.listener.reset()
         procs = [
             self.ctx.Process(target=child.child_main, args=(self.url, self.listener.queue, f"f{i}"))
             for i in range(n)
         ]
+        server = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+        window = CpuWindow(
+            {"broker": [self.broker_pid], "bench": [os.getpid()], "forkserver": [server]}
+        )
         start = time.perf_counter()
         try:
             for p in procs:
                 p.start()
             arrivals = self.listener.wait_for(n, ready_timeout(n))
             up = max(at for at, _b in arrivals) - start
+            cpu = window.stop({"children": [p.pid for p in procs if p.pid is not None]})
             start = time.perf_counter()
             for p in procs:
                 p.terminate()
@@ -70,7 +98,7 @@ class Floor:
                 if p.pid is not None and p.exitcode is None:
                     p.kill()
                     p.join(5.0)
-        return up, down, _setup_ms(arrivals)
+        return PeerRun(up, down, _setup_ms(arrivals), cpu)
 
     def close(self) -> None:
         self.listener.close()
@@ -143,8 +171,9 @@ stderr_logfile=NONE
 class Supervisord:
     """One supervisord with ``n`` programs (autostart off); start all / stop all on demand."""
 
-    def __init__(self, url: str, workdir: Path, n: int) -> None:
+    def __init__(self, url: str, workdir: Path, n: int, broker_pid: int | None) -> None:
         self.n = n
+        self.broker_pid = broker_pid
         self.listener = ReadyListener(url)
         workdir.mkdir(parents=True, exist_ok=True)
         conf = workdir / "supervisord.conf"
@@ -173,19 +202,26 @@ class Supervisord:
                 raise BenchError("supervisord did not answer within 60 s")
             time.sleep(0.1)
 
-    def run(self, n: int) -> tuple[float, float, list[float]]:
-        """(s from startAllProcesses until all ready, s of stopAllProcesses(wait), setup ms)."""
+    def run(self, n: int) -> PeerRun:
+        """Up: startAllProcesses until all ready; down: stopAllProcesses(wait=True)."""
         if n != self.n:
             raise BenchError(f"this supervisord has {self.n} programs, not {n}")
         self.listener.reset()
+        window = CpuWindow(
+            {"broker": [self.broker_pid], "bench": [os.getpid()], "supervisord": [self.proc.pid]}
+        )
         start = time.perf_counter()
         self.rpc.supervisor.startAllProcesses(False)
         arrivals = self.listener.wait_for(self.n, ready_timeout(self.n))
         up = max(at for at, _b in arrivals) - start
+        kids: list[int] = []
+        with contextlib.suppress(psutil.Error):
+            kids = [p.pid for p in psutil.Process(self.proc.pid).children()]
+        cpu = window.stop({"children": kids})
         start = time.perf_counter()
         self.rpc.supervisor.stopAllProcesses(True)
         down = time.perf_counter() - start
-        return up, down, _setup_ms(arrivals)
+        return PeerRun(up, down, _setup_ms(arrivals), cpu)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterable
 
@@ -52,9 +53,33 @@ def memory(d: VsmdProc, broker: int | None) -> dict[str, list[float]]:
     return out
 
 
+def _task_seconds(pid: int) -> float | None:
+    """On-CPU time of every thread of ``pid`` in ns precision (/proc/PID/task/*/schedstat).
+
+    /proc/PID/stat counts whole clock ticks per process and truncates: a process that ran
+    for 8 ms reads as 0, which would hide the start-up cost of a thousand short starts.
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in tasks:
+        with (
+            contextlib.suppress(OSError, ValueError, IndexError),
+            open(f"/proc/{pid}/task/{tid}/schedstat") as f,
+        ):
+            total += int(f.read().split()[0])
+    return total / 1e9
+
+
 def _cpu(procs: list[psutil.Process]) -> float:
     total = 0.0
     for p in procs:
+        precise = _task_seconds(p.pid)
+        if precise is not None:
+            total += precise
+            continue
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
             total += t.user + t.system
@@ -79,3 +104,22 @@ def idle_cpu(d: VsmdProc, broker: int | None, seconds: float) -> dict[str, float
     if vsms:
         out["vsm_each"] = out["vsms_total"] / len(vsms)
     return out
+
+
+def cpu_of(pids: Iterable[int | None]) -> float:
+    """User + system CPU seconds of those processes (the ones still alive)."""
+    return _cpu(_procs(pids))
+
+
+class CpuWindow:
+    """CPU seconds that named processes spend between construction and :meth:`stop`."""
+
+    def __init__(self, named: dict[str, list[int | None]]) -> None:
+        self.named = named
+        self.before = {k: cpu_of(v) for k, v in named.items()}
+
+    def stop(self, born: dict[str, list[int]]) -> dict[str, float]:
+        """``born``: processes started inside the window; all of their CPU counts."""
+        out = {k: cpu_of(v) - self.before[k] for k, v in self.named.items()}
+        out.update({k: cpu_of(v) for k, v in born.items()})
+        return out

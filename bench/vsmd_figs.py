@@ -53,9 +53,11 @@ def _failed(replies: Sequence[tuple[float, dict[str, Any]]]) -> list[str]:
     return [f"{e.get('code')}: {str(e.get('message'))[:160]}" for e in errs]
 
 
-def burst_up(pipe: AdminPipe, n: int, timeout: float) -> tuple[float, list[str]]:
+def burst_up(
+    pipe: AdminPipe, n: int, timeout: float, agent: str | None = None
+) -> tuple[float, list[str]]:
     """All ``n`` spawn requests at once: (s until the last one is ready, ids)."""
-    _start, replies = pipe.run([Spawn() for _ in range(n)], timeout)
+    _start, replies = pipe.run([Spawn(agent=agent) for _ in range(n)], timeout)
     ids = [r["result"]["id"] for _t, r in replies if r.get("ok")]
     errors = _failed(replies)
     if errors:

@@ -219,7 +219,6 @@ def terminate(
         float | None,
         typer.Option(
             "--timeout",
-            envvar="VSM_TIMEOUT",
             min=0.01,
             max=3600,
             help="Seconds each VSM gets to stop gracefully before SIGKILL (default: the daemon's "

@@ -93,9 +93,12 @@ class VsmClient:
     def send_raw(self, body: bytes, timeout: float | None = None) -> dict[str, Any]:
         """Send bytes as they are (for tests of the daemon's input checks); the decoded reply."""
         rpc = self._channel()
-        raw = rpc.call_queue(
-            self.topo.admin_queue, body, self.timeout if timeout is None else timeout
-        )
+        try:
+            raw = rpc.call_queue(
+                self.topo.admin_queue, body, self.timeout if timeout is None else timeout
+            )
+        except BrokerError as err:  # NoDaemon is not a BrokerError and passes through
+            raise self._no_daemon(err.message) from None
         return loads_object(raw, MAX_REPLY)
 
     # --- the operations --------------------------------------------------------------------
@@ -124,7 +127,7 @@ class VsmClient:
 
     def terminate_child_vsm(self, vsm_id: str, timeout: float | None = None) -> list[str]:
         # The daemon stops leaves first, each with ``timeout`` of grace: wait long enough.
-        wait = max(self.timeout, (timeout or 0) * 10 + 5)
+        wait = max(self.timeout, (timeout or 5.0) * 10 + 5)
         result = self.request(Terminate(id=vsm_id, timeout=timeout), timeout=wait)
         return list(result["terminated"])
 
@@ -139,6 +142,21 @@ class VsmClient:
     def show(self, vsm_id: str) -> VsmInfo:
         return VsmInfo.from_dict(self.request(Show(id=vsm_id)))
 
+    def _to_vsm(self, vsm_id: str, env: Envelope, timeout: float | None) -> Any:
+        """Send an envelope to a VSM's inbox and return the result of its reply."""
+        info = self.show(vsm_id)
+        wait = self.timeout if timeout is None else timeout
+        try:
+            raw = self._channel().call(
+                self.topo.exchange, self.topo.down_key(info.path), env.encode(), wait
+            )
+        except BrokerError as err:
+            raise self._no_daemon(err.message) from None
+        reply = loads_object(raw, MAX_REPLY)
+        if reply.get("ok") is not True:
+            raise from_dict(reply.get("error") or {})
+        return reply.get("result")
+
     def call(
         self,
         vsm_id: str,
@@ -147,31 +165,13 @@ class VsmClient:
         timeout: float | None = None,
     ) -> Any:
         """Send a message to a VSM's inbox (its agent's ``handle``); the agent's answer."""
-        info = self.show(vsm_id)
         env = Envelope(type="call", sender="vsmctl", body={"kind": kind, "args": args or {}})
-        rpc = self._channel()
-        wait = self.timeout if timeout is None else timeout
-        try:
-            raw = rpc.call(self.topo.exchange, self.topo.down_key(info.path), env.encode(), wait)
-        except BrokerError as err:
-            raise self._no_daemon(err.message) from None
-        reply = loads_object(raw, MAX_REPLY)
-        if reply.get("ok") is True:
-            return reply.get("result")
-        raise from_dict(reply.get("error") or {})
+        return self._to_vsm(vsm_id, env, timeout)
 
     def ping_vsm(self, vsm_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Ask the VSM itself (not the daemon) to answer."""
-        info = self.show(vsm_id)
         env = Envelope(type="ping", sender="vsmctl")
-        wait = self.timeout if timeout is None else timeout
-        raw = self._channel().call(
-            self.topo.exchange, self.topo.down_key(info.path), env.encode(), wait
-        )
-        reply = loads_object(raw, MAX_REPLY)
-        if reply.get("ok") is not True:
-            raise from_dict(reply.get("error") or {})
-        result: dict[str, Any] = reply["result"]
+        result: dict[str, Any] = self._to_vsm(vsm_id, env, timeout)
         return result
 
     def events(self, since: int = 0, limit: int = 1000) -> tuple[int, list[dict[str, Any]]]:

@@ -34,6 +34,12 @@ _COLUMNS = (
 )
 
 
+def _console() -> Console:
+    # Piped into a file or grep, rich would wrap at 80 columns and cut ids short.
+    console = Console()
+    return console if console.is_terminal else Console(width=250)
+
+
 def _status(info: VsmInfo) -> str:
     style = _STATUS_STYLE.get(info.status, "")
     return f"[{style}]{info.status}[/]" if style else info.status
@@ -68,7 +74,7 @@ def print_table(infos: list[VsmInfo]) -> None:
             _metric(i, "rss_mb"),
             _metric(i, "cpu_percent"),
         )
-    Console().print(table)
+    _console().print(table)
 
 
 def print_tree(infos: list[VsmInfo], parent: str | None) -> None:
@@ -77,7 +83,7 @@ def print_tree(infos: list[VsmInfo], parent: str | None) -> None:
     for i in infos:  # parents come before their children
         holder = nodes.get(i.parent, root)
         nodes[i.id] = holder.add(f"{i.name} [dim]{i.id}[/] pid {i.pid or '-'} {_status(i)}")
-    Console().print(root)
+    _console().print(root)
 
 
 def print_info(info: VsmInfo) -> None:
@@ -105,7 +111,7 @@ def print_info(info: VsmInfo) -> None:
     }
     for key, value in rows.items():
         table.add_row(key, value)
-    Console().print(table)
+    _console().print(table)
 
 
 def print_event(event: dict[str, Any]) -> None:

@@ -185,6 +185,8 @@ class Lifecycle:
             )
             self.terminate_child_vsm(parent.id)
         elif rule == "restart":
+            # The parent's own restart (its process is killed below) counts towards its own
+            # intensity, so a child that always fails ends up failing its parent, not looping.
             self.events.emit(
                 "escalated",
                 f"{parent.path} restarts its subtree (on_child_failure)",
@@ -195,7 +197,8 @@ class Lifecycle:
 
     def _restart_subtree(self, root_id: str) -> None:
         for node in self.registry.subtree(root_id):
-            node.history.clear()
+            if node.status is Status.FAILED:
+                node.history.clear()  # given up on before; it gets a fresh window
             node.last_reason = f"restarted with the subtree of {self.registry.get(root_id).path}"
             if node.pid is not None and node.status is Status.RUNNING:
                 node.force_restart = True
@@ -220,6 +223,9 @@ class Lifecycle:
         if v.action == "restart" and rec.pid is not None:
             rec.force_restart = True
             self.pool.kill(rec.pid, signal.SIGTERM)
+            rec.timer = self.timers.call_later(
+                self.config.stop_timeout, lambda: self._kill_now(rec.id)
+            )
         elif v.action == "terminate":
             self.terminate_child_vsm(rec.id)
 

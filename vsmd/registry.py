@@ -121,6 +121,8 @@ class VsmRecord:
 class Registry:
     def __init__(self) -> None:
         self._by_id: dict[str, VsmRecord] = {}
+        # Paths are bus addresses: unique even when an abandoned VSM keeps its old one.
+        self._by_path: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -139,11 +141,13 @@ class Registry:
 
     def add(self, rec: VsmRecord) -> None:
         self._by_id[rec.id] = rec
+        self._by_path[rec.path] = rec.id
         if rec.parent is not None:
             self._by_id[rec.parent].children.append(rec.id)
 
     def remove(self, vsm_id: str) -> VsmRecord:
         rec = self._by_id.pop(vsm_id)
+        self._by_path.pop(rec.path, None)
         parent = self._by_id.get(rec.parent) if rec.parent else None
         if parent is not None and vsm_id in parent.children:
             parent.children.remove(vsm_id)
@@ -194,6 +198,9 @@ class Registry:
             out.append(rec)
             stack.extend(self._by_id[c] for c in reversed(rec.children))
         return out
+
+    def path_taken(self, path: str) -> bool:
+        return path in self._by_path
 
     def sibling_named(self, parent: str | None, name: str) -> VsmRecord | None:
         siblings = (

@@ -70,10 +70,12 @@ class VsmRuntime:
         name: str | None = None,
         agent: str | None = None,
         config: dict[str, Any] | None = None,
+        policy: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if self._rpc is None:
             raise BrokerError("not connected to the broker")
-        body: dict[str, Any] = {"config": config or {}}
+        # Policy fields (restart, memory_mb, budget_descendants ...) travel as in an admin spawn.
+        body: dict[str, Any] = {**(policy or {}), "config": config or {}}
         if name is not None:
             body["name"] = name
         if agent is not None:
@@ -197,7 +199,7 @@ class VsmRuntime:
             log.info("vsm %s reconnected to the broker", self.vsm_id)
         except BrokerError:
             self._wait(self._backoff)
-            self._backoff = min(self._backoff * 2, 5.0)
+            self._backoff = min(self._backoff * 2, self.spec.reconnect_max_backoff)
 
     def _step(self, next_tick: float) -> float:
         if self._conn is None:

@@ -69,7 +69,14 @@ class SpawnManager(Lifecycle):
             rec = self._admit(parent_id, config)
         except VsmdError as err:
             if err.code in ("THROTTLED", "QUOTA_EXCEEDED"):
-                self.events.emit(err.code.lower(), err.message, parent_id, None, **err.details)
+                parent = self.registry.find(parent_id) if parent_id else None
+                self.events.emit(
+                    err.code.lower(),
+                    err.message,
+                    parent_id,
+                    parent.path if parent else None,
+                    **err.details,
+                )
             fut.set_exception(err)
             return fut
         self.registry.add(rec)
@@ -102,7 +109,8 @@ class SpawnManager(Lifecycle):
         except NotFound as err:
             fut.set_exception(err)
             return fut
-        self._abandon_children(rec)
+        if not self.shutting_down:
+            self._abandon_children(rec)
         self._stop_waiters.setdefault(rec.id, []).append(fut)
         self._stop_members.setdefault(rec.id, [n.id for n in self.registry.subtree(rec.id)])
         grace = self.config.stop_timeout if timeout is None else timeout
@@ -130,7 +138,7 @@ class SpawnManager(Lifecycle):
 
     def shutdown(self, timeout: float | None = None) -> list[Future[list[str]]]:
         """Refuse new spawns and stop every tree; the journal keeps the desired tree."""
-        self.shutting_down = True
+        self.shutting_down = True  # also: nobody is abandoned, everything stops
         self.journal = None  # a daemon shutdown is not a wish to forget the tree
         return [self.terminate_child_vsm(r.id, timeout) for r in self.registry.roots()]
 
@@ -159,10 +167,12 @@ class SpawnManager(Lifecycle):
                 f"a VSM named {name!r} already exists under "
                 f"{parent.path if parent else 'the top level'}"
             )
+        path = name if parent is None else f"{parent.path}.{name}"
+        if self.registry.path_taken(path):
+            raise Conflict(f"path {path} is taken (by a VSM abandoned there by its old parent)")
         policy = config.policy.validate()
         budget.check(self.registry, self.config, parent_id, policy)
         self.admission.admit(parent_id)  # last: a refused spawn must not use up a token
-        path = name if parent is None else f"{parent.path}.{name}"
         return VsmRecord(
             id=vsm_id,
             name=name,
@@ -242,6 +252,7 @@ class SpawnManager(Lifecycle):
             max_message_bytes=self.config.max_message_bytes,
             agent_modules=self.config.agent_modules,
             policy=rec.policy.to_dict(),
+            reconnect_max_backoff=self.config.reconnect_max_backoff,
         )
         rec.forking, rec.term_sent = True, False
         rec.start_requested = time.monotonic()

@@ -21,6 +21,7 @@ class VsmSpec:
     heartbeat: int = 30
     max_message_bytes: int = 65536
     tick_interval: float = 1.0
+    reconnect_max_backoff: float = 5.0
     agent_modules: tuple[str, ...] = ()
     policy: dict[str, Any] = field(default_factory=dict)
 

@@ -207,3 +207,14 @@ def test_fork_server_crash_takes_its_vsms_and_they_come_back(daemon: DaemonProc)
                              for p in psutil.Process(daemon.proc.pid).children()),
              what="the orphans to be reaped")
     assert c.spawn_recursive_vsm(None, SpawnConfig(name="fresh")).status == "running"
+
+
+def test_a_crashed_vsm_takes_its_agents_subprocesses_along(daemon: DaemonProc) -> None:
+    c = daemon.client()
+    vsm = c.spawn_recursive_vsm(None, SpawnConfig(
+        name="h", agent="helper", policy=Policy(restart="temporary")))
+    helper = c.call(vsm.id, "pids")["helper_pid"]
+    assert vsm.pid is not None and psutil.pid_exists(helper)
+    os.kill(vsm.pid, signal.SIGKILL)  # the VSM alone, not its group
+    poll_for(lambda: gone(helper), what="the helper to be swept with the VSM's group")
+    assert c.show(vsm.id).status == "failed"

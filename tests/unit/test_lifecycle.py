@@ -340,3 +340,29 @@ def test_a_reported_reason_is_used_once(
     crash_and_return(tree, clock, timers, info.id, code=4)
     tree.exit(info.id, code=1)  # this time it said nothing
     assert manager.show(info.id).last_reason == "exited on its own (exit code 1)"
+
+
+def test_a_child_that_always_fails_ends_up_failing_its_restarting_parent(
+    make_manager: MakeManager, pool: FakePool, timers: Timers, clock: FakeClock
+) -> None:
+    manager = make_manager(max_restarts=2)
+    tree = Tree(manager, pool)
+    parent = tree.start(name="p", policy=Policy(on_child_failure="restart"))
+    kid = tree.start(parent=parent.id, name="k")
+    for _round in range(20):  # bounded: the loop below must end well before this
+        if status(manager, parent.id) is Status.FAILED:
+            break
+        for vsm_id in (kid.id, parent.id):
+            if status(manager, vsm_id) is Status.STARTING:
+                tree.come_back(vsm_id)
+        if status(manager, kid.id) is Status.RUNNING:
+            tree.exit(kid.id, code=1)
+        if (
+            status(manager, parent.id) is Status.RUNNING
+            and manager.registry.get(parent.id).force_restart
+        ):
+            manager.on_exited(parent.id, tree.pid(parent.id), None, KILL)
+        run_for(clock, timers, 5.0)
+    assert status(manager, parent.id) is Status.FAILED
+    assert "restart intensity exceeded" in (manager.show(parent.id).last_reason or "")
+    assert any(e.vsm_id == parent.id for e in events_of(manager, "escalated"))

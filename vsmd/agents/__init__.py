@@ -27,8 +27,11 @@ class AgentContext(Protocol):
         name: str | None = None,
         agent: str | None = None,
         config: dict[str, Any] | None = None,
+        policy: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Ask the daemon for a child VSM; returns its info, raises VsmdError on refusal."""
+        """Ask the daemon for a child VSM; returns its info, raises VsmdError on refusal.
+
+        ``policy`` takes the fields of :class:`vsmd.protocol.Policy` (restart, memory_mb...)."""
         ...
 
     def request_stop(self, code: int = 0) -> None:

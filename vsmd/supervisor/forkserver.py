@@ -111,6 +111,10 @@ class ForkServer:
             if vsm_id is None:
                 continue  # an agent's orphaned subprocess, re-parented to us: reaped, done
             code, sig = describe_status(status)
+            # Whatever the VSM left in its group (an agent's helpers) goes with it. The group id
+            # cannot have been reused: Linux gives out no pid that still names a group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                self.os.killpg(pid, signal.SIGKILL)
             self.send({"ev": "exited", "vsm_id": vsm_id, "pid": pid, "code": code, "signal": sig})
 
     def kill_all(self) -> None:
@@ -134,7 +138,13 @@ class ForkServer:
             if strategy == "exec":
                 os.execv(
                     sys.executable,
-                    [sys.executable, "-m", "vsmd.runtime", orjson.dumps(spec.to_dict()).decode()],
+                    [
+                        sys.executable,
+                        "-P",
+                        "-m",
+                        "vsmd.runtime",
+                        orjson.dumps(spec.to_dict()).decode(),
+                    ],
                 )
             gc.enable()
             code = run_vsm(spec, self.registry)

@@ -51,6 +51,7 @@ class ForkServerPool:
         self._proc = subprocess.Popen(
             [
                 sys.executable,
+                "-P",  # not the daemon's working directory first on the path: this install
                 "-m",
                 "vsmd.supervisor.forkserver",
                 str(theirs.fileno()),

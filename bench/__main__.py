@@ -1,0 +1,184 @@
+"""``python -m bench [--quick] [--out DIR]``: run the whole suite once and write the report.
+
+Full mode writes docs/benchmarks.md and docs/benchmarks.json; --quick writes to bench/results/
+(git-ignored) unless --out says otherwise, so a quick check never replaces the real figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import inspect
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from bench import suite
+from bench.analysis import where_time_goes
+from bench.goals import evaluate
+from bench.machine import describe
+from bench.plan import FULL, QUICK, Plan
+from bench.report import render
+from bench.resources import beam_pid
+from bench.stats import Results, log
+from bench.vsmd_proc import REPO
+from vsmd.broker.embedded import EmbeddedBroker
+
+
+def _on_term(_sig: int, _frame: FrameType | None) -> None:
+    raise SystemExit(143)  # unwinds through every finally: daemons, peers and the node stop
+
+
+def _source() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    changed = len([ln for ln in git("status", "--porcelain").splitlines() if ln])
+    return f"git {git('rev-parse', '--short', 'HEAD') or '?'}" + (
+        f" + {changed} uncommitted changes" if changed else ""
+    )
+
+
+def _loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _sampler() -> dict[str, Any]:
+    import vsmd.daemon
+    from vsmd.config import Config
+
+    return {
+        "configurable": suite.sampler_configurable(),
+        "interval": getattr(Config(), "sample_interval", None),
+        "module": importlib.util.find_spec("vsmd.quotas") is not None,
+        "wired": "sample" in inspect.getsource(vsmd.daemon),
+    }
+
+
+def _run(plan: Plan, workdir: Path, res: Results, data: dict[str, Any]) -> None:
+    node = EmbeddedBroker(workdir / "broker", name=f"vsmd-bench-{secrets.token_hex(4)}")
+    log("starting a private RabbitMQ node")
+    node.start()
+    try:
+        machine = describe(node.url)
+        machine["source"] = _source()
+        machine.update(data["machine"])
+        data["machine"] = machine
+        ctx = suite.Ctx(node.url, workdir, beam_pid(os.getpid()), plan, res)
+        steps = [
+            ("vsmd", lambda: suite.run_vsmd_main(ctx)),
+            ("floor", lambda: suite.run_floor(ctx)),
+            ("supervisord", lambda: suite.run_supervisord(ctx)),
+            (
+                "nofreeze",
+                lambda: suite.run_variant(
+                    ctx, "nofreeze", plan.variant_latency, plan.variant_burst, launcher="nofreeze"
+                ),
+            ),
+            (
+                "exec",
+                lambda: suite.run_variant(
+                    ctx, "exec", plan.exec_latency, plan.exec_burst, spawn_strategy="exec"
+                ),
+            ),
+            (
+                "gc.collect with gc.freeze",
+                lambda: suite.run_variant(
+                    ctx,
+                    "gcfreeze",
+                    0,
+                    plan.gc_burst,
+                    agent="gccollect",
+                    agent_modules=["bench.agents"],
+                ),
+            ),
+            (
+                "gc.collect without gc.freeze",
+                lambda: suite.run_variant(
+                    ctx,
+                    "gcnofreeze",
+                    0,
+                    plan.gc_burst,
+                    launcher="nofreeze",
+                    agent="gccollect",
+                    agent_modules=["bench.agents"],
+                ),
+            ),
+        ]
+        if data["sampler"]["configurable"]:
+            steps.append(("nosampler", lambda: suite.run_sampler_off(ctx)))
+        for name, step in steps:
+            suite.guarded(ctx, name, step)
+    finally:
+        log("stopping the private RabbitMQ node")
+        node.stop()
+
+
+def _reap_leftovers(res: Results) -> None:
+    """Nothing this run started may outlive it."""
+    left = psutil.Process().children(recursive=True)
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            desc = " ".join(p.cmdline())[:120]
+            p.kill()
+            res.fail(f"leftover process killed at the end: {p.pid} {desc}")
+    psutil.wait_procs(left, timeout=5)
+
+
+def _write(out: Path, stem: str, data: dict[str, Any], res: Results) -> None:
+    goals = evaluate(res, data["sampler"])
+    data["goals"] = [g.to_json() for g in goals]
+    data["figures"] = {k: f.to_json() for k, f in res.figures.items()}
+    data["failures"], data["notes"] = res.failures, res.notes
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(render(data, res, goals, where_time_goes(res)))
+    log(f"wrote {out / stem}.md and .json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small N, about a minute")
+    parser.add_argument("--out", type=Path, help="directory for benchmarks.md and .json")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    out = args.out or (REPO / ("bench/results" if args.quick else "docs"))
+    signal.signal(signal.SIGTERM, _on_term)
+    res = Results()
+    data: dict[str, Any] = {"plan": plan.to_json(), "machine": {}, "sampler": _sampler()}
+    # Other work on the machine skews everything: say how busy it was before we started.
+    data["machine"] = {
+        "cpu_busy_before_pct": psutil.cpu_percent(interval=2.0),
+        "loadavg_start": _loadavg(),
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="vsmd-bench-"))
+    start = time.perf_counter()
+    try:
+        _run(plan, workdir, res, data)
+    except Exception as exc:
+        res.fail(f"the run stopped early: {type(exc).__name__}: {exc}")
+    finally:
+        _reap_leftovers(res)
+        shutil.rmtree(workdir, ignore_errors=True)
+        data["duration_s"] = time.perf_counter() - start
+        data["machine"]["loadavg_end"] = _loadavg()
+        data["workdir_removed"] = not workdir.exists()
+        _write(out, "benchmarks", data, res)
+    return 1 if res.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Agents the bench loads into vsmd with ``agent_modules = ["bench.agents"]``."""
+
+from __future__ import annotations
+
+import gc
+
+from vsmd.agents import AgentContext, AgentRegistry, BaseAgent
+
+
+class CollectAgent(BaseAgent):
+    """Runs one full garbage collection at start, as any agent's own allocations soon would.
+
+    A full collection writes to the header of every tracked object: without gc.freeze in the
+    fork server, that un-shares the pages the VSM inherited.
+    """
+
+    def start(self, ctx: AgentContext) -> None:
+        gc.collect()
+
+
+def register_agents(registry: AgentRegistry) -> None:
+    registry.register("gccollect", CollectAgent)

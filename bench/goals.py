@@ -1,0 +1,162 @@
+"""The project's performance goals, checked against one run's medians."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.stats import Results
+
+MET, MISSED, NOT_MEASURED = "met", "MISSED", "not measured"
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    target: str
+    measured: str
+    verdict: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def num(v: float) -> str:
+    a = abs(v)
+    if a >= 100:
+        return f"{v:,.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def _check(
+    name: str, target: str, value: float | None, ok: bool, text: str, at: int | None = None
+) -> Goal:
+    """``at``: the figure was taken at another N than the goal's; the verdict only indicates."""
+    if value is None:
+        return Goal(name, target, "—", NOT_MEASURED)
+    verdict = MET if ok else MISSED
+    return Goal(name, target, text, verdict if at is None else f"{verdict} at N={at} (indicative)")
+
+
+def _sizes(res: Results, prefix: str, suffix: str) -> list[int]:
+    """N values present for keys ``{prefix}.{N}{suffix}``."""
+    out = []
+    for key in res.figures:
+        if key.startswith(prefix) and key.endswith(suffix):
+            mid = key[len(prefix) : len(key) - len(suffix)]
+            if mid.isdigit():
+                out.append(int(mid))
+    return sorted(out)
+
+
+def _burst_pair(res: Results, n: int, label: str, at: int | None = None) -> list[Goal]:
+    v = res.median(f"vsmd.burst.{n}.up_s")
+    f = res.median(f"floor.{n}.up_s")
+    s = res.median(f"supervisord.{n}.up_s")
+    r = v / f if v is not None and f else None
+    x = s / v if v and s is not None else None
+    return [
+        _check(
+            f"{label}: vsmd / floor",
+            "≤ 1.3x",
+            r,
+            r is not None and r <= 1.3,
+            f"{num(r or 0)}x ({num(v or 0)} s vs {num(f or 0)} s)",
+            at,
+        ),
+        _check(
+            f"{label}: supervisord / vsmd",
+            "≥ 10x",
+            x,
+            x is not None and x >= 10,
+            f"{num(x or 0)}x ({num(s or 0)} s vs {num(v or 0)} s)",
+            at,
+        ),
+    ]
+
+
+def _burst_goals(res: Results) -> list[Goal]:
+    goals: list[Goal] = []
+    have = _sizes(res, "vsmd.burst.", ".up_s")
+    for want in (300, 1000):
+        if want in have or not have:
+            goals += _burst_pair(res, want, f"burst of {want}")
+        else:
+            goals += _burst_pair(res, have[-1], f"burst of {want} (not run)", have[-1])
+    return goals
+
+
+def _state_goal(
+    res: Results, group: str, metric: str, want: int, name: str, limit: float, unit: str
+) -> Goal:
+    """A figure measured with N VSMs up (``vsmd.{group}.{N}.{metric}``), at N=want if run."""
+    sizes = _sizes(res, f"vsmd.{group}.", f".{metric}")
+    n = want if want in sizes or not sizes else sizes[-1]
+    key = f"vsmd.{group}.{n}.{metric}"
+    v = res.median(key)
+    return _check(
+        name,
+        f"≤ {num(limit)} {unit}",
+        v,
+        v is not None and v <= limit,
+        f"{num(v or 0)} {unit} (p99 {num(res.p99(key) or 0)})",
+        None if n == want else n,
+    )
+
+
+def _sampler_goal(res: Results, sampler: dict[str, Any]) -> Goal:
+    sizes = _sizes(res, "vsmd.idle.", ".daemon_pct")
+    if not sizes:
+        return Goal("sampler CPU", "≤ 10% of a core", "—", NOT_MEASURED)
+    n = sizes[-1]
+    on = res.median(f"vsmd.idle.{n}.daemon_pct")
+    off = res.median(f"nosampler.idle.{n}.daemon_pct")
+    if not sampler.get("configurable"):
+        return Goal(
+            "sampler CPU",
+            "≤ 10% of a core",
+            f"no sampler built yet; daemon idle CPU with {n} VSMs: {num(on or 0)}%",
+            NOT_MEASURED,
+        )
+    # The sampler's share: the daemon's idle CPU with it minus the same daemon with it off.
+    share = on - off if on is not None and off is not None else on
+    text = f"daemon idle CPU with {n} VSMs, sampler every {sampler.get('interval')} s: "
+    text += f"{num(on or 0)}%"
+    if off is not None:
+        text += f"; sampler off: {num(off)}%; sampler ≈ {num(share or 0)}%"
+    if not sampler.get("wired"):
+        text += "; the daemon does not appear to run the sampler yet"
+    ok = share is not None and share <= 10
+    return _check("sampler CPU", "≤ 10% of a core", share, ok, text, None if n == 1000 else n)
+
+
+def evaluate(res: Results, sampler: dict[str, Any]) -> list[Goal]:
+    p50 = res.median("vsmd.spawn_ready_ms")
+    p99 = res.p99("vsmd.spawn_ready_ms")
+    goals = [
+        _check(
+            "spawn → ready p50 (one VSM, VsmClient)",
+            "≤ 15 ms",
+            p50,
+            p50 is not None and p50 <= 15,
+            f"{num(p50 or 0)} ms",
+        ),
+        _check(
+            "spawn → ready p99",
+            "≤ 50 ms",
+            p99,
+            p99 is not None and p99 <= 50,
+            f"{num(p99 or 0)} ms",
+        ),
+        *_burst_goals(res),
+        _state_goal(res, "list", "client_ms", 1000, "`list` of 1,000 round trip", 50, "ms"),
+        _state_goal(res, "cli_list", "ms", 1, "`vsmctl list --json`, 1 VSM", 250, "ms"),
+        _state_goal(res, "cli_list", "ms", 1000, "`vsmctl list --json`, 1,000 VSMs", 250, "ms"),
+        _state_goal(res, "mem", "vsm_uss_mib", 1000, "idle VSM USS at 1,000", 6, "MiB"),
+        _sampler_goal(res, sampler),
+    ]
+    return goals

@@ -1,0 +1,56 @@
+"""How each figure is taken: the text of the report's Method section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def method(data: dict[str, Any]) -> list[str]:
+    plan = data["plan"]
+    fanout, levels = plan["tree"]
+    total = sum(fanout**i for i in range(levels + 1))
+    sizes = ", ".join(f"{n:,} x{r}" for n, r in plan["bursts"])
+    return [
+        "## Method",
+        "",
+        "- **One broker, one run.** The run starts a private RabbitMQ node (vsmd's "
+        "`EmbeddedBroker`, open-files limit raised) and stops it at the end; every contender "
+        "uses it, one after the other, under unique names. The machine's shared broker is never "
+        "used. The run ends by checking that no process it started is left.",
+        "- **vsmd** runs as `vsmd run --config ...` (a subprocess, as an operator runs it) with "
+        "`max_total = 1200`, `max_children = 1000`, `spawn_timeout = 120`, `stop_timeout = 10`, "
+        "`log_level = WARNING`; everything else is the default (sampler, throttles, heartbeat).",
+        "- **spawn → ready**: `VsmClient.spawn_recursive_vsm()` returns when the daemon has heard "
+        'the VSM\'s "ready"; one VSM at a time, each terminated before the next '
+        f"({plan['latency_reps']} spawns).",
+        f"- **Burst** ({sizes} repeats): N spawn requests published at once on one AMQP "
+        "connection (reply-to, correlation ids), so the daemon is not paced by a client round "
+        "trip; *up* ends at the last reply. *Down*: N terminate requests at once, until the last "
+        "reply (the daemon answers when the process is reaped).",
+        f"- **Tree**: one root VSM with the built-in `tree` agent, `fanout={fanout}`, "
+        f"`levels={levels}`: {total:,} VSMs, each asking the daemon over the bus for its own "
+        'children one after the other. *Up* ends at the last "ready" seen on the namespace\'s '
+        "exchange (`up.#.ready`); *down* is the terminate of the root (leaves first).",
+        "- **list**: `VsmClient.list_child_vsms()` (every VSM) and the same request on an "
+        "already open channel. **vsmctl**: `subprocess.run` of `.venv/bin/vsmctl`, whole "
+        "process, repeated.",
+        f"- **Idle cost**: with N VSMs up and nothing asked, CPU over {plan['idle_seconds']:g} s "
+        "from /proc/PID/task/*/schedstat (ns precision) of the daemon, the fork server, every "
+        "VSM and the broker. **Memory** after that window: psutil `memory_full_info()` "
+        "(RSS, USS, PSS) of every VSM; RSS of the daemon, fork server and broker.",
+        "- **Peers** run `bench/child.py`, the start of a VSM without vsmd: pika connection, "
+        'channel, qos, declare and consume an own queue, publish "ready", idle serving '
+        "heartbeats, close on SIGTERM. (A VSM also opens a second channel and binds its queue.) "
+        "**Floor**: `multiprocessing` with the `forkserver` start method, pika and the child "
+        "pre-imported, its fork server warmed up; N `Process.start()` then N `terminate()`. "
+        "**supervisord** (from the `bench` extra): one program with `numprocs = N`, "
+        "`autostart = false`, `startsecs = 0`; `startAllProcesses(wait=False)` over XML-RPC "
+        'until N "ready", then `stopAllProcesses(wait=True)`.',
+        '- **Strategies**: `spawn_strategy = "exec"`; and the fork server without gc.freeze, '
+        "for which vsmd has no option: `bench/nofreeze.py` builds the daemon as `vsmd run` does "
+        "and sets `daemon.pool.gc_freeze = False` (nothing in vsmd/ is changed). gc.freeze only "
+        "matters once a VSM runs a full collection, so both fork-server settings are measured "
+        "again with an agent (`bench/agents.py`) that calls `gc.collect()` at start. "
+        "**Sampler off**: the default daemon with `sample_interval = 86400`.",
+        "",
+    ]

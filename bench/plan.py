@@ -1,0 +1,68 @@
+"""How much of everything to measure: the full run (~15 min on 2 cores) or --quick (< 2 min)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    ping_reps: int  # admin round trips of ping
+    latency_reps: int  # sequential spawn -> ready of one VSM
+    bursts: tuple[tuple[int, int], ...]  # (N, repeats): N spawns at once, then N terminates
+    state_sizes: tuple[int, ...]  # N at which list, vsmctl, memory and idle CPU are measured
+    list_reps: int
+    cli_reps: int
+    idle_seconds: float
+    tree: tuple[int, int]  # (fanout, levels) of the built-in tree agent under one root
+    tree_repeats: int
+    variant_latency: int  # sequential spawns for the no-gc.freeze fork server
+    variant_burst: tuple[int, int]  # (N, repeats) for every strategy; memory compared there
+    exec_latency: int  # sequential spawns for the exec strategy (about a second each)
+    exec_burst: tuple[int, int]
+    gc_burst: tuple[int, int]  # VSMs whose agent runs gc.collect(), with and without gc.freeze
+    peers: tuple[tuple[int, int, int], ...]  # (N, floor repeats, supervisord repeats)
+
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+FULL = Plan(
+    quick=False,
+    ping_reps=100,
+    latency_reps=100,
+    bursts=((100, 3), (300, 3), (1000, 3)),
+    state_sizes=(1, 100, 1000),
+    list_reps=50,
+    cli_reps=20,
+    idle_seconds=10.0,
+    tree=(10, 3),
+    tree_repeats=2,
+    variant_latency=50,
+    variant_burst=(100, 3),
+    exec_latency=20,
+    exec_burst=(100, 2),
+    gc_burst=(100, 1),
+    peers=((1, 20, 5), (100, 3, 2), (300, 3, 2), (1000, 3, 1)),
+)
+
+QUICK = Plan(
+    quick=True,
+    ping_reps=20,
+    latency_reps=20,
+    bursts=((20, 2),),
+    state_sizes=(1, 20),
+    list_reps=10,
+    cli_reps=5,
+    idle_seconds=3.0,
+    tree=(3, 2),
+    tree_repeats=1,
+    variant_latency=10,
+    variant_burst=(20, 1),
+    exec_latency=3,
+    exec_burst=(10, 1),
+    gc_burst=(20, 1),
+    peers=((1, 5, 2), (20, 2, 1)),
+)
