@@ -92,6 +92,8 @@ def test_child_spawns_its_own_child_over_the_bus(daemon: DaemonProc) -> None:
         "child_agent=spawner",
         "--set",
         'child_config={"children": ["z"]}',
+        "--set",
+        'child_policy={"restart": "permanent", "memory_mb": 300}',
     )
 
     def grown() -> dict[str, dict[str, object]] | None:
@@ -105,6 +107,8 @@ def test_child_spawns_its_own_child_over_the_bus(daemon: DaemonProc) -> None:
     by_path = {v["path"]: v for v in vsms.values()}
     assert by_path["p.x"]["parent"] == parent
     assert by_path["p.x.z"]["depth"] == 3
+    assert by_path["p.x"]["policy"] == {"restart": "permanent", "memory_mb": 300}  # from its agent
+    assert by_path["p.x.z"]["policy"] == {}  # the agent of p.x asked for none
 
 
 def test_vsm_answers_on_its_own_inbox(daemon: DaemonProc) -> None:

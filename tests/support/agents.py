@@ -25,6 +25,7 @@ class SpawnerAgent(BaseAgent):
                     name=name,
                     agent=self.config.get("child_agent"),
                     config=self.config.get("child_config") or {},
+                    policy=self.config.get("child_policy"),
                 )
             except VsmdError as err:
                 print(f"spawner {ctx.path}: {err.code} {err.message}", file=sys.stderr)
