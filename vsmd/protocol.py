@@ -154,23 +154,14 @@ POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
 
 
 @dataclass(frozen=True)
-class Spawn(Command):
+class Spawn(Command, Policy):
+    """A spawn request: who, what, and (flat, as the fields of Policy) how it is supervised."""
+
     cmd: ClassVar[str] = "spawn"
     parent: str | None = None
     name: str | None = None
     agent: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
-    restart: str | None = None
-    on_parent_exit: str | None = None
-    on_child_failure: str | None = None
-    memory_mb: int | None = None
-    cpu_percent: float | None = None
-    max_fds: int | None = None
-    max_procs: int | None = None
-    quota_action: str | None = None
-    max_children: int | None = None
-    budget_descendants: int | None = None
-    budget_memory_mb: int | None = None
 
     def spawn_config(self) -> SpawnConfig:
         policy = Policy(**{name: getattr(self, name) for name in POLICY_FIELDS}).validate()
