@@ -16,9 +16,8 @@ import orjson
 import typer
 
 from vsmctl.client import DEFAULT_TIMEOUT, VsmClient
-from vsmctl.render import print_event, print_info, print_table, print_tree
 from vsmd.errors import NoDaemon, VsmdError
-from vsmd.protocol import Policy, SpawnConfig, VsmInfo
+from vsmd.protocol import ListVsms, Policy, SpawnConfig, VsmInfo
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
 
@@ -162,6 +161,8 @@ def events(
         if json:
             sys.stdout.write(orjson.dumps(event).decode() + "\n")
         else:
+            from vsmctl.render import print_event  # rich only when a person reads it
+
             print_event(event)
         sys.stdout.flush()
 
@@ -187,10 +188,20 @@ def list_(
     timeout: Timeout = DEFAULT_TIMEOUT,
 ) -> None:
     """List VSMs."""
+    if json:  # straight from the reply: no objects to build for a script
+        _json(
+            _call(
+                broker,
+                namespace,
+                timeout,
+                lambda c: c.request(ListVsms(parent=parent, recursive=True)),
+            )
+        )
+        return
+    from vsmctl.render import print_table, print_tree  # rich only when a person reads it
+
     infos = _call(broker, namespace, timeout, lambda c: c.list_child_vsms(parent, True))
-    if json:
-        _json([i.to_dict() for i in infos])
-    elif tree:
+    if tree:
         print_tree(infos, parent)
     else:
         print_table(infos)
@@ -209,6 +220,8 @@ def show(
     if json:
         _json(info.to_dict())
     else:
+        from vsmctl.render import print_info  # rich only when a person reads it
+
         print_info(info)
 
 

@@ -32,6 +32,7 @@ class RpcChannel:
         except CONNECTION_ERRORS as exc:
             raise BrokerError(f"cannot open a reply channel: {describe(exc)}") from None
         self._replies: dict[str, bytes] = {}
+        self._answering: set[str] = set()
 
     def _on_reply(
         self,
@@ -95,7 +96,10 @@ class RpcChannel:
 
     def call_queue(self, queue: str, body: bytes, timeout: float) -> bytes:
         """Call the consumer of ``queue``; NoDaemon at once when nobody consumes it."""
-        consumers = self.queue_consumers(queue)
-        if not consumers:
-            raise NoDaemon(f"nobody consumes {queue}")
+        # Checked once per channel: later requests save the round trip (a daemon that goes away
+        # afterwards shows as a timeout).
+        if queue not in self._answering:
+            if not self.queue_consumers(queue):
+                raise NoDaemon(f"nobody consumes {queue}")
+            self._answering.add(queue)
         return self.call("", queue, body, timeout)
