@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import inspect
 import json
@@ -32,7 +33,7 @@ from bench.machine import describe
 from bench.plan import FULL, QUICK, Plan
 from bench.report import render
 from bench.resources import beam_pid
-from bench.stats import Results, log
+from bench.stats import Figure, Results, log
 from bench.vsmd_proc import REPO
 from vsmd.broker.embedded import EmbeddedBroker
 
@@ -46,10 +47,21 @@ def _source() -> str:
         done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
         return done.stdout.strip()
 
-    changed = len([ln for ln in git("status", "--porcelain").splitlines() if ln])
-    return f"git {git('rev-parse', '--short', 'HEAD') or '?'}" + (
-        f" + {changed} uncommitted changes" if changed else ""
+    changed = len(
+        [ln for ln in git("status", "--porcelain", "--", "vsmd", "vsmctl").splitlines() if ln]
     )
+    return f"git {git('rev-parse', '--short', 'HEAD') or '?'}" + (
+        f" + {changed} uncommitted changes in vsmd/ or vsmctl/" if changed else ""
+    )
+
+
+def _code_hash() -> str:
+    """Of vsmd/ and vsmctl/ as they are on disk: the code under test."""
+    digest = hashlib.sha256()
+    for path in sorted([*REPO.glob("vsmd/**/*.py"), *REPO.glob("vsmctl/**/*.py")]):
+        digest.update(str(path.relative_to(REPO)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _loadavg() -> str:
@@ -74,7 +86,7 @@ def _run(plan: Plan, workdir: Path, res: Results, data: dict[str, Any]) -> None:
     node.start()
     try:
         machine = describe(node.url)
-        machine["source"] = _source()
+        machine["source"] = f"{_source()} (vsmd/ + vsmctl/ sha256 {data['code_hash']})"
         machine.update(data["machine"])
         data["machine"] = machine
         ctx = suite.Ctx(node.url, workdir, beam_pid(os.getpid()), plan, res)
@@ -85,7 +97,7 @@ def _run(plan: Plan, workdir: Path, res: Results, data: dict[str, Any]) -> None:
             (
                 "nofreeze",
                 lambda: suite.run_variant(
-                    ctx, "nofreeze", plan.variant_latency, plan.variant_burst, launcher="nofreeze"
+                    ctx, "nofreeze", plan.variant_latency, plan.variant_burst, gc_freeze=False
                 ),
             ),
             (
@@ -112,7 +124,7 @@ def _run(plan: Plan, workdir: Path, res: Results, data: dict[str, Any]) -> None:
                     "gcnofreeze",
                     0,
                     plan.gc_burst,
-                    launcher="nofreeze",
+                    gc_freeze=False,
                     agent="gccollect",
                     agent_modules=["bench.agents"],
                 ),
@@ -138,24 +150,51 @@ def _reap_leftovers(res: Results) -> None:
     psutil.wait_procs(left, timeout=5)
 
 
-def _write(out: Path, stem: str, data: dict[str, Any], res: Results) -> None:
+def _write(out: Path, stem: str, data: dict[str, Any], res: Results, cores: int) -> None:
     goals = evaluate(res, data["sampler"])
     data["goals"] = [g.to_json() for g in goals]
     data["figures"] = {k: f.to_json() for k, f in res.figures.items()}
     data["failures"], data["notes"] = res.failures, res.notes
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(render(data, res, goals, where_time_goes(res)))
+    (out / f"{stem}.md").write_text(
+        render(data, res, goals, where_time_goes(res, cores, _interval(data)))
+    )
     log(f"wrote {out / stem}.md and .json")
+
+
+def _interval(data: dict[str, Any]) -> float:
+    return float(data["sampler"].get("interval") or 1.0)
+
+
+def _rerender(source: Path, out: Path) -> int:
+    """Write the report again from an earlier run's JSON (after the report code changed)."""
+    data = json.loads(source.read_text())
+    res = Results(notes=list(data["notes"]), failures=list(data["failures"]))
+    for key, f in data["figures"].items():
+        res.figures[key] = Figure(key, f["label"], f["unit"], f["samples"], f["n"], f["note"])
+    goals = evaluate(res, data["sampler"])
+    cores = int(data["machine"].get("logical_cpus") or 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.md").write_text(
+        render(data, res, goals, where_time_goes(res, cores, _interval(data)))
+    )
+    log(f"rendered {out / 'benchmarks.md'} from {source}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small N, about a minute")
     parser.add_argument("--out", type=Path, help="directory for benchmarks.md and .json")
+    parser.add_argument(
+        "--from-json", type=Path, help="only re-render benchmarks.md from a run's JSON"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     out = args.out or (REPO / ("bench/results" if args.quick else "docs"))
+    if args.from_json:
+        return _rerender(args.from_json, out)
     signal.signal(signal.SIGTERM, _on_term)
     res = Results()
     data: dict[str, Any] = {"plan": plan.to_json(), "machine": {}, "sampler": _sampler()}
@@ -164,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_busy_before_pct": psutil.cpu_percent(interval=2.0),
         "loadavg_start": _loadavg(),
     }
+    data["code_hash"] = _code_hash()
     workdir = Path(tempfile.mkdtemp(prefix="vsmd-bench-"))
     start = time.perf_counter()
     try:
@@ -175,8 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         data["duration_s"] = time.perf_counter() - start
         data["machine"]["loadavg_end"] = _loadavg()
+        if _code_hash() != data["code_hash"]:
+            res.note(
+                "vsmd/ or vsmctl/ changed on disk during the run: processes started after the "
+                f"change ran the new code (now {_source()}, sha256 {_code_hash()})"
+            )
         data["workdir_removed"] = not workdir.exists()
-        _write(out, "benchmarks", data, res)
+        _write(out, "benchmarks", data, res, os.cpu_count() or 1)
     return 1 if res.failures else 0
 
 

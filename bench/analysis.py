@@ -16,6 +16,44 @@ def _sizes(res: Results) -> list[int]:
     return sorted({f.n for k, f in res.figures.items() if k.startswith("floor.") and f.n})
 
 
+def _ping_line(client: float | None, raw: float | None) -> str | None:
+    if client is None or raw is None:
+        return None
+    diff = client - raw
+    what = (
+        "the client library adds nothing measurable"
+        if abs(diff) < 0.1
+        else f"the client library's own work per call is the {num(diff)} ms difference"
+    )
+    return (
+        f"- Admin round trip: `ping` takes {num(client)} ms through VsmClient (one client, one "
+        f"request at a time) and {num(raw)} ms as a bare request on an open channel: {what}."
+    )
+
+
+def _floor_line(spawn: float | None, floor: float | None, setup: float | None) -> str | None:
+    if spawn is None or floor is None or setup is None:
+        return None
+    diff = spawn - floor
+    text = (
+        f"- One spawn → ready through vsmd takes {num(spawn)} ms; the floor (one "
+        "multiprocessing child: fork, connect, declare, consume, publish) takes "
+        f"{num(floor)} ms, {num(setup)} ms of it the child's own broker work (connection and "
+        f"queue set-up: {setup / spawn:.0%} of vsmd's spawn → ready)."
+    )
+    if diff > 0.5:
+        return text + (
+            f" vsmd's extra {num(diff)} ms covers the admin round trip, admission, the hop "
+            "through the fork server, what a VSM sets up beyond the floor's child and the "
+            'daemon handling "ready" before it replies.'
+        )
+    return text + (
+        f" vsmd is level with the floor ({num(diff)} ms): its own steps (admin round trip, "
+        'admission, fork-server hop, handling "ready") cost no more than multiprocessing\'s '
+        "start of one process."
+    )
+
+
 def _spawn_lines(res: Results) -> list[str | None]:
     m = res.median
     spawn, ping_c, ping_r = (
@@ -26,24 +64,8 @@ def _spawn_lines(res: Results) -> list[str | None]:
     floor1 = m("floor.1.up_s")
     floor1_ms = floor1 * 1000 if floor1 is not None else None
     return [
-        _line(
-            "Admin round trip: `ping` takes {} ms through VsmClient and {} ms on an open channel; "
-            "VsmClient first checks that the admin queue has a consumer (a passive declare on a "
-            "new channel) on every request.",
-            ping_c,
-            ping_r,
-        ),
-        _line(
-            "One spawn → ready through vsmd takes {} ms; the floor (one multiprocessing child: "
-            "fork, connect, declare, consume, publish) takes {} ms, of which {} ms is the child's "
-            "own broker work. vsmd's extra {} ms is the admin round trip, admission, the fork "
-            "server hop, the VSM's second channel and binding, and the daemon handling "
-            '"ready" before it replies.',
-            spawn,
-            floor1_ms,
-            m("floor.1.setup_ms"),
-            (spawn - floor1_ms) if spawn is not None and floor1_ms is not None else None,
-        ),
+        _ping_line(ping_c, ping_r),
+        _floor_line(spawn, floor1_ms, m("floor.1.setup_ms")),
         _line(
             "A fresh interpreter (exec strategy) costs {} ms per spawn against {} ms from the "
             "fork server, and {} MiB of USS per VSM against {} MiB.",
@@ -110,22 +132,94 @@ def cpu_table(res: Results) -> list[str]:
     ]
 
 
-def where_time_goes(res: Results) -> list[str]:
+def _per_process_cpu(res: Results, name: str, n: int) -> tuple[float, float] | None:
+    """(CPU ms per process over all parts, cores busy) of one contender's burst of ``n``."""
+    _name, pre, up_key, kids, managers = next(c for c in CONTENDERS if c[0] == name)
+    key, wall = pre.format(n=n), res.median(up_key.format(n=n))
+    parts = [kids, "broker", *managers]
+    vals = [res.median(f"{key}.cpu_{p}_s") for p in parts]
+    if wall is None or any(v is None for v in vals):
+        return None
+    total = sum(v or 0.0 for v in vals)
+    return total / n * 1000, total / wall
+
+
+def _cpu_lines(res: Results, cores: int) -> list[str | None]:
+    sizes = sorted({f.n for k, f in res.figures.items() if k.endswith(".cpu_vsms_s") and f.n})
+    if not sizes:
+        return []
+    n = sizes[-1]
+    v = _per_process_cpu(res, "vsmd", n)
+    f = _per_process_cpu(res, "floor", n)
+    s = _per_process_cpu(res, "supervisord", n)
+    up = res.median(f"vsmd.burst.{n}.up_s")
+    lines = [
+        _line(
+            f"In a burst of {n:,} every VSM costs {{}} ms of CPU in all (its own start, the "
+            "broker's side of its connection, the daemon and the fork server): all "
+            f"{cores} cores busy would allow {{}} VSMs/s; vsmd reached {{}}/s with {{}} cores "
+            "busy.",
+            v[0] if v else None,
+            cores * 1000 / v[0] if v else None,
+            n / up if up else None,
+            v[1] if v else None,
+        )
+    ]
+    if v and f and f[1] < v[1]:
+        lines.append(
+            _line(
+                "The floor keeps only {} cores busy against vsmd's {}: multiprocessing starts "
+                "its children one at a time (each `Process.start()` waits for the new pid from "
+                "its fork server), while vsmd's daemon queues spawn requests to its fork server "
+                "without waiting. Here the floor is a floor for the CPU per process ({} ms), not "
+                "for the wall time.",
+                f[1],
+                v[1],
+                f[0],
+            )
+        )
+    down = f"vsmd.burst.{n}.down"
+    lines.append(
+        _line(
+            f"Terminating {n:,} at once took {{}} s (the floor: {{}} s); meanwhile the daemon used "
+            "{} CPU s, the fork server {} and the broker {}.",
+            res.median(f"{down}_s"),
+            res.median(f"floor.{n}.down_s"),
+            res.median(f"{down}.cpu_daemon_s"),
+            res.median(f"{down}.cpu_forkserver_s"),
+            res.median(f"{down}.cpu_broker_s"),
+        )
+    )
+    kid_s = res.median(f"supervisord.{n}.cpu_children_s")
+    kid_v = res.median(f"vsmd.burst.{n}.cpu_vsms_s")
+    if s:
+        lines.append(
+            _line(
+                "supervisord's children use {} ms of CPU each (a fresh interpreter importing "
+                "pika) against {} ms for a forked VSM. Stopping even one program took {} s, "
+                "which matches supervisord's 1 s main-loop tick.",
+                kid_s / n * 1000 if kid_s is not None else None,
+                kid_v / n * 1000 if kid_v is not None else None,
+                res.median("supervisord.1.down_s"),
+            )
+        )
+    return lines
+
+
+def where_time_goes(res: Results, cores: int, interval: float = 1.0) -> list[str]:
     m = res.median
     lines = _spawn_lines(res)
-    alone = m("floor.1.setup_ms")
-    for n in _sizes(res):
-        if n > 1:
-            lines.append(
-                _line(
-                    f"With {n:,} started at once, a floor child's own connect + declare + "
-                    "publish takes {} ms (median; p99 {}) against {} ms alone: the contenders "
-                    "share the broker's connection set-up and the cores.",
-                    m(f"floor.{n}.setup_ms"),
-                    res.p99(f"floor.{n}.setup_ms"),
-                    alone,
-                )
-            )
+    lines += _cpu_lines(res, cores)
+    crowd = [n for n in _sizes(res) if n > 1 and m(f"floor.{n}.setup_ms") is not None]
+    if crowd and m("floor.1.setup_ms") is not None:
+        meds = " / ".join(num(m(f"floor.{n}.setup_ms") or 0) for n in crowd)
+        p99s = " / ".join(num(res.p99(f"floor.{n}.setup_ms") or 0) for n in crowd)
+        lines.append(
+            f"- A floor child's own connect + declare + consume + publish takes "
+            f"{num(m('floor.1.setup_ms') or 0)} ms alone and {meds} ms (median; p99 {p99s}) "
+            f"with {' / '.join(f'{n:,}' for n in crowd)} started at once: the contenders share "
+            "the broker's connection set-up and the cores."
+        )
     lines.append(
         _line(
             "vsmctl: `python -c pass` takes {} ms and `python -c 'import vsmctl.app'` {} ms of "
@@ -143,6 +237,23 @@ def where_time_goes(res: Results) -> list[str]:
                 m(f"vsmd.list.{n}.client_ms"),
                 m(f"vsmd.list.{n}.raw_ms"),
                 m("vsmd.list.1.raw_ms"),
+            )
+        )
+    ns = sorted({f.n for k, f in res.figures.items() if k.startswith("nosampler.idle.") and f.n})
+    for n in ns[-1:]:
+        on, off = m(f"vsmd.idle.{n}.daemon_pct"), m(f"nosampler.idle.{n}.daemon_pct")
+        lines.append(
+            _line(
+                f"The sampler: with {n:,} idle VSMs the daemon uses {{}}% of a core, {{}}% with "
+                f"the sampler off, i.e. about {{}} ms per pass at one pass every {interval:g} s. "
+                "The pass runs "
+                "on the daemon's loop, so an admin request that arrives meanwhile waits for it: "
+                f"compare the `list` p99 with {n:,} VSMs ({{}} ms) with its median ({{}} ms).",
+                on,
+                off,
+                (on - off) * 10 * interval if on is not None and off is not None else None,
+                res.p99(f"vsmd.list.{n}.client_ms"),
+                m(f"vsmd.list.{n}.client_ms"),
             )
         )
     kept = [ln for ln in lines if ln]

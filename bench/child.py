@@ -24,7 +24,11 @@ class _Stop(Exception):
     pass
 
 
+_STOPPING: list[bool] = []
+
+
 def _on_term(_sig: int, _frame: FrameType | None) -> None:
+    _STOPPING.append(True)
     raise _Stop
 
 
@@ -51,6 +55,10 @@ def child_main(url: str, ready_queue: str, name: str) -> None:
             conn.process_data_events(time_limit=1.0)
     except _Stop:
         pass
+    except Exception:
+        # Raised inside pika's I/O, the stop comes back wrapped (StreamLostError): still a stop.
+        if not _STOPPING:
+            raise
     finally:
         if conn is not None and conn.is_open:
             with contextlib.suppress(Exception):

@@ -40,15 +40,14 @@ def method(data: dict[str, Any]) -> list[str]:
         "(RSS, USS, PSS) of every VSM; RSS of the daemon, fork server and broker.",
         "- **Peers** run `bench/child.py`, the start of a VSM without vsmd: pika connection, "
         'channel, qos, declare and consume an own queue, publish "ready", idle serving '
-        "heartbeats, close on SIGTERM. (A VSM also opens a second channel and binds its queue.) "
+        "heartbeats, close on SIGTERM. (A VSM also binds its queue to the tree's exchange.) "
         "**Floor**: `multiprocessing` with the `forkserver` start method, pika and the child "
         "pre-imported, its fork server warmed up; N `Process.start()` then N `terminate()`. "
         "**supervisord** (from the `bench` extra): one program with `numprocs = N`, "
         "`autostart = false`, `startsecs = 0`; `startAllProcesses(wait=False)` over XML-RPC "
         'until N "ready", then `stopAllProcesses(wait=True)`.',
-        '- **Strategies**: `spawn_strategy = "exec"`; and the fork server without gc.freeze, '
-        "for which vsmd has no option: `bench/nofreeze.py` builds the daemon as `vsmd run` does "
-        "and sets `daemon.pool.gc_freeze = False` (nothing in vsmd/ is changed). gc.freeze only "
+        '- **Strategies**: `spawn_strategy = "exec"`; and the fork server without gc.freeze '
+        "(`gc_freeze = false`). gc.freeze only "
         "matters once a VSM runs a full collection, so both fork-server settings are measured "
         "again with an agent (`bench/agents.py`) that calls `gc.collect()` at start. "
         "**Sampler off**: the default daemon with `sample_interval = 86400`.",

@@ -55,11 +55,9 @@ def guarded(ctx: Ctx, what: str, fn: Callable[[], None]) -> bool:
 
 
 @contextlib.contextmanager
-def daemon(
-    ctx: Ctx, tag: str, launcher: str = "cli", **extra: object
-) -> Iterator[tuple[VsmdProc, AdminPipe]]:
+def daemon(ctx: Ctx, tag: str, **extra: object) -> Iterator[tuple[VsmdProc, AdminPipe]]:
     log(f"starting vsmd ({tag})")
-    d = start_vsmd(ctx.url, ctx.workdir / f"vsmd-{tag}", tag, vsmd_config(**extra), launcher)
+    d = start_vsmd(ctx.url, ctx.workdir / f"vsmd-{tag}", tag, vsmd_config(**extra))
     pipe = AdminPipe(ctx.url, d.namespace)
     try:
         yield d, pipe
@@ -102,14 +100,13 @@ def one_burst(
     agent: str | None = None,
 ) -> None:
     timeout = 60.0 + 0.5 * n
-    window = CpuWindow(
-        {
-            "broker": [ctx.broker_pid],
-            "bench": [os.getpid()],
-            "daemon": [d.pid],
-            "forkserver": [d.forkserver_pid()],
-        }
-    )
+    managers: dict[str, list[int | None]] = {
+        "broker": [ctx.broker_pid],
+        "bench": [os.getpid()],
+        "daemon": [d.pid],
+        "forkserver": [d.forkserver_pid()],
+    }
+    window = CpuWindow(managers)
     up, ids = figs.burst_up(pipe, n, timeout, agent)
     add_cpu(ctx, f"{prefix}.burst.{n}", n, window.stop({"vsms": d.vsm_pids()}))
     ctx.res.add(
@@ -120,7 +117,9 @@ def one_burst(
         if measure:
             measure_state(ctx, d, pipe, prefix, n, admin)
     finally:
+        window = CpuWindow(managers)
         down = figs.terminate(pipe, ids, timeout)
+        add_cpu(ctx, f"{prefix}.burst.{n}.down", n, window.stop({}), "terminating")
     ctx.res.add(f"{prefix}.burst.{n}.down_s", "terminate N at once, until all gone", "s", [down], n)
     deadline = time.monotonic() + 10
     while d.vsm_pids() and time.monotonic() < deadline:
@@ -213,11 +212,10 @@ def run_variant(
     prefix: str,
     latency_reps: int,
     burst: tuple[int, int],
-    launcher: str = "cli",
     agent: str | None = None,
     **extra: object,
 ) -> None:
-    with daemon(ctx, prefix, launcher, **extra) as (d, pipe):
+    with daemon(ctx, prefix, **extra) as (d, pipe):
 
         def latency() -> None:
             spawn, _term = figs.sequential(d, latency_reps)
@@ -235,9 +233,9 @@ def run_sampler_off(ctx: Ctx) -> None:
         bursts(ctx, d, pipe, "nosampler", [(n, 1)], [n], admin=False)
 
 
-def add_cpu(ctx: Ctx, key: str, n: int, cpu: dict[str, float]) -> None:
+def add_cpu(ctx: Ctx, key: str, n: int, cpu: dict[str, float], phase: str = "coming up") -> None:
     for who, secs in cpu.items():
-        ctx.res.add(f"{key}.cpu_{who}_s", f"CPU while coming up: {who}", "CPU s", [secs], n)
+        ctx.res.add(f"{key}.cpu_{who}_s", f"CPU while {phase}: {who}", "CPU s", [secs], n)
 
 
 def _peer_once(ctx: Ctx, prefix: str, n: int, run: Callable[[int], peers.PeerRun]) -> None:

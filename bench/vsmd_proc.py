@@ -133,17 +133,13 @@ def start_vsmd(
     state_dir: Path,
     tag: str,
     config: dict[str, object],
-    launcher: str = "cli",
 ) -> VsmdProc:
-    """``launcher``: "cli" runs ``vsmd run``; "nofreeze" runs bench.nofreeze (gc.freeze off)."""
+    """``vsmd run --config`` as an operator runs it."""
     ns = new_namespace(tag)
     state_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = state_dir / "vsmd.toml"
     cfg_file.write_text(_toml({"state_dir": str(state_dir), **config}))
-    if launcher == "cli":
-        cmd = [str(BIN / "vsmd"), "run", "--config", str(cfg_file)]
-    else:
-        cmd = [sys.executable, "-m", "bench.nofreeze", str(cfg_file)]
+    cmd = [str(BIN / "vsmd"), "run", "--config", str(cfg_file)]
     log_path = state_dir / "vsmd.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -36,7 +36,7 @@ from vsmd.protocol import (
     loads_object,
 )
 
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 60.0  # above the daemon's default spawn_timeout (30 s)
 MAX_REPLY = 64 << 20
 
 

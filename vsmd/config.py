@@ -40,11 +40,12 @@ class Config:
     namespace: str = "vsm"
     state_dir: Path = Path("/var/lib/vsmd")
     spawn_strategy: str = "forkserver"
+    gc_freeze: bool = True
     # Each VSM holds one AMQP connection; the broker's open-files limit caps the tree.
     max_total: int = 500
     max_depth: int = 8
     max_children: int = 200
-    spawn_timeout: float = 15.0
+    spawn_timeout: float = 30.0
     stop_timeout: float = 5.0
     max_message_bytes: int = 65536
     heartbeat: int = 30
@@ -142,6 +143,14 @@ def _number(raw: Any, integer: bool) -> float | int:
     return int(raw) if integer else float(raw)
 
 
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return raw.lower() in ("true", "1", "yes")
+    raise ValueError
+
+
 def _strings(raw: Any) -> tuple[str, ...]:
     if isinstance(raw, str):
         return tuple(p for p in raw.split(",") if p)
@@ -155,6 +164,8 @@ def _coerce(name: str, raw: Any) -> Any:
     try:
         if kind in ("int", "float"):
             return _number(raw, kind == "int")
+        if kind == "bool":
+            return _boolean(raw)
         if kind == "Path":
             if not isinstance(raw, str | Path):
                 raise ValueError

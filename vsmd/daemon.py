@@ -36,6 +36,7 @@ from vsmd.supervisor.pool import ForkServerPool
 from vsmd.timers import Timers
 
 log = logging.getLogger("vsmd")
+SAMPLE_SLICES = 10  # each VSM is still sampled once per sample_interval
 
 
 class Daemon:
@@ -45,7 +46,9 @@ class Daemon:
         self.timers = Timers()
         self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.agents = build_registry(config.agent_modules)
-        self.pool = ForkServerPool(self._post, config.agent_modules, config.spawn_strategy)
+        self.pool = ForkServerPool(
+            self._post, config.agent_modules, config.spawn_strategy, config.gc_freeze
+        )
         self.bus = DaemonBus(
             config.broker_url, self.topo, config.heartbeat, self._on_admin, self._on_bus_event
         )
@@ -144,10 +147,14 @@ class Daemon:
         except BrokerError as err:
             log.warning("could not tell %s about %s: %s", rec.path, kind, err.message)
 
-    def _sample(self) -> None:
-        self.manager.sample()
-        self._reap_orphans()
-        self.timers.call_later(self.config.sample_interval, self._sample)
+    def _sample(self, part: int = 0) -> None:
+        self.manager.sample(part, SAMPLE_SLICES)
+        if part == 0:
+            self._reap_orphans()
+        self.timers.call_later(
+            self.config.sample_interval / SAMPLE_SLICES,
+            lambda: self._sample((part + 1) % SAMPLE_SLICES),
+        )
 
     def _reap_orphans(self) -> None:
         """As a subreaper we inherit what loses its parent (VSMs of a dead fork server).
@@ -246,7 +253,7 @@ class Daemon:
         restored, _dropped = self.manager.restore()
         if restored:
             log.info("restored %d VSMs from the journal", restored)
-        self.timers.call_later(self.config.sample_interval, self._sample)
+        self.timers.call_later(self.config.sample_interval / SAMPLE_SLICES, self._sample)
         log.info(
             "vsmd ready: namespace %s, broker %s, strategy %s, max_total %d",
             self.config.namespace,

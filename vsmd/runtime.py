@@ -37,8 +37,10 @@ EXIT_REASONS = {
 }
 
 
-class _Interrupt(Exception):
-    """Raised from the signal handler to leave a blocking broker wait at once."""
+class _Interrupt(BaseException):
+    """Raised from the signal handler to leave a blocking broker wait at once.
+
+    A BaseException, so that no ``except Exception`` inside pika's I/O swallows the stop."""
 
 
 Delivery = tuple[pika.spec.BasicProperties, bytes, int]
@@ -82,7 +84,7 @@ class VsmRuntime:
             body["agent"] = agent
         env = Envelope(type="spawn", sender=self.vsm_id, body=body)
         raw = self._rpc.call(
-            self.topo.exchange, self.topo.up_key(self.path, "spawn"), env.encode(), timeout=30.0
+            self.topo.exchange, self.topo.up_key(self.path, "spawn"), env.encode(), timeout=60.0
         )
         reply = loads_object(raw, 1 << 24)
         if not reply.get("ok"):
@@ -193,6 +195,8 @@ class VsmRuntime:
             self._waiting = False
 
     def _reconnect(self) -> None:
+        if self._stop:
+            return
         try:
             self._open()
             self._backoff = 0.1

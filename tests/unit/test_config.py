@@ -25,7 +25,7 @@ def test_defaults() -> None:
     assert config.state_dir == Path("/var/lib/vsmd")
     assert config.spawn_strategy == "forkserver"
     assert (config.max_total, config.max_depth, config.max_children) == (500, 8, 200)
-    assert (config.spawn_timeout, config.stop_timeout) == (15.0, 5.0)
+    assert (config.spawn_timeout, config.stop_timeout) == (30.0, 5.0)
     assert config.default_agent == "noop"
     assert config.agent_modules == ()
 
@@ -301,3 +301,15 @@ def test_sample_config_holds_the_defaults() -> None:
     loaded = load_config(REPO / "config" / "vsmd.toml", env={})
     # state_dir is where a packager points it; everything else must match the code's defaults.
     assert dataclasses.replace(loaded, state_dir=Config().state_dir) == Config()
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("false", False), ("true", True), ("0", False)])
+def test_gc_freeze_from_env_style_strings(raw: str, expected: bool) -> None:
+    assert load_config(overrides={"gc_freeze": raw}, env={}).gc_freeze is expected
+
+
+def test_gc_freeze_rejects_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[vsmd]\ngc_freeze = 2\n")
+    with pytest.raises(ConfigError, match="gc_freeze"):
+        load_config(path, env={})
