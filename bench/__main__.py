@@ -28,6 +28,7 @@ import psutil
 
 from bench import suite
 from bench.analysis import where_time_goes
+from bench.discussion import discussion
 from bench.goals import evaluate
 from bench.machine import describe
 from bench.plan import FULL, QUICK, Plan
@@ -158,7 +159,7 @@ def _write(out: Path, stem: str, data: dict[str, Any], res: Results, cores: int)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / f"{stem}.md").write_text(
-        render(data, res, goals, where_time_goes(res, cores, _interval(data)))
+        render(data, res, goals, [*where_time_goes(res, cores, _interval(data)), *discussion(res)])
     )
     log(f"wrote {out / stem}.md and .json")
 
@@ -177,7 +178,7 @@ def _rerender(source: Path, out: Path) -> int:
     cores = int(data["machine"].get("logical_cpus") or 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.md").write_text(
-        render(data, res, goals, where_time_goes(res, cores, _interval(data)))
+        render(data, res, goals, [*where_time_goes(res, cores, _interval(data)), *discussion(res)])
     )
     log(f"rendered {out / 'benchmarks.md'} from {source}")
     return 0

@@ -22,7 +22,7 @@ def _ping_line(client: float | None, raw: float | None) -> str | None:
     diff = client - raw
     what = (
         "the client library adds nothing measurable"
-        if abs(diff) < 0.1
+        if diff < 0.1  # a negative difference is noise between the two series
         else f"the client library's own work per call is the {num(diff)} ms difference"
     )
     return (
@@ -246,8 +246,8 @@ def where_time_goes(res: Results, cores: int, interval: float = 1.0) -> list[str
             _line(
                 f"The sampler: with {n:,} idle VSMs the daemon uses {{}}% of a core, {{}}% with "
                 f"the sampler off, i.e. about {{}} ms per pass at one pass every {interval:g} s. "
-                "The pass runs "
-                "on the daemon's loop, so an admin request that arrives meanwhile waits for it: "
+                "The pass runs on the daemon's loop in ten slices spread over the interval, so "
+                "an admin request that arrives meanwhile waits for one slice at most: "
                 f"compare the `list` p99 with {n:,} VSMs ({{}} ms) with its median ({{}} ms).",
                 on,
                 off,
