@@ -170,6 +170,19 @@ def run_vsmd_main(ctx: Ctx) -> None:
             res.add("vsmd.spawn_ready_ms", "spawn -> ready, one VSM (VsmClient)", "ms", spawn, 1)
             res.add("vsmd.terminate_one_ms", "terminate one VSM (VsmClient)", "ms", term, 1)
 
+        def restart() -> None:
+            total, beyond = figs.crash_restart(d, max(3, plan.latency_reps // 5))
+            res.add(
+                "vsmd.crash_restart_ms", "kill -9 -> running again (permanent VSM)", "ms", total, 1
+            )
+            res.add(
+                "vsmd.crash_restart_beyond_backoff_ms",
+                "kill -9 -> running again, less the backoff delay",
+                "ms",
+                beyond,
+                1,
+            )
+
         def cli_spawn() -> None:
             ms = figs.cli_spawn(d, pipe, plan.cli_reps)
             res.add("vsmd.cli_spawn.ms", "`vsmctl spawn -q` whole process", "ms", ms, 1)
@@ -188,6 +201,7 @@ def run_vsmd_main(ctx: Ctx) -> None:
 
         guarded(ctx, "ping", ping)
         guarded(ctx, "spawn latency", latency)
+        guarded(ctx, "crash -> restarted", restart)
         guarded(ctx, "state with one VSM", functools.partial(single_state, ctx, d, pipe))
         bursts(ctx, d, pipe, "vsmd", plan.bursts, plan.state_sizes, admin=True)
         guarded(ctx, "vsmctl spawn", cli_spawn)

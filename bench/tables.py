@@ -177,6 +177,8 @@ def idle(res: Results) -> list[str]:
 HEADLINE = (
     ("spawn → ready, one VSM (VsmClient)", "vsmd.spawn_ready_ms"),
     ("terminate one VSM (VsmClient)", "vsmd.terminate_one_ms"),
+    ("kill -9 -> running again (permanent VSM)", "vsmd.crash_restart_ms"),
+    ("the same, less the announced backoff delay", "vsmd.crash_restart_beyond_backoff_ms"),
     ("burst: N spawns at once, until all ready", "vsmd.burst.{n}.up_s"),
     ("terminate N at once, until all gone", "vsmd.burst.{n}.down_s"),
     ("tree agent: root spawn until every VSM is ready", "vsmd.tree.{n}.up_s"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -9,7 +11,7 @@ from typing import Any
 
 from bench.bus import AdminPipe, BenchError, ReadyListener
 from bench.vsmd_proc import BIN, VsmdProc
-from vsmd.protocol import ListVsms, Ping, Spawn, SpawnConfig, Terminate
+from vsmd.protocol import ListVsms, Ping, Policy, Spawn, SpawnConfig, Terminate
 
 
 def _ms(seconds: float) -> float:
@@ -165,3 +167,35 @@ def tree(d: VsmdProc, pipe: AdminPipe, fanout: int, levels: int) -> tuple[float,
         terminate(pipe, [root], 300.0)
         raise BenchError(f"tree: {running} of {total} VSMs running")
     return up, terminate(pipe, [root], 300.0)
+
+
+def crash_restart(d: VsmdProc, reps: int) -> tuple[list[float], list[float]]:
+    """ms from SIGKILL of a permanent VSM until it runs again, and the part of it that is not
+    the configured backoff (the delay the daemon announced in its restart_scheduled event).
+
+    A fresh VSM each time, so every crash is a first crash (the shortest backoff)."""
+    total_ms: list[float] = []
+    beyond_ms: list[float] = []
+    policy = Policy(restart="permanent")
+    with d.client() as c:
+        for _ in range(reps):
+            info = c.spawn_recursive_vsm(None, SpawnConfig(policy=policy))
+            since = c.events()[0]
+            assert info.pid is not None
+            t = time.perf_counter()
+            os.kill(info.pid, signal.SIGKILL)
+            while True:
+                now = c.show(info.id)
+                if now.status == "running" and now.pid not in (None, info.pid):
+                    break
+                time.sleep(0.001)
+            took = _ms(time.perf_counter() - t)
+            delays = [
+                e["details"].get("delay", 0.0)
+                for e in c.events(since)[1]
+                if e["kind"] == "restart_scheduled" and e["vsm_id"] == info.id
+            ]
+            total_ms.append(took)
+            beyond_ms.append(took - _ms(float(delays[0])) if delays else took)
+            c.terminate_child_vsm(info.id)
+    return total_ms, beyond_ms
