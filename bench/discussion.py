@@ -56,7 +56,8 @@ def _missed(res: Results) -> list[str | None]:
             "processes supervisord's children use {} CPU s (a fresh interpreter importing pika "
             "each) and the broker {} CPU s; vsmd's VSMs use {} CPU s and the broker {} CPU s. "
             "The ratio of the CPU work, about {}x, bounds the wall-time ratio on this machine, "
-            "whatever vsmd does; vsmd itself is at or below the floor. 10x would need machines "
+            "whatever vsmd does; vsmd itself runs close to the floor (the ratios above). 10x would "
+            "need machines "
             "where supervisord's per-process interpreter start is dearer relative to the broker, "
             "or cheaper AMQP connection set-up (most of a VSM's start, see above).",
             sup,
