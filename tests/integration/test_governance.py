@@ -54,6 +54,23 @@ def test_memory_quota_acts_after_consecutive_samples(broker_url: str, tmp_path: 
         assert json.loads(listed.stdout)[0]["metrics"]["rss_mb"] > 40
 
 
+def test_cpu_quota_is_seen_by_the_sampler(broker_url: str, tmp_path: Path) -> None:
+    config = {"sample_interval": 0.5, "quota_violations": 2}
+    with running_daemon(broker_url, tmp_path, config=config) as d:
+        c = d.client()
+        busy = c.spawn_recursive_vsm(
+            None,
+            SpawnConfig(
+                name="busy", agent="spinner", policy=Policy(cpu_percent=20, quota_action="warn")
+            ),
+        )
+        poll_for(lambda: "quota_warn" in kinds(c, busy.id), timeout=30, what="a cpu warning")
+        reason = c.show(busy.id).last_reason or ""
+        assert reason.startswith("cpu quota exceeded: ") and reason.endswith(
+            "% > 20% for 2 samples"
+        )
+
+
 def test_restart_action_brings_the_vsm_back(broker_url: str, tmp_path: Path) -> None:
     config = {"sample_interval": 0.2, "quota_violations": 2, "backoff_initial": 0.05}
     with running_daemon(broker_url, tmp_path, config=config) as d:

@@ -193,26 +193,38 @@ def test_fork_server_crash_takes_its_vsms_and_they_come_back(daemon: DaemonProc)
     c = daemon.client()
     keep = new(c, None, "keep", restart="permanent")
     temp = new(c, None, "temp", restart="temporary")
-    fork_server = next(p for p in psutil.Process(daemon.proc.pid).children()
-                       if "forkserver" in " ".join(p.cmdline()))
+    fork_server = next(
+        p
+        for p in psutil.Process(daemon.proc.pid).children()
+        if "forkserver" in " ".join(p.cmdline())
+    )
     fork_server.kill()
     assert keep.pid is not None and temp.pid is not None
-    poll_for(lambda: gone(keep.pid or 0) and gone(temp.pid or 0),
-             what="the VSMs to die with their fork server")
+    poll_for(
+        lambda: gone(keep.pid or 0) and gone(temp.pid or 0),
+        what="the VSMs to die with their fork server",
+    )
     back = back_with_new_pid(c, keep)
     assert back.last_exit == "killed by SIGKILL"
     poll_for(lambda: c.show(temp.id).status == "failed", what="the temporary one to stay down")
     # The dead VSMs were re-parented to the daemon (a subreaper) and reaped: no zombies.
-    poll_for(lambda: not any(p.status() == psutil.STATUS_ZOMBIE
-                             for p in psutil.Process(daemon.proc.pid).children()),
-             what="the orphans to be reaped")
+    poll_for(
+        lambda: (
+            not any(
+                p.status() == psutil.STATUS_ZOMBIE
+                for p in psutil.Process(daemon.proc.pid).children()
+            )
+        ),
+        what="the orphans to be reaped",
+    )
     assert c.spawn_recursive_vsm(None, SpawnConfig(name="fresh")).status == "running"
 
 
 def test_a_crashed_vsm_takes_its_agents_subprocesses_along(daemon: DaemonProc) -> None:
     c = daemon.client()
-    vsm = c.spawn_recursive_vsm(None, SpawnConfig(
-        name="h", agent="helper", policy=Policy(restart="temporary")))
+    vsm = c.spawn_recursive_vsm(
+        None, SpawnConfig(name="h", agent="helper", policy=Policy(restart="temporary"))
+    )
     helper = c.call(vsm.id, "pids")["helper_pid"]
     assert vsm.pid is not None and psutil.pid_exists(helper)
     os.kill(vsm.pid, signal.SIGKILL)  # the VSM alone, not its group

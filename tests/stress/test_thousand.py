@@ -20,8 +20,7 @@ from vsmd.protocol import SpawnConfig
 pytestmark = pytest.mark.stress
 
 N = 1000
-CONFIG = {"max_total": 1200, "max_children": 1000, "spawn_timeout": 120.0,
-          "sample_interval": 5.0}
+CONFIG = {"max_total": 1200, "max_children": 1000, "spawn_timeout": 120.0, "sample_interval": 5.0}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +34,9 @@ def big_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBro
 
 
 def vsm_pids(d: DaemonProc) -> set[int]:
-    fork_servers = [p for p in psutil.Process(d.proc.pid).children() if "forkserver" in
-                    " ".join(p.cmdline())]
+    fork_servers = [
+        p for p in psutil.Process(d.proc.pid).children() if "forkserver" in " ".join(p.cmdline())
+    ]
     return {c.pid for fs in fork_servers for c in fs.children()}
 
 
@@ -70,16 +70,23 @@ def test_thousand_flat(big_broker: EmbeddedBroker, tmp_path: Path) -> None:
         removed = [i for vsm_id in ids for i in c.terminate_child_vsm(vsm_id)]
         assert sorted(removed) == sorted(ids)
         assert c.list_child_vsms() == []
-        poll_for(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=60,
-                 what="every VSM process to go")
+        poll_for(
+            lambda: not any(psutil.pid_exists(p) for p in pids),
+            timeout=60,
+            what="every VSM process to go",
+        )
         assert leftovers(d, ids) == []
 
 
 def test_thousand_as_a_tree(big_broker: EmbeddedBroker, tmp_path: Path) -> None:
     with running_daemon(big_broker.url, tmp_path / "state", config=CONFIG) as d:
         c = d.client(timeout=120)
-        roots = [c.spawn_recursive_vsm(None, SpawnConfig(
-            name=f"r{i}", agent="tree", settings={"fanout": 10, "levels": 2})) for i in range(9)]
+        roots = [
+            c.spawn_recursive_vsm(
+                None, SpawnConfig(name=f"r{i}", agent="tree", settings={"fanout": 10, "levels": 2})
+            )
+            for i in range(9)
+        ]
         total = 9 * (1 + 10 + 100)
 
         def grown() -> bool:
@@ -95,6 +102,9 @@ def test_thousand_as_a_tree(big_broker: EmbeddedBroker, tmp_path: Path) -> None:
         assert len(pids) == total
         for root in roots:
             assert len(c.terminate_child_vsm(root.id)) == 111
-        poll_for(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=60,
-                 what="every VSM process to go")
+        poll_for(
+            lambda: not any(psutil.pid_exists(p) for p in pids),
+            timeout=60,
+            what="every VSM process to go",
+        )
         assert leftovers(d, ids) == []

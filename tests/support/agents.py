@@ -91,6 +91,15 @@ class CrasherAgent(BaseAgent):
         return super().handle(ctx, kind, body)
 
 
+class SpinnerAgent(BaseAgent):
+    """Keeps a core busy: every tick spins until just before the next one."""
+
+    def tick(self, ctx: AgentContext) -> None:
+        end = time.monotonic() + 0.95
+        while time.monotonic() < end:
+            pass
+
+
 class HelperAgent(BaseAgent):
     """Starts a subprocess of its own (``sleep``), to check it dies with the VSM's group."""
 
@@ -111,3 +120,4 @@ def register_agents(registry: AgentRegistry) -> None:
     registry.register("memhog", MemHogAgent)
     registry.register("crasher", CrasherAgent)
     registry.register("helper", HelperAgent)
+    registry.register("spinner", SpinnerAgent)
