@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.harness import BIN, new_namespace, vsm_env
+import psutil
+
+from tests.support.harness import BIN, new_namespace, poll_for, vsm_env
 
 
 def test_vsmd_without_a_broker_says_so_and_exits_3(broker_url: str, tmp_path: Path) -> None:
@@ -55,3 +60,54 @@ def test_vsmctl_does_not_import_the_daemon_or_heavy_libraries() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
+
+
+def test_embedded_broker_left_by_a_killed_vsmd_is_replaced(broker_url: str, tmp_path: Path) -> None:
+    ns = new_namespace()
+    cmd = [str(BIN / "vsmd"), "run", "--broker", "embedded", "--state-dir", str(tmp_path)]
+    env = vsm_env(ns, broker_url)
+    first = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    node = f"vsmd-{ns}"
+    try:
+        poll_for(lambda: _node_pids(node), timeout=90, what="the embedded node")
+        assert first.stderr is not None
+        for line in first.stderr:
+            if "vsmd ready" in line:
+                break
+        first.kill()  # no chance to stop its node
+        first.communicate(timeout=30)
+        assert _node_pids(node)  # the node outlived the daemon
+        second = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert second.stderr is not None
+            seen = []
+            for line in second.stderr:
+                seen.append(line)
+                if "vsmd ready" in line or second.poll() is not None:
+                    break
+            assert any("vsmd ready" in line for line in seen), "".join(seen)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.communicate(timeout=60)
+        assert second.returncode == 0
+        poll_for(lambda: not _node_pids(node), timeout=30, what="the node to stop with vsmd")
+    finally:
+        for pid in _node_pids(node):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _node_pids(node: str) -> list[int]:
+    """beam processes of the embedded node (its environment names it)."""
+    found = []
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] != "beam.smp":
+            continue
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("RABBITMQ_NODENAME", "").startswith(node):
+                found.append(p.pid)
+    return found

@@ -144,14 +144,42 @@ class EmbeddedBroker:
         (base / "rabbitmq-env.conf").write_text("# private vsmd node: nothing to add\n")
         (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = {_HOST}:{s.port}\n")
 
+    def _registered(self) -> bool:
+        """Whether epmd knows a node of our name (one left over from a killed daemon)."""
+        epmd = shutil.which("epmd")
+        if epmd is None:
+            return False
+        try:
+            out = subprocess.run(
+                [epmd, "-names"], capture_output=True, text=True, timeout=5, check=False
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        short = self._spec.name.split("@", 1)[0]
+        return any(line.split()[1:2] == [short] for line in out.splitlines())
+
+    def _stop_leftover(self) -> None:
+        # Same name and data dir, so the same cookie: rabbitmqctl can stop it; otherwise the new
+        # node would fail with duplicate_node_name.
+        if not self._registered():
+            return
+        with self.console_log.open("ab") as log:
+            log.write(f"--- vsmd: stopping a leftover node {self._spec.name}\n".encode())
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError, BrokerError):
+            self._rabbitmqctl("stop", timeout=30.0)
+        deadline = time.monotonic() + 30.0
+        while self._registered() and time.monotonic() < deadline:
+            time.sleep(_POLL)
+
     def start(self) -> None:
         if self.is_running():
             return
         s = self._spec
+        self._write_files()
+        self._stop_leftover()
         if tcp_answers(_HOST, s.port):
             msg = f"cannot start RabbitMQ node {s.name}: {_HOST}:{s.port} is already taken"
             raise BrokerError(msg, node=s.name, port=s.port)
-        self._write_files()
         server = _tool("rabbitmq-server")
         # A hard limit below the request (no CAP_SYS_RESOURCE) must not keep the node from starting.
         script = (
