@@ -111,3 +111,20 @@ def _node_pids(node: str) -> list[int]:
             if p.environ().get("RABBITMQ_NODENAME", "").startswith(node):
                 found.append(p.pid)
     return found
+
+
+def test_vsmd_with_an_agent_module_that_does_not_import_exits_2(
+    broker_url: str, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[vsmd]\nagent_modules = ["nosuchmod_for_vsmd"]\n')
+    res = subprocess.run(
+        [str(BIN / "vsmd"), "run", "--config", str(cfg), "--state-dir", str(tmp_path)],
+        env=vsm_env(new_namespace(), broker_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 2
+    assert "vsmd: cannot import agent module 'nosuchmod_for_vsmd'" in res.stderr
