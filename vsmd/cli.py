@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from vsmd.config import DEFAULT_BROKER_URL, Config, load_config
-from vsmd.errors import BrokerError, VsmdError
+from vsmd.errors import BrokerError, ConfigError, VsmdError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -121,6 +121,9 @@ def _run(config: Config, demo: bool) -> int:
             err=True,
         )
         return EXIT_NO_BROKER
+    except ConfigError as err:  # a bad agent module or state directory is configuration too
+        typer.echo(f"vsmd: {err.message}", err=True)
+        return EXIT_CONFIG
     except VsmdError as err:
         typer.echo(f"vsmd: {err.code}: {err.message}", err=True)
         return 1
