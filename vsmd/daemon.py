@@ -191,6 +191,7 @@ class Daemon:
             log.error("the fork server died; its VSMs died with it; starting a new one")
             for rec in self.manager.registry.all():
                 if rec.pid is not None:
+                    rec.reported = "its fork server died"
                     self.manager.on_exited(rec.id, rec.pid, None, signal.SIGKILL)
             self.pool.stop()
             self.pool.start()

@@ -206,6 +206,7 @@ def test_fork_server_crash_takes_its_vsms_and_they_come_back(daemon: DaemonProc)
     )
     back = back_with_new_pid(c, keep)
     assert back.last_exit == "killed by SIGKILL"
+    assert back.last_reason is not None and "its fork server died" in back.last_reason
     poll_for(lambda: c.show(temp.id).status == "failed", what="the temporary one to stay down")
     # The dead VSMs were re-parented to the daemon (a subreaper) and reaped: no zombies.
     poll_for(
