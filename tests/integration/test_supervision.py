@@ -11,7 +11,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.harness import DaemonProc, poll_for, running_daemon, start_daemon
+from tests.support.harness import (
+    DaemonProc,
+    cleanup_namespace,
+    poll_for,
+    running_daemon,
+    start_daemon,
+)
 from vsmctl.client import VsmClient
 from vsmd.errors import NotFound, VsmdError
 from vsmd.protocol import Policy, SpawnConfig, VsmInfo
@@ -153,11 +159,13 @@ def test_kill_9_of_vsmd_leaves_nothing_and_restart_restores(
     broker_url: str, tmp_path: Path
 ) -> None:
     d = start_daemon(broker_url, tmp_path / "state")
+    ids: list[str] = []  # for the clean-up: a killed daemon leaves its queues behind
     try:
         c = d.client()
         root = new(c, None, "root", restart="permanent")
         kid = new(c, root.id, "kid")  # transient by default
         temp = new(c, root.id, "temp", restart="temporary")
+        ids += [root.id, kid.id, temp.id]
         family = psutil.Process(d.proc.pid).children(recursive=True)
         assert len(family) >= 4  # fork server and three VSMs
         c.close()
@@ -187,6 +195,7 @@ def test_kill_9_of_vsmd_leaves_nothing_and_restart_restores(
         assert any(e["kind"] == "restored" for e in c.events()[1])
     finally:
         d.stop()
+        cleanup_namespace(broker_url, d.namespace, tuple(ids))
 
 
 def test_fork_server_crash_takes_its_vsms_and_they_come_back(daemon: DaemonProc) -> None:
