@@ -5,6 +5,7 @@ The base of :class:`vsmd.spawn_manager.SpawnManager`; everything runs on the dae
 
 from __future__ import annotations
 
+import abc
 import logging
 import signal
 import time
@@ -39,7 +40,7 @@ class ProcessPool(Protocol):
 Notify = Callable[[VsmRecord, str, dict[str, Any]], None]
 
 
-class Lifecycle:
+class Lifecycle(abc.ABC):
     def __init__(
         self,
         config: Config,
@@ -64,8 +65,9 @@ class Lifecycle:
         # The subtree (leaves first) each pending terminate was asked to stop, for its answer.
         self._stop_members: dict[str, list[str]] = {}
 
+    @abc.abstractmethod
     def _start(self, rec: VsmRecord) -> None:
-        raise NotImplementedError
+        """Ask the pool for the VSM's process (admission is the subclass's business)."""
 
     def effective(self, rec: VsmRecord, name: str) -> Any:
         value = getattr(rec.policy, name)
@@ -245,13 +247,15 @@ class Lifecycle:
         self._forget(rec)
         self._on_removed(rec)
 
+    @abc.abstractmethod
     def _forget(self, rec: VsmRecord) -> None:
-        """Drop per-VSM bookkeeping kept outside the registry (a hook for subclasses)."""
+        """Drop per-VSM bookkeeping kept outside the registry (buckets, sampler state)."""
 
     # --- commanded stops -------------------------------------------------------------------
 
+    @abc.abstractmethod
     def terminate_child_vsm(self, vsm_id: str, timeout: float | None = None) -> Future[list[str]]:
-        raise NotImplementedError
+        """Stop a VSM and its subtree (escalation and quota actions use it too)."""
 
     def _advance_all(self) -> None:
         for root_id in list(self._stop_waiters):
