@@ -282,7 +282,7 @@ class SpawnManager(Lifecycle):
             (time.monotonic() - rec.start_requested) * 1000,
         )
         if rec.status is Status.STOPPING:
-            self._advance_all()
+            self._advance_from(rec.id)
 
     def on_spawn_failed(self, vsm_id: str, error: str) -> None:
         rec = self.registry.find(vsm_id)
@@ -292,7 +292,7 @@ class SpawnManager(Lifecycle):
         if rec.timer:
             rec.timer.cancel()
         if rec.status is not Status.STARTING:
-            self._advance_all()
+            self._advance_from(rec.id)
         elif rec.ever_ready:
             rec.last_exit = error
             self._crashed(rec, None, None)
