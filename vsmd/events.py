@@ -39,9 +39,6 @@ class EventLog:
         self._seq = 0
         self._publish = publish
 
-    def set_publisher(self, publish: Publisher) -> None:
-        self._publish = publish
-
     def emit(
         self,
         kind: str,

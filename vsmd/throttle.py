@@ -35,10 +35,6 @@ class TokenBucket:
         self._refill()
         self.tokens -= 1
 
-    def full(self) -> bool:
-        self._refill()
-        return self.tokens >= self.burst
-
 
 class Admission:
     """Decides whether a spawn may go ahead now; refuses with THROTTLED and ``retry_after``."""

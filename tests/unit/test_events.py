@@ -72,15 +72,6 @@ def test_publisher_gets_every_event() -> None:
     assert got == emitted  # even the one the buffer no longer holds
 
 
-def test_set_publisher() -> None:
-    log = EventLog(5)
-    log.emit("before", "no publisher yet")
-    got: list[Event] = []
-    log.set_publisher(got.append)
-    log.emit("after", "published")
-    assert [e.kind for e in got] == ["after"]
-
-
 def test_events_are_logged_at_their_level(caplog: pytest.LogCaptureFixture) -> None:
     log = EventLog(5)
     with caplog.at_level(logging.INFO, logger="vsmd.events"):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import pika
@@ -78,20 +77,6 @@ def connect(url: str, heartbeat: int = 30, timeout: float = 5.0) -> pika.Blockin
         raise BrokerError(
             f"cannot connect to broker {redact(url)}: {describe(exc)}", url=redact(url)
         ) from None
-
-
-@contextlib.contextmanager
-def translated(what: str) -> Iterator[None]:
-    """Run a bus operation; a lost connection surfaces as BrokerError."""
-    try:
-        yield
-    except CONNECTION_ERRORS as exc:
-        raise BrokerError(f"{what}: broker connection lost ({describe(exc)})") from None
-
-
-def call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    with translated(what):
-        return fn(*args, **kwargs)
 
 
 def close_quietly(conn: pika.BlockingConnection | None) -> None:
