@@ -3,13 +3,12 @@ else changes."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import orjson
 import pytest
 
-from tests.support.harness import BIN, DaemonProc, new_namespace, vsm_env
+from tests.support.harness import DaemonProc, new_namespace, run_tool
 from vsmd.protocol import SpawnConfig
 
 BAD_INPUTS = [
@@ -62,14 +61,7 @@ def test_exactly_one_reply_per_request(daemon: DaemonProc) -> None:
 def test_vsmctl_without_daemon_exits_3_quickly(broker_url: str) -> None:
     ns = new_namespace()
     started = time.monotonic()
-    res = subprocess.run(
-        [str(BIN / "vsmctl"), "ping", "--timeout", "120"],
-        env=vsm_env(ns, broker_url),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    res = run_tool("vsmctl", "ping", "--timeout", "120", namespace=ns, broker_url=broker_url)
     elapsed = time.monotonic() - started
     assert res.returncode == 3
     assert res.stderr.strip().splitlines() == [
@@ -80,13 +72,13 @@ def test_vsmctl_without_daemon_exits_3_quickly(broker_url: str) -> None:
 
 
 def test_vsmctl_with_no_broker_exits_3(broker_url: str) -> None:
-    res = subprocess.run(
-        [str(BIN / "vsmctl"), "list", "--broker", "amqp://guest:guest@127.0.0.1:1/%2F"],
-        env=vsm_env(new_namespace(), broker_url),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    res = run_tool(
+        "vsmctl",
+        "list",
+        "--broker",
+        "amqp://guest:guest@127.0.0.1:1/%2F",
+        namespace=new_namespace(),
+        broker_url=broker_url,
     )
     assert res.returncode == 3
     lines = res.stderr.strip().splitlines()
@@ -95,13 +87,8 @@ def test_vsmctl_with_no_broker_exits_3(broker_url: str) -> None:
 
 
 def test_vsmctl_usage_error_exits_2(broker_url: str) -> None:
-    res = subprocess.run(
-        [str(BIN / "vsmctl"), "spawn", "--set", "novalue"],
-        env=vsm_env(new_namespace(), broker_url),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    res = run_tool(
+        "vsmctl", "spawn", "--set", "novalue", namespace=new_namespace(), broker_url=broker_url
     )
     assert res.returncode == 2
     assert "KEY=VALUE" in res.stderr

@@ -5,14 +5,13 @@ Runs against a private RabbitMQ node that this test may stop; the shared broker 
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.support.harness import BIN, poll_for, running_daemon, vsm_env
+from tests.support.harness import poll_for, run_tool, running_daemon
 from vsmctl.client import VsmClient
 from vsmd.broker.embedded import EmbeddedBroker
 from vsmd.errors import VsmdError
@@ -40,14 +39,7 @@ def test_vsmd_survives_a_broker_outage(private_broker: EmbeddedBroker, tmp_path:
 
         private_broker.stop()
         # While the broker is away the VSMs keep running and vsmctl says no daemon answers.
-        down = subprocess.run(
-            [str(BIN / "vsmctl"), "ping", "--timeout", "3"],
-            env=vsm_env(d.namespace, url),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        down = run_tool("vsmctl", "ping", "--timeout", "3", namespace=d.namespace, broker_url=url)
         assert down.returncode == 3
         assert all(pid is not None and psutil.pid_exists(pid) for pid in pids)
         assert d.proc.poll() is None

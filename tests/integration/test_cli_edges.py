@@ -11,24 +11,19 @@ from pathlib import Path
 
 import psutil
 
-from tests.support.harness import BIN, new_namespace, poll_for, vsm_env
+from tests.support.harness import BIN, new_namespace, poll_for, run_tool, vsm_env
 
 
 def test_vsmd_without_a_broker_says_so_and_exits_3(broker_url: str, tmp_path: Path) -> None:
-    res = subprocess.run(
-        [
-            str(BIN / "vsmd"),
-            "run",
-            "--broker",
-            "amqp://guest:guest@127.0.0.1:1/%2F",
-            "--state-dir",
-            str(tmp_path),
-        ],
-        env=vsm_env(new_namespace(), broker_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    res = run_tool(
+        "vsmd",
+        "run",
+        "--broker",
+        "amqp://guest:guest@127.0.0.1:1/%2F",
+        "--state-dir",
+        str(tmp_path),
+        namespace=new_namespace(),
+        broker_url=broker_url,
     )
     assert res.returncode == 3
     lines = [line for line in res.stderr.splitlines() if line.startswith("vsmd:")]
@@ -40,13 +35,8 @@ def test_vsmd_without_a_broker_says_so_and_exits_3(broker_url: str, tmp_path: Pa
 def test_vsmd_with_a_bad_config_value_exits_2(broker_url: str, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[vsmd]\nmax_total = "lots"\n')
-    res = subprocess.run(
-        [str(BIN / "vsmd"), "run", "--config", str(bad)],
-        env=vsm_env(new_namespace(), broker_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    res = run_tool(
+        "vsmd", "run", "--config", str(bad), namespace=new_namespace(), broker_url=broker_url
     )
     assert res.returncode == 2
     assert res.stderr.strip() == "vsmd: invalid value for max_total: 'lots' is not a int"
@@ -118,13 +108,15 @@ def test_vsmd_with_an_agent_module_that_does_not_import_exits_2(
 ) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[vsmd]\nagent_modules = ["nosuchmod_for_vsmd"]\n')
-    res = subprocess.run(
-        [str(BIN / "vsmd"), "run", "--config", str(cfg), "--state-dir", str(tmp_path)],
-        env=vsm_env(new_namespace(), broker_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    res = run_tool(
+        "vsmd",
+        "run",
+        "--config",
+        str(cfg),
+        "--state-dir",
+        str(tmp_path),
+        namespace=new_namespace(),
+        broker_url=broker_url,
     )
     assert res.returncode == 2
     assert "vsmd: cannot import agent module 'nosuchmod_for_vsmd'" in res.stderr

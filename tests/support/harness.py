@@ -58,6 +58,20 @@ def vsm_env(namespace: str, broker_url: str) -> dict[str, str]:
     return env
 
 
+def run_tool(
+    tool: str, *args: str, namespace: str, broker_url: str, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``vsmd`` or ``vsmctl`` as a user would, in the test's namespace; output captured."""
+    return subprocess.run(
+        [str(BIN / tool), *args],
+        env=vsm_env(namespace, broker_url),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @dataclass
 class DaemonProc:
     namespace: str
@@ -77,13 +91,8 @@ class DaemonProc:
         return c
 
     def vsmctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "vsmctl"), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+        return run_tool(
+            "vsmctl", *args, namespace=self.namespace, broker_url=self.broker_url, timeout=timeout
         )
 
     def log(self) -> str:
