@@ -8,6 +8,8 @@ is computed from the live registry, so a VSM that ends returns its share at once
 
 from __future__ import annotations
 
+import dataclasses
+
 from vsmd.config import Config
 from vsmd.errors import QuotaExceeded
 from vsmd.protocol import Policy
@@ -34,8 +36,42 @@ def _cost(policy: Policy) -> tuple[int, int]:
     return descendants, memory
 
 
+def _under_memory_budget(reg: Registry, config: Config, parent_id: str | None) -> bool:
+    node = reg.get(parent_id) if parent_id is not None else None
+    while node is not None:
+        if node.policy.budget_memory_mb is not None:
+            return True
+        node = reg.get(node.parent) if node.parent is not None else None
+    return config.memory_budget_mb > 0
+
+
+def with_memory_share(
+    reg: Registry, config: Config, parent_id: str | None, policy: Policy
+) -> Policy:
+    """Give a VSM under a memory budget that declares no memory its default share.
+
+    A VSM without ``memory_mb`` would otherwise cost its budget nothing, so a budgeted subtree
+    could hold unlimited memory. The share becomes its ``memory_mb``, so the quota that is
+    charged is also the one enforced (rlimit and sampler). With ``default_memory_mb = 0`` such
+    a spawn is refused instead.
+    """
+    if policy.memory_mb is not None or policy.budget_memory_mb is not None:
+        return policy
+    if not _under_memory_budget(reg, config, parent_id):
+        return policy
+    if config.default_memory_mb == 0:
+        raise QuotaExceeded(
+            "under a memory budget a VSM must declare memory_mb (or budget_memory_mb); "
+            "default_memory_mb is 0",
+            limit="memory_mb",
+        )
+    return dataclasses.replace(policy, memory_mb=config.default_memory_mb)
+
+
 def check(reg: Registry, config: Config, parent_id: str | None, policy: Policy) -> None:
-    """Raise QuotaExceeded (with the numbers) when a new VSM with ``policy`` does not fit."""
+    """Raise QuotaExceeded (with the numbers) when a new VSM with ``policy`` does not fit.
+
+    ``policy`` has been through :func:`with_memory_share` first."""
     if (
         policy.budget_memory_mb is not None
         and policy.memory_mb is not None

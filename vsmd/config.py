@@ -74,6 +74,8 @@ class Config:
     parent_spawn_burst: int = 100
     min_available_mb: int = 256
     memory_budget_mb: int = 0
+    # What a VSM under a memory budget that declares no memory_mb gets (0: refuse it).
+    default_memory_mb: int = 128
     event_buffer: int = 1000
 
     def __post_init__(self) -> None:
@@ -127,8 +129,9 @@ class Config:
         _choice(self.default_on_parent_exit, "default_on_parent_exit", PARENT_EXIT_POLICIES)
         _choice(self.default_on_child_failure, "default_on_child_failure", CHILD_FAILURE_POLICIES)
         _choice(self.default_quota_action, "default_quota_action", QUOTA_ACTIONS)
-        if self.min_available_mb < 0 or self.memory_budget_mb < 0:
-            raise ConfigError("min_available_mb and memory_budget_mb must be 0 or more")
+        for name in ("min_available_mb", "memory_budget_mb", "default_memory_mb"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"invalid {name} {getattr(self, name)!r}: must be 0 or more")
 
 
 def _choice(value: str, name: str, allowed: tuple[str, ...]) -> None:

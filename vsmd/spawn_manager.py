@@ -170,7 +170,9 @@ class SpawnManager(Lifecycle):
         path = name if parent is None else f"{parent.path}.{name}"
         if self.registry.path_taken(path):
             raise Conflict(f"path {path} is taken (by a VSM abandoned there by its old parent)")
-        policy = config.policy.validate()
+        policy = budget.with_memory_share(
+            self.registry, self.config, parent_id, config.policy.validate()
+        )
         budget.check(self.registry, self.config, parent_id, policy)
         self.admission.admit(parent_id)  # last: a refused spawn must not use up a token
         return VsmRecord(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakePool, Tree, events_of
 from tests.unit.helpers import refusal, spawn
@@ -107,8 +105,39 @@ def test_budget_memory_caps_the_sum_of_memory_quotas(manager: SpawnManager, tree
         "max": 100,
     }
     tree.start(parent=parent.id, name="b", policy=Policy(memory_mb=30))  # exactly full
-    tree.start(parent=parent.id, name="c")  # no memory quota: costs nothing
     refused(manager, parent.id, Policy(memory_mb=1))
+    # Declaring no quota is no way around it: such a child costs the default share.
+    err = refused(manager, parent.id)
+    assert (err.details["used"], err.details["asked"]) == (100, 128)
+
+
+def test_a_child_without_memory_mb_gets_the_default_share(
+    make_manager: MakeManager, pool: FakePool
+) -> None:
+    manager = make_manager(default_memory_mb=30)
+    tree = Tree(manager, pool)
+    parent = tree.start(name="p", policy=Policy(budget_memory_mb=100))
+    kid = tree.start(parent=parent.id, name="k")
+    grandkid = tree.start(parent=kid.id, name="g")  # the budget holds deeper down too
+    # The share is its quota: charged, enforced (it is in the spec the VSM is forked with).
+    assert kid.policy["memory_mb"] == grandkid.policy["memory_mb"] == 30
+    assert pool.spawned[-1].policy["memory_mb"] == 30
+    tree.start(parent=parent.id, name="k2")
+    err = refused(manager, parent.id)  # 3 x 30 held, 30 more does not fit in 100
+    assert (err.details["used"], err.details["asked"], err.details["max"]) == (90, 30, 100)
+    # Outside every memory budget nothing is added.
+    assert "memory_mb" not in tree.start(name="free").policy
+
+
+def test_default_memory_zero_refuses_a_child_without_memory_mb(
+    make_manager: MakeManager, pool: FakePool
+) -> None:
+    manager = make_manager(default_memory_mb=0, memory_budget_mb=500)
+    tree = Tree(manager, pool)
+    err = refused(manager, None)
+    assert err.details == {"limit": "memory_mb"}
+    assert "must declare memory_mb" in err.message
+    assert tree.start(name="ok", policy=Policy(memory_mb=10)).policy["memory_mb"] == 10
 
 
 def test_a_child_with_a_memory_budget_holds_all_of_it(manager: SpawnManager, tree: Tree) -> None:
@@ -148,12 +177,28 @@ def test_daemon_memory_budget_at_the_top_level(make_manager: MakeManager, pool: 
     tree.start(parent=budgeted.id, name="d", policy=Policy(memory_mb=50))
 
 
-@pytest.mark.parametrize("memory_budget_mb", [0, 100])
-def test_vsms_without_memory_quotas_are_not_limited(
-    make_manager: MakeManager, pool: FakePool, memory_budget_mb: int
+def test_vsms_without_memory_quotas_are_not_limited_without_a_budget(
+    make_manager: MakeManager, pool: FakePool
 ) -> None:
-    manager = make_manager(memory_budget_mb=memory_budget_mb)
+    manager = make_manager(memory_budget_mb=0)
     tree = Tree(manager, pool)
     for i in range(5):
         tree.start(name=f"n{i}")
     assert len(manager.registry) == 5
+
+
+def test_under_the_daemon_memory_budget_vsms_without_quotas_cost_the_share(
+    make_manager: MakeManager, pool: FakePool
+) -> None:
+    manager = make_manager(memory_budget_mb=100, default_memory_mb=40)
+    tree = Tree(manager, pool)
+    tree.start(name="n0")
+    tree.start(name="n1")
+    err = refused(manager, None)
+    assert numbers(err) == {
+        "limit": "memory_budget_mb",
+        "owner": None,
+        "used": 80,
+        "asked": 40,
+        "max": 100,
+    }
