@@ -35,7 +35,8 @@ class RestartHistory:
         # Cap the exponent too: 2**1024 does not fit a float.
         base = config.backoff_initial * (2 ** min(self.consecutive - 1, 64))
         # Jitter spreads the restarts of VSMs that crashed together (say, on a broker outage).
-        delay: float = min(config.backoff_max, base) * random.uniform(1.0, 1.25)
+        # It goes on before the cap: backoff_max is a promise to the operator, never exceeded.
+        delay: float = min(config.backoff_max, base * random.uniform(1.0, 1.25))
         return delay
 
     def clear(self) -> None:

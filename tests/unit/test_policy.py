@@ -66,7 +66,7 @@ def test_delays_double_and_are_capped_with_jitter_in_range() -> None:
         # 10 s apart, so the 1 s intensity window never holds two crashes.
         delay = history.record(10.0 * i, 1.0, config)
         assert delay is not None
-        assert base <= delay <= base * 1.25, (i, delay)
+        assert base <= delay <= min(base * 1.25, config.backoff_max), (i, delay)
     assert history.consecutive == len(bases)
 
 
@@ -74,7 +74,16 @@ def test_delays_with_the_largest_jitter(upper_jitter: None) -> None:
     config = Config(backoff_initial=0.5, backoff_max=3.0, max_restarts=100, max_seconds=1.0)
     history = RestartHistory()
     delays = [history.record(10.0 * i, None, config) for i in range(6)]
-    assert delays == [0.625, 1.25, 2.5, 3.75, 3.75, 3.75]
+    assert delays == [0.625, 1.25, 2.5, 3.0, 3.0, 3.0]
+
+
+def test_jitter_never_takes_a_delay_past_backoff_max(upper_jitter: None) -> None:
+    # 2.5 s is under the 3 s cap, but 2.5 s with 25 % jitter is not: the cap wins.
+    config = Config(backoff_initial=1.25, backoff_max=3.0, max_restarts=100, max_seconds=1.0)
+    history = RestartHistory()
+    delays = [history.record(10.0 * i, None, config) for i in range(4)]
+    assert delays == [1.5625, 3.0, 3.0, 3.0]
+    assert max(d for d in delays if d is not None) <= config.backoff_max
 
 
 def test_delays_with_the_smallest_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,4 +145,4 @@ def test_a_long_crash_loop_under_the_intensity_limit_keeps_the_cap() -> None:
         # Each crash comes 1 s after its restart, which waited out the capped delay.
         delay = history.record(31.0 * i, 1.0, config)
         assert delay is not None
-        assert delay <= config.backoff_max * 1.25
+        assert delay <= config.backoff_max
