@@ -117,6 +117,7 @@ class Lifecycle(abc.ABC):
                 rec.path,
                 exit=rec.last_exit,
             )
+            self._tell_parent_it_stays_down(rec)
             return
         delay = rec.history.record(time.monotonic(), uptime, self.config)
         if delay is None:
@@ -137,6 +138,22 @@ class Lifecycle(abc.ABC):
             self._escalate(rec)
             return
         self._schedule_restart(rec, delay, why)
+
+    def _tell_parent_it_stays_down(self, rec: VsmRecord) -> None:
+        """Its parent's agent counts on its children: one gone for good must not look, from
+        there, like one that still runs (as _escalate does for a failure)."""
+        parent = self.registry.find(rec.parent) if rec.parent else None
+        if parent is not None:
+            self._notify(
+                parent,
+                "child_exited",
+                {
+                    "child": rec.id,
+                    "path": rec.path,
+                    "exit": rec.last_exit,
+                    "reason": rec.last_reason,
+                },
+            )
 
     def _schedule_restart(self, rec: VsmRecord, delay: float, why: str) -> None:
         rec.set_status(Status.BACKOFF)

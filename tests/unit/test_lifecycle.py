@@ -124,6 +124,54 @@ def test_temporary_is_never_restarted(
     assert events_of(manager, "restart_scheduled") == []
 
 
+@pytest.mark.parametrize(
+    ("restart", "code", "sig", "exit_text"),
+    [
+        ("transient", 0, None, "exit code 0"),
+        ("temporary", 3, None, "exit code 3"),
+        ("temporary", None, KILL, "killed by SIGKILL"),
+    ],
+)
+def test_a_child_its_policy_keeps_down_tells_its_parent(
+    manager: SpawnManager,
+    pool: FakePool,
+    tree: Tree,
+    timers: Timers,
+    clock: FakeClock,
+    notes: Notes,
+    restart: str,
+    code: int | None,
+    sig: int | None,
+    exit_text: str,
+) -> None:
+    parent = tree.start(name="p")
+    kid = tree.start(parent=parent.id, name="k", policy=Policy(restart=restart))
+    tree.exit(kid.id, code=code, sig=sig)
+    run_for(clock, timers, 100.0)
+    assert len(pool.spawned) == 2  # no restart
+    reason = f"exited on its own ({exit_text})"
+    assert manager.show(kid.id).last_reason == reason
+    assert notes.sent == [
+        (
+            parent.id,
+            "child_exited",
+            {"child": kid.id, "path": "p.k", "exit": exit_text, "reason": reason},
+        )
+    ]
+    assert events_of(manager, "escalated") == []  # staying down is not a failure to escalate
+
+
+def test_a_top_level_vsm_its_policy_keeps_down_tells_nobody(
+    manager: SpawnManager, tree: Tree, notes: Notes
+) -> None:
+    info = tree.start(name="solo", policy=Policy(restart="temporary"))
+    tree.exit(info.id, code=1)
+    assert manager.show(info.id).status == "failed"
+    assert notes.sent == []
+    [exited] = events_of(manager, "exited")
+    assert exited.vsm_id == info.id
+
+
 def test_intensity_exceeded_fails_and_escalates_to_the_parent(
     make_manager: MakeManager, pool: FakePool, timers: Timers, clock: FakeClock, notes: Notes
 ) -> None:
