@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from vsmd import __version__
 from vsmd.config import Config
-from vsmd.errors import ProtocolError, Unauthorized, VsmdError
+from vsmd.errors import Internal, ProtocolError, Unauthorized, VsmdError
 from vsmd.protocol import (
     Command,
     Envelope,
@@ -38,16 +38,30 @@ T = TypeVar("T")
 Handler = Callable[["Control", Any, Respond], None]
 
 
-def _answer_when_done(fut: Future[T], respond: Respond, shape: Callable[[T], Any]) -> None:
+def internal(what: str) -> Internal:
+    """The error reply for an unexpected exception; the traceback goes to the daemon's log."""
+    return Internal(f"internal error while handling {what}; see the daemon log")
+
+
+def _answer_when_done(
+    fut: Future[T], respond: Respond, shape: Callable[[T], Any], what: str
+) -> None:
     def done(f: Future[T]) -> None:
-        exc = f.exception()
-        if exc is None:
-            respond(ok_reply(shape(f.result())))
-        elif isinstance(exc, VsmdError):
-            respond(error_reply(exc))
-        else:
-            log.error("internal error: %r", exc)
-            respond(error_reply(VsmdError(f"internal error: {exc}")))
+        # Runs inside whatever resolved the future (an exit, a ready report): an exception here
+        # would be swallowed by concurrent.futures and the request never answered.
+        try:
+            exc = f.exception()
+            if exc is None:
+                reply = ok_reply(shape(f.result()))
+            elif isinstance(exc, VsmdError):
+                reply = error_reply(exc)
+            else:
+                log.error("internal error while handling %s", what, exc_info=exc)
+                reply = error_reply(internal(what))
+        except Exception:
+            log.exception("internal error while answering %s", what)
+            reply = error_reply(internal(what))
+        respond(reply)
 
     fut.add_done_callback(done)
 
@@ -61,13 +75,19 @@ class Control:
     # --- admin requests --------------------------------------------------------------------
 
     def handle_admin(self, body: bytes, respond: Respond) -> None:
+        what = "an admin request"
         try:
             command = parse_request(body, self.config.max_message_bytes)
+            what = command.cmd
             handler = HANDLERS[type(command)]
             handler(self, command, respond)
         except VsmdError as err:
             log.info("admin request refused: %s %s", err.code, err.message)
             respond(error_reply(err))
+        except Exception:
+            # A bug met by one request costs that request, never the daemon and its VSMs.
+            log.exception("internal error while handling %s", what)
+            respond(error_reply(internal(what)))
 
     def ping(self, _cmd: Ping, respond: Respond) -> None:
         respond(
@@ -85,7 +105,7 @@ class Control:
 
     def spawn(self, cmd: Spawn, respond: Respond) -> None:
         fut = self.manager.spawn_recursive_vsm(cmd.parent, cmd.spawn_config())
-        _answer_when_done(fut, respond, VsmInfo.to_dict)
+        _answer_when_done(fut, respond, VsmInfo.to_dict, "spawn")
 
     def list(self, cmd: ListVsms, respond: Respond) -> None:
         infos = self.manager.list_child_vsms(cmd.parent, cmd.recursive)
@@ -111,7 +131,7 @@ class Control:
                 "terminate: 'timeout' must be between 0 and 3600 seconds", field="timeout"
             )
         fut = self.manager.terminate_child_vsm(cmd.id, cmd.timeout)
-        _answer_when_done(fut, respond, lambda ids: {"terminated": ids})
+        _answer_when_done(fut, respond, lambda ids: {"terminated": ids}, "terminate")
 
     # --- requests from VSMs over the tree's exchange ---------------------------------------
 
@@ -131,12 +151,16 @@ class Control:
                 cmd = Spawn.from_args(env.body)
                 # A VSM may only create children of its own: its authority is its subtree.
                 fut = self.manager.spawn_recursive_vsm(sender.id, cmd.spawn_config())
-                _answer_when_done(fut, respond, VsmInfo.to_dict)
+                _answer_when_done(fut, respond, VsmInfo.to_dict, f"spawn from VSM {path}")
             else:
                 raise ProtocolError(f"unknown message kind {kind[:64]!r}")
         except VsmdError as err:
             log.info("request from VSM %s refused: %s %s", path, err.code, err.message)
             respond(error_reply(err))
+        except Exception:
+            what = f"{kind[:64]} from VSM {path}"
+            log.exception("internal error while handling %s", what)
+            respond(error_reply(internal(what)))
 
 
 HANDLERS: dict[type[Command], Handler] = {

@@ -148,13 +148,14 @@ class Daemon:
             log.warning("could not tell %s about %s: %s", rec.path, kind, err.message)
 
     def _sample(self, part: int = 0) -> None:
-        self.manager.sample(part, SAMPLE_SLICES)
-        if part == 0:
-            self._reap_orphans()
+        # Scheduled first: a slice that fails must not end sampling for good.
         self.timers.call_later(
             self.config.sample_interval / SAMPLE_SLICES,
             lambda: self._sample((part + 1) % SAMPLE_SLICES),
         )
+        self.manager.sample(part, SAMPLE_SLICES)
+        if part == 0:
+            self._reap_orphans()
 
     def _reap_orphans(self) -> None:
         """As a subreaper we inherit what loses its parent (VSMs of a dead fork server).
@@ -179,6 +180,13 @@ class Daemon:
             log.warning("could not delete the inbox of %s: %s", rec.id, err.message)
 
     def _handle_event(self, ev: dict[str, Any]) -> None:
+        # An exception leaving the loop would stop the daemon, and its cleanup kill every VSM.
+        try:
+            self._dispatch_event(ev)
+        except Exception:
+            log.exception("internal error while handling a %r event; supervision goes on", ev)
+
+    def _dispatch_event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("ev")
         if kind == "spawned":
             self.manager.on_spawned(ev["vsm_id"], ev["pid"])
@@ -203,6 +211,15 @@ class Daemon:
             except queue.Empty:
                 return
             self._handle_event(ev)
+
+    def _run_timers(self) -> None:
+        """Run the due timers; one that raises is logged and the others still run."""
+        while True:
+            try:
+                self.timers.run_due()  # pops each timer before it runs it
+                return
+            except Exception:
+                log.exception("internal error in a timer; supervision goes on")
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -271,7 +288,7 @@ class Daemon:
                     self._signals.pop()
                     self._begin_stop()
                 self._drain()
-                self.timers.run_due()
+                self._run_timers()
         finally:
             self.pool.stop()
             self.bus.close()

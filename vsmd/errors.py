@@ -96,6 +96,15 @@ class Timeout(VsmdError):
     code = "TIMEOUT"
 
 
+class Internal(VsmdError):
+    """An unexpected exception while handling one request: that request fails, never the daemon.
+
+    The message says what was being handled; the traceback is in the daemon's log.
+    """
+
+    code = "INTERNAL"
+
+
 class NoDaemon(VsmdError):
     """No vsmd answers on the namespace (client side)."""
 

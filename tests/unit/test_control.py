@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
 from typing import Any
 
 import orjson
@@ -340,3 +341,101 @@ def test_spawn_from_a_vsm_passes_the_policy(
     from_vsm(control, replies, alpha.id, "alpha", "spawn", name="kid", restart="temporary")
     assert pool.last.parent_id == alpha.id
     assert pool.last.policy == {"restart": "temporary"}
+
+
+# --- unexpected exceptions: one INTERNAL reply each, never the daemon --------------------------
+
+
+def bug(*_args: object, **_kwargs: object) -> Any:
+    raise RuntimeError("a bug")
+
+
+def assert_logged_traceback(caplog: pytest.LogCaptureFixture, what: str) -> None:
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert record.getMessage() == f"internal error while handling {what}"
+    assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+
+
+def assert_internal(reply: dict[str, Any], what: str) -> None:
+    assert error_code(reply) == "INTERNAL"
+    assert reply["error"]["message"] == f"internal error while handling {what}; see the daemon log"
+
+
+@pytest.mark.parametrize(
+    ("method", "cmd", "args"),
+    [
+        ("show", "show", {"id": "x"}),
+        ("list_child_vsms", "list", {}),
+        ("spawn_recursive_vsm", "spawn", {"name": "a"}),
+        ("terminate_child_vsm", "terminate", {"id": "x"}),
+    ],
+)
+def test_a_bug_in_an_admin_handler_costs_one_internal_reply(
+    control: Control,
+    replies: Replies,
+    manager: SpawnManager,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    cmd: str,
+    args: dict[str, Any],
+) -> None:
+    monkeypatch.setattr(manager, method, bug)
+    admin(control, replies, cmd, **args)
+    assert_internal(replies.only(), cmd)
+    assert_logged_traceback(caplog, cmd)
+    admin(control, replies, "ping")  # and the next request is answered as usual
+    assert replies.decoded[1]["ok"] is True
+
+
+def test_a_spawn_that_fails_unexpectedly_gets_one_internal_reply(
+    control: Control,
+    replies: Replies,
+    manager: SpawnManager,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fut: Future[VsmInfo] = Future()
+    monkeypatch.setattr(manager, "spawn_recursive_vsm", lambda _p, _c: fut)
+    admin(control, replies, "spawn", name="a")
+    assert replies.raw == []
+    fut.set_exception(RuntimeError("a bug"))
+    assert_internal(replies.only(), "spawn")
+    assert_logged_traceback(caplog, "spawn")
+
+
+def test_a_result_that_cannot_be_shaped_still_gets_a_reply(
+    control: Control,
+    replies: Replies,
+    manager: SpawnManager,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fut: Future[list[str]] = Future()
+    monkeypatch.setattr(manager, "terminate_child_vsm", lambda _id, _t: fut)
+    admin(control, replies, "terminate", id="x")
+    fut.set_result([object()])  # type: ignore[list-item]  # orjson cannot encode it
+    assert_internal(replies.only(), "terminate")
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert record.getMessage() == "internal error while answering terminate"
+
+
+@pytest.mark.parametrize(
+    ("kind", "method"), [("spawn", "spawn_recursive_vsm"), ("ready", "on_ready")]
+)
+def test_a_bug_in_a_vsm_request_costs_one_internal_reply(
+    control: Control,
+    replies: Replies,
+    tree: Tree,
+    manager: SpawnManager,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    method: str,
+) -> None:
+    alpha = tree.start(name="alpha")
+    monkeypatch.setattr(manager, method, bug)
+    body = {"name": "kid"} if kind == "spawn" else {"pid": 5}
+    from_vsm(control, replies, alpha.id, "alpha", kind, **body)
+    assert_internal(replies.only(), f"{kind} from VSM alpha")
+    assert_logged_traceback(caplog, f"{kind} from VSM alpha")
