@@ -62,18 +62,28 @@ class DaemonBus:
         self._conn, self._ch = conn, ch
         log.info("connected to %s, namespace %s", redact(self.url), self.topo.namespace)
 
+    # The handlers are called inside pika's process_data_events: an exception of theirs would
+    # come out of pump() looking like a lost connection (OSError is one of CONNECTION_ERRORS).
     def _admin_cb(
         self, ch: Any, method: Any, props: pika.spec.BasicProperties, body: bytes
     ) -> None:
         # Ack first: the request is ours now; a failure inside is answered, never redelivered
         # into a loop of the same failure.
         ch.basic_ack(method.delivery_tag)
-        self._on_admin(props, body)
+        try:
+            self._on_admin(props, body)
+        except Exception:
+            log.exception("internal error in the admin request handler")
 
     def _event_cb(
         self, _ch: Any, method: Any, props: pika.spec.BasicProperties, body: bytes
     ) -> None:
-        self._on_event(method.routing_key, props, body)
+        try:
+            self._on_event(method.routing_key, props, body)
+        except Exception:
+            log.exception(
+                "internal error in the handler of a message on %s", method.routing_key[:200]
+            )
 
     def _lost(self, exc: BaseException) -> BrokerError:
         close_quietly(self._conn)
@@ -85,6 +95,8 @@ class DaemonBus:
         if self._conn is None:
             raise BrokerError("not connected")
         try:
+            # The callbacks keep their handlers' exceptions, so what arrives here (OSError
+            # included) comes from the connection itself.
             self._conn.process_data_events(time_limit=timeout)
         except CONNECTION_ERRORS as exc:
             raise self._lost(exc) from None
