@@ -16,7 +16,9 @@ import pytest
 from tests.unit.fakes import FakeOs
 from vsmd.agents import AgentRegistry
 from vsmd.spec import VsmSpec
+from vsmd.supervisor import forkserver, oscalls
 from vsmd.supervisor.forkserver import ForkServer
+from vsmd.supervisor.oscalls import EXIT_PARENT_GONE, die_with_parent
 
 PID = 4242
 
@@ -275,3 +277,67 @@ def test_send_to_a_gone_daemon_is_quiet(
 ) -> None:
     socks[1].close()
     server.send({"ev": "hello"})  # must not raise
+
+
+class Exited(BaseException):
+    """What the patched ``os._exit`` raises, so a test sees the code instead of ending."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@pytest.fixture
+def exits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``os._exit`` records its code and raises Exited; ``prctl`` does nothing."""
+    codes: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+        raise Exited(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(oscalls, "_prctl", lambda _option, _arg: None)
+    return codes
+
+
+def test_die_with_parent_stays_while_the_parent_is_there(
+    exits: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "getppid", lambda: 500)
+    die_with_parent(signal.SIGKILL, 500)
+    die_with_parent(signal.SIGKILL)  # no parent to check: the request only
+    assert exits == []
+
+
+def test_die_with_parent_leaves_when_the_parent_went_first(
+    exits: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Re-parented before the death signal was asked for: it would never come.
+    monkeypatch.setattr(os, "getppid", lambda: 1)
+    with pytest.raises(Exited):
+        die_with_parent(signal.SIGKILL, 500)
+    assert exits == [EXIT_PARENT_GONE]
+
+
+def test_a_vsm_whose_fork_server_died_before_it_set_up_leaves_at_once(
+    server: ForkServer, exits: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[VsmSpec] = []
+    monkeypatch.setattr(os, "setsid", lambda: None)
+    monkeypatch.setattr(os, "getppid", lambda: server.pid + 1)  # not the fork server any more
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # keep the test process's handlers
+    monkeypatch.setattr(signal, "set_wakeup_fd", lambda *_: -1)
+
+    def fake_run_vsm(s: VsmSpec, _registry: AgentRegistry) -> int:
+        ran.append(s)
+        return 0
+
+    monkeypatch.setattr(forkserver, "run_vsm", fake_run_vsm)
+    with pytest.raises(Exited):
+        server._child(spec(), "forkserver")
+    assert (
+        exits[0] == EXIT_PARENT_GONE
+    )  # then the setup's own exit, as the real _exit never returns
+    assert ran == []  # no agent code ran
+    assert server.pid == os.getpid()  # captured in the fork server, before any fork

@@ -46,6 +46,7 @@ class ForkServer:
         self.registry = registry
         self.os: OsCalls = oscalls or RealOs()
         self.children: dict[int, str] = {}  # pid -> vsm id, until reaped
+        self.pid = os.getpid()  # what a VSM must see as its parent, checked after fork
         self._wake_r, self._wake_w = os.pipe()
         self.freeze = True
 
@@ -127,7 +128,7 @@ class ForkServer:
         code = EXIT_CHILD_SETUP
         try:
             os.setsid()  # own session and process group: a terminate kills the agent's helpers too
-            die_with_parent(signal.SIGKILL)
+            die_with_parent(signal.SIGKILL, self.pid)
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
@@ -189,14 +190,16 @@ class ForkServer:
 
 
 def main() -> None:
-    """``python -m vsmd.supervisor.forkserver FD [AGENT_MODULE ...]``"""
-    fd = int(sys.argv[1])
-    die_with_parent(signal.SIGKILL)
+    """``python -m vsmd.supervisor.forkserver FD DAEMON_PID [AGENT_MODULE ...]``"""
+    fd, daemon_pid = int(sys.argv[1]), int(sys.argv[2])
+    # The daemon's pid comes from the daemon: by the time this runs (after every import) it
+    # may be gone, and os.getppid() would then name our new parent instead.
+    die_with_parent(signal.SIGKILL, daemon_pid)
     become_subreaper()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # we report in our own words
     sock = socket.socket(fileno=fd)
-    registry = build_registry(sys.argv[2:])
+    registry = build_registry(sys.argv[3:])
     gc.collect()
     ForkServer(sock, registry).serve()
 

@@ -10,6 +10,7 @@ from typing import Protocol
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+EXIT_PARENT_GONE = 71  # our parent died before we asked to die with it
 
 
 class OsCalls(Protocol):
@@ -51,9 +52,16 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Ask the kernel to send ``sig`` when the thread that forked us ends (PR_SET_PDEATHSIG)."""
+def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> None:
+    """Ask the kernel to send ``sig`` when the thread that forked us ends (PR_SET_PDEATHSIG).
+
+    ``parent`` is the pid our parent had before it started us. The kernel only signals a death
+    that comes after the request: a parent already gone by then (we were re-parented) would
+    leave us running with nobody above us, so we leave at once, as the signal would have made us.
+    """
     _prctl(PR_SET_PDEATHSIG, sig)
+    if parent is not None and os.getppid() != parent:
+        os._exit(EXIT_PARENT_GONE)
 
 
 def become_subreaper() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -55,6 +56,7 @@ class ForkServerPool:
                 "-m",
                 "vsmd.supervisor.forkserver",
                 str(theirs.fileno()),
+                str(os.getpid()),  # its parent: it checks it is still there
                 *self._agent_modules,
             ],
             pass_fds=[theirs.fileno()],
