@@ -37,6 +37,7 @@ from vsmd.timers import Timers
 
 log = logging.getLogger("vsmd")
 SAMPLE_SLICES = 10  # each VSM is still sampled once per sample_interval
+JOURNAL_RETRY = 5.0  # seconds between replays of journal writes that failed
 
 
 class Daemon:
@@ -157,6 +158,12 @@ class Daemon:
         if part == 0:
             self._reap_orphans()
 
+    def _retry_journal(self) -> None:
+        """Replay failed deletes and re-parents even when no spawn comes to write first."""
+        self.timers.call_later(JOURNAL_RETRY, self._retry_journal)
+        if self.journal.pending:
+            self.journal.flush()
+
     def _reap_orphans(self) -> None:
         """As a subreaper we inherit what loses its parent (VSMs of a dead fork server).
 
@@ -272,6 +279,7 @@ class Daemon:
         if restored:
             log.info("restored %d VSMs from the journal", restored)
         self.timers.call_later(self.config.sample_interval / SAMPLE_SLICES, self._sample)
+        self.timers.call_later(JOURNAL_RETRY, self._retry_journal)
         log.info(
             "vsmd ready: namespace %s, broker %s, strategy %s, max_total %d",
             self.config.namespace,

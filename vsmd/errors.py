@@ -92,6 +92,15 @@ class ShuttingDown(VsmdError):
     code = "SHUTTING_DOWN"
 
 
+class JournalUnavailable(VsmdError):
+    """The journal cannot be written (disk full, read-only state directory): no new VSMs.
+
+    What runs keeps being supervised; spawns are admitted again once a write succeeds.
+    """
+
+    code = "JOURNAL_UNAVAILABLE"
+
+
 class Timeout(VsmdError):
     code = "TIMEOUT"
 

@@ -7,6 +7,7 @@ spawn path without an fsync per VSM.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 
 import orjson
 
-from vsmd.errors import ConfigError
+from vsmd.errors import ConfigError, JournalUnavailable
+
+log = logging.getLogger("vsmd.journal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vsms (
@@ -44,7 +47,16 @@ class Entry:
 
 
 class Journal:
+    """The desired tree on disk.
+
+    A write that fails (disk full, read-only state directory) does not stop the daemon: ``put``
+    raises :class:`JournalUnavailable`, so the spawn it belongs to is refused, while ``delete``
+    and ``reparent`` are kept in memory and replayed before the next write, or by ``flush``.
+    Until then the file still lists VSMs that are gone or have moved.
+    """
+
     def __init__(self, path: Path) -> None:
+        self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -54,10 +66,51 @@ class Journal:
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the journal {path}: {exc}") from None
         self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM vsms").fetchone()[0]
+        # Writes that failed, by VSM id, replayed in order: None deletes, (parent, depth) moves.
+        self._pending: dict[str, tuple[str | None, int] | None] = {}
+        self._failing = False
+
+    @property
+    def pending(self) -> int:
+        """How many deletes and re-parents wait for the journal to be writable again."""
+        return len(self._pending)
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        try:
+            self._db.execute(sql, args)
+        except (OSError, sqlite3.Error) as exc:
+            if not self._failing:
+                log.error("cannot write the journal %s: %s; refusing new VSMs", self.path, exc)
+            self._failing = True
+            raise JournalUnavailable(
+                f"cannot write the journal {self.path}: {exc}; no new VSMs until it can be "
+                "written again (the running ones are still supervised)",
+                journal=str(self.path),
+            ) from None
+        if self._failing:
+            log.info("the journal %s can be written again; admitting new VSMs", self.path)
+            self._failing = False
+
+    def flush(self) -> bool:
+        """Replay the deletes and re-parents that failed; True once none is left."""
+        try:
+            self._replay()
+        except JournalUnavailable:
+            return False
+        return True
+
+    def _replay(self) -> None:
+        for vsm_id, move in list(self._pending.items()):
+            if move is None:
+                self._write("DELETE FROM vsms WHERE id = ?", (vsm_id,))
+            else:
+                self._write("UPDATE vsms SET parent = ?, depth = ? WHERE id = ?", (*move, vsm_id))
+            del self._pending[vsm_id]
 
     def put(self, e: Entry) -> None:
-        self._seq += 1
-        self._db.execute(
+        """Record a VSM; raises JournalUnavailable when the journal cannot be written."""
+        self._replay()  # what failed before goes first: the journal must not reorder history
+        self._write(
             "INSERT OR REPLACE INTO vsms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 e.id,
@@ -68,17 +121,22 @@ class Journal:
                 e.agent,
                 orjson.dumps(e.config),
                 orjson.dumps(e.policy),
-                self._seq,
+                self._seq + 1,
             ),
         )
+        self._seq += 1
 
     def reparent(self, vsm_id: str, parent: str | None, depth: int) -> None:
-        self._db.execute(
-            "UPDATE vsms SET parent = ?, depth = ? WHERE id = ?", (parent, depth, vsm_id)
-        )
+        """Never raises: a move that cannot be written now is replayed later."""
+        if vsm_id in self._pending and self._pending[vsm_id] is None:
+            return  # already deleted: moving it would not bring it back
+        self._pending[vsm_id] = (parent, depth)
+        self.flush()
 
     def delete(self, vsm_id: str) -> None:
-        self._db.execute("DELETE FROM vsms WHERE id = ?", (vsm_id,))
+        """Never raises: a delete that cannot be written now is replayed later."""
+        self._pending[vsm_id] = None  # supersedes a pending move
+        self.flush()
 
     def load(self) -> list[Entry]:
         """Parents before children."""
@@ -95,4 +153,11 @@ class Journal:
         return int(self._db.execute("SELECT COUNT(*) FROM vsms").fetchone()[0])
 
     def close(self) -> None:
+        if not self.flush():
+            log.error(
+                "the journal %s still lists %d VSMs that are gone or moved: a restart "
+                "restores them as they were",
+                self.path,
+                self.pending,
+            )
         self._db.close()

@@ -21,6 +21,7 @@ from vsmd.config import Config, check_name
 from vsmd.errors import (
     ConfigError,
     Conflict,
+    JournalUnavailable,
     NotFound,
     ProtocolError,
     QuotaExceeded,
@@ -79,20 +80,24 @@ class SpawnManager(Lifecycle):
                 )
             fut.set_exception(err)
             return fut
-        self.registry.add(rec)
         if self.journal is not None:
-            self.journal.put(
-                Entry(
-                    rec.id,
-                    rec.parent,
-                    rec.name,
-                    rec.path,
-                    rec.depth,
-                    rec.agent,
-                    rec.config,
-                    rec.policy.to_dict(),
+            try:  # before the registry: a VSM the journal cannot hold is not started at all
+                self.journal.put(
+                    Entry(
+                        rec.id,
+                        rec.parent,
+                        rec.name,
+                        rec.path,
+                        rec.depth,
+                        rec.agent,
+                        rec.config,
+                        rec.policy.to_dict(),
+                    )
                 )
-            )
+            except JournalUnavailable as err:
+                fut.set_exception(err)
+                return fut
+        self.registry.add(rec)
         self._spawn_waiters[rec.id] = [fut]
         self._start(rec)
         return fut

@@ -16,7 +16,8 @@ import pytest
 from tests.unit.fakes import FakePool
 from vsmd import daemon as daemon_module
 from vsmd.config import Config
-from vsmd.daemon import Daemon
+from vsmd.daemon import JOURNAL_RETRY, Daemon
+from vsmd.journal import Entry
 from vsmd.protocol import SpawnConfig
 
 Step = Callable[[], None]
@@ -145,3 +146,16 @@ def test_an_admin_request_that_hits_a_bug_gets_one_internal_reply(
     }
     [record] = tracebacks(caplog)
     assert record.exc_info is not None and isinstance(record.exc_info[1], KeyError)
+
+
+def test_the_daemon_replays_failed_journal_writes_without_a_spawn(daemon: Daemon) -> None:
+    journal = daemon.journal
+    journal.put(Entry("a", None, "a", "a", 1, "noop", {}, {}))
+    journal._db.execute("PRAGMA query_only = ON")  # writes fail as in a read-only state dir
+    journal.delete("a")
+    daemon._retry_journal()
+    assert (journal.pending, journal.count()) == (1, 1)
+    journal._db.execute("PRAGMA query_only = OFF")
+    daemon._retry_journal()
+    assert (journal.pending, journal.count()) == (0, 0)
+    assert daemon.timers.next_delay(60.0) <= JOURNAL_RETRY  # it keeps itself scheduled

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.unit.conftest import MakeManager
-from tests.unit.fakes import FakePool, Tree, events_of
-from tests.unit.helpers import spawn
-from vsmd.errors import ConfigError
+from tests.unit.fakes import FakeClock, FakePool, Tree, events_of, run_for
+from tests.unit.helpers import refusal, spawn
+from vsmd.errors import ConfigError, JournalUnavailable
 from vsmd.journal import Entry, Journal
 from vsmd.protocol import Policy
 from vsmd.registry import Status
 from vsmd.spawn_manager import SpawnManager
+from vsmd.timers import Timers
 
 
 def entry(vsm_id: str, parent: str | None, depth: int, **policy: object) -> Entry:
@@ -210,3 +211,91 @@ def test_restore_without_a_journal_or_entries(make_manager: MakeManager, journal
     manager = make_manager(journal=journal)
     assert manager.restore() == (0, 0)
     assert events_of(manager, "restored") == []
+
+
+# --- a journal that cannot be written ---------------------------------------------------------
+
+
+def read_only(journal: Journal, on: bool = True) -> None:
+    """Make every write fail the way a read-only state directory does (SQLITE_READONLY)."""
+    journal._db.execute(f"PRAGMA query_only = {'ON' if on else 'OFF'}")
+
+
+def test_a_put_that_cannot_be_written_raises_journal_unavailable(
+    journal: Journal, journal_path: Path
+) -> None:
+    read_only(journal)
+    with pytest.raises(JournalUnavailable) as info:
+        journal.put(entry("a", None, 1))
+    err = info.value
+    assert err.code == "JOURNAL_UNAVAILABLE"
+    assert f"cannot write the journal {journal_path}: attempt to write a readonly database" in (
+        err.message
+    )
+    assert err.details == {"journal": str(journal_path)}
+    read_only(journal, False)
+    journal.put(entry("a", None, 1))
+    assert ids(journal.load()) == ["a"]
+
+
+def test_failed_deletes_and_moves_are_replayed_before_the_next_write(journal: Journal) -> None:
+    for e in (entry("r", None, 1), entry("a", "r", 2), entry("b", "r", 2), entry("c", "b", 3)):
+        journal.put(e)
+    read_only(journal)
+    journal.reparent("a", None, 1)  # never raises: kept for later
+    journal.delete("b")
+    journal.reparent("c", "r", 2)
+    journal.delete("c")  # a delete wins over an earlier move
+    journal.reparent("c", None, 1)  # and over a later one: it does not come back
+    assert journal.pending == 3
+    assert ids(journal.load()) == ["r", "a", "b", "c"]  # unchanged meanwhile
+    with pytest.raises(JournalUnavailable):
+        journal.put(entry("n", None, 1))
+    read_only(journal, False)
+    journal.put(entry("n", None, 1))
+    assert journal.pending == 0
+    assert [(e.id, e.parent, e.depth) for e in journal.load()] == [
+        ("r", None, 1),
+        ("a", None, 1),
+        ("n", None, 1),
+    ]
+
+
+def test_flush_replays_without_a_new_write(journal: Journal) -> None:
+    journal.put(entry("a", None, 1))
+    read_only(journal)
+    journal.delete("a")
+    assert journal.flush() is False
+    assert journal.count() == 1
+    read_only(journal, False)
+    assert journal.flush() is True
+    assert (journal.pending, journal.count()) == (0, 0)
+
+
+def test_an_unwritable_journal_refuses_spawns_and_keeps_supervising(
+    make_manager: MakeManager, pool: FakePool, journal: Journal, clock: FakeClock, timers: Timers
+) -> None:
+    manager = make_manager(journal=journal)
+    tree = Tree(manager, pool)
+    keep = tree.start(name="keep", policy=Policy(restart="permanent"))
+    gone = tree.start(name="gone")
+    read_only(journal)
+    spawned = len(pool.spawned)
+    err = refusal(spawn(manager, name="new"), JournalUnavailable)
+    assert "cannot write the journal" in err.message
+    assert len(pool.spawned) == spawned  # nothing was started
+    assert [r.name for r in manager.registry.all()] == ["keep", "gone"]
+    # A crash is still restarted, and a terminate still ends.
+    tree.exit(keep.id, code=1)
+    run_for(clock, timers, 60)
+    assert pool.last.vsm_id == keep.id
+    tree.come_back(keep.id)
+    assert manager.show(keep.id).status == "running"
+    fut = manager.terminate_child_vsm(gone.id)
+    tree.exit(gone.id)
+    assert fut.result(timeout=0) == [gone.id]
+    assert ids(journal.load()) == [keep.id, gone.id]  # not written yet
+    # Writable again: the next spawn is admitted, and the journal forgets what went meanwhile.
+    read_only(journal, False)
+    new = tree.start(name="new")
+    assert ids(journal.load()) == [keep.id, new.id]
