@@ -3,13 +3,15 @@
 Hard: rlimits set in the VSM process right after fork, before any agent code runs. They sit at
 twice the soft quota (memory: the runtime's own size plus twice the quota) so the soft layer acts
 first and the hard one stops a runaway.
-Soft: a psutil sampler over every running VSM that acts only after N violations in a row.
+Soft: a psutil sampler over every running VSM (its whole process tree) that acts only after N
+violations in a row.
 """
 
 from __future__ import annotations
 
 import contextlib
 import resource
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,11 @@ from typing import Any
 import psutil
 
 from vsmd.protocol import Policy
+
+# How old the scan of the process table may be. A scan reads every process on the host, so it
+# is made at most this often, not on every slice of the sampling pass; a new subprocess counts
+# from the next scan on.
+TREE_REFRESH = 2.0
 
 
 def _vm_size() -> int:
@@ -54,52 +61,89 @@ class Sample:
 
 
 class Sampler:
-    """Reads rss, cpu, fds, threads and child processes of every running VSM."""
+    """Reads rss, cpu, fds, threads and child processes of every running VSM.
 
-    def __init__(self, strikes_needed: int) -> None:
+    Memory and cpu are summed over the VSM's whole process tree: an agent's subprocesses count
+    against its quotas as much as the agent itself.
+    """
+
+    def __init__(self, strikes_needed: int, tree_refresh: float = TREE_REFRESH) -> None:
         self.strikes_needed = strikes_needed
-        self._procs: dict[str, psutil.Process] = {}
+        self.tree_refresh = tree_refresh
+        # Per VSM, its processes by pid, kept across samples: cpu_percent measures from an
+        # object's previous call, so a fresh object each time would always read 0.
+        self._trees: dict[str, dict[int, psutil.Process]] = {}
         self._strikes: dict[tuple[str, str], int] = {}
+        self._children: dict[int, list[int]] = {}
+        self._children_at: float | None = None
 
-    def _proc(self, vsm_id: str, pid: int) -> psutil.Process:
-        proc = self._procs.get(vsm_id)
-        if proc is None or proc.pid != pid:
-            proc = psutil.Process(pid)
-            proc.cpu_percent(None)  # the first reading only starts the window
-            self._procs[vsm_id] = proc
-        return proc
+    def _family(self, vsm_id: str, pid: int) -> list[psutil.Process]:
+        """The VSM's process, then its descendants; raises psutil.Error if the VSM is gone."""
+        known = self._trees.get(vsm_id, {})
+        root = known.get(pid)
+        if root is None:  # new, or restarted under a new pid
+            root = psutil.Process(pid)
+            root.cpu_percent(None)  # the first reading only starts the window
+        family = {pid: root}
+        for child in _descendants(self._children, pid):
+            proc = known.get(child)
+            if proc is None:
+                try:
+                    proc = psutil.Process(child)
+                    proc.cpu_percent(None)
+                except psutil.Error:
+                    continue  # exited since the scan
+            family[child] = proc
+        self._trees[vsm_id] = family  # what left the tree is dropped here
+        return list(family.values())
+
+    def _refresh_children(self) -> None:
+        now = time.monotonic()
+        if self._children_at is None or now - self._children_at >= self.tree_refresh:
+            self._children = _children_map()
+            self._children_at = now
 
     def forget(self, vsm_id: str) -> None:
-        self._procs.pop(vsm_id, None)
+        self._trees.pop(vsm_id, None)
         for key in [k for k in self._strikes if k[0] == vsm_id]:
             del self._strikes[key]
 
     def sample(
         self, targets: Iterable[Sample]
     ) -> tuple[dict[str, dict[str, Any]], list[Violation]]:
-        targets = list(targets)
-        children = _child_counts() if any(t.policy.max_procs for t in targets) else {}
+        self._refresh_children()
         metrics: dict[str, dict[str, Any]] = {}
         violations: list[Violation] = []
         for t in targets:
             with contextlib.suppress(psutil.Error):
-                m = self._read(self._proc(t.vsm_id, t.pid), t.policy, children)
+                family = self._family(t.vsm_id, t.pid)
+                m = self._read(family, t.policy, len(self._children.get(t.pid, ())))
                 metrics[t.vsm_id] = m
                 violations.extend(self._judge(t, m))
         return metrics, violations
 
     @staticmethod
-    def _read(proc: psutil.Process, policy: Policy, children: dict[int, int]) -> dict[str, Any]:
-        with proc.oneshot():
-            m: dict[str, Any] = {
-                "rss_mb": round(proc.memory_info().rss / 2**20, 1),
-                "cpu_percent": round(proc.cpu_percent(None), 1),
-                "threads": proc.num_threads(),
-            }
-            if policy.max_fds:
-                m["fds"] = proc.num_fds()
-            if policy.max_procs:
-                m["procs"] = children.get(proc.pid, 0)
+    def _read(family: list[psutil.Process], policy: Policy, procs: int) -> dict[str, Any]:
+        root = family[0]
+        rss, cpu = 0, 0.0
+        for proc in family:
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    cpu += proc.cpu_percent(None)
+            except psutil.Error:
+                if proc is root:
+                    raise
+                # A subprocess that ended since the scan: it holds nothing any more.
+        m: dict[str, Any] = {
+            "rss_mb": round(rss / 2**20, 1),
+            "cpu_percent": round(cpu, 1),
+            "threads": root.num_threads(),
+        }
+        if policy.max_fds:
+            m["fds"] = root.num_fds()
+        if policy.max_procs:
+            m["procs"] = procs
         return m
 
     def _judge(self, t: Sample, m: dict[str, Any]) -> list[Violation]:
@@ -132,11 +176,30 @@ class Sampler:
         return out
 
 
-def _child_counts() -> dict[int, int]:
-    """Child processes per pid, from one pass over the process table."""
-    counts: dict[int, int] = {}
-    for p in psutil.process_iter(["ppid"]):
-        ppid = p.info["ppid"]
-        if ppid:
-            counts[ppid] = counts.get(ppid, 0) + 1
-    return counts
+def _children_map() -> dict[int, list[int]]:
+    """Child pids of every pid, from one pass over /proc.
+
+    psutil's ``children(recursive=True)`` makes this same pass on every call: once per VSM, a
+    sample of 1,000 VSMs would read the whole process table 1,000 times.
+    """
+    out: dict[int, list[int]] = {}
+    for pid in psutil.pids():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, the last ")" ends it.
+        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+        out.setdefault(ppid, []).append(pid)
+    return out
+
+
+def _descendants(children: dict[int, list[int]], pid: int) -> list[int]:
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out.extend(kids)
+        todo.extend(kids)
+    return out

@@ -3,16 +3,29 @@ quotas and after kill -9 of vsmd, a fork server that cannot be restarted."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 
+from tests.support.harness import cleanup_namespace, poll_for, running_daemon, start_daemon
+from vsmd.protocol import Policy, SpawnConfig
 from vsmd.supervisor.forkserver import MAX_PACKET
 from vsmd.supervisor.oscalls import EXIT_PARENT_GONE
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.fixture
@@ -71,3 +84,53 @@ def test_a_fork_server_whose_daemon_is_there_says_hello(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_an_agents_subprocess_counts_against_its_vsms_memory_quota(
+    broker_url: str, tmp_path: Path
+) -> None:
+    config = {"sample_interval": 0.2, "quota_violations": 2}
+    with running_daemon(broker_url, tmp_path, config=config) as d:
+        c = d.client()
+        vsm = c.spawn_recursive_vsm(
+            None,
+            SpawnConfig(
+                name="h",
+                agent="helperhog",
+                settings={"mb": 150},
+                policy=Policy(memory_mb=80, quota_action="warn"),
+            ),
+        )
+        assert vsm.pid is not None
+
+        def warned() -> bool:
+            return any(e["kind"] == "quota_warn" and e["vsm_id"] == vsm.id for e in c.events()[1])
+
+        poll_for(warned, timeout=60, what="a memory warning for the helper's 150 MiB")
+        # The VSM alone is under its quota: only its subprocess can have taken it over.
+        assert psutil.Process(vsm.pid).memory_info().rss < 80 * 2**20
+        info = c.show(vsm.id)
+        assert info.metrics["rss_mb"] > 150
+        assert info.last_reason is not None and info.last_reason.startswith("memory quota")
+
+
+def test_kill_9_of_vsmd_takes_an_agents_subprocess_along(broker_url: str, tmp_path: Path) -> None:
+    d = start_daemon(broker_url, tmp_path / "state")
+    ids: list[str] = []  # for the clean-up: a killed daemon leaves its queues behind
+    helper = 0
+    try:
+        c = d.client()
+        vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="h", agent="helper"))
+        ids.append(vsm.id)
+        helper = c.call(vsm.id, "pids")["helper_pid"]
+        assert not gone(helper)
+        c.close()
+        d.proc.kill()
+        d.proc.wait()
+        poll_for(lambda: gone(helper), timeout=60, what="the helper to die with vsmd")
+    finally:
+        d.stop()
+        cleanup_namespace(broker_url, d.namespace, tuple(ids))
+        if helper and not gone(helper):  # a failed run leaves nothing running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(helper, signal.SIGKILL)

@@ -114,10 +114,20 @@ class HelperAgent(BaseAgent):
         return {"helper_pid": self.proc.pid if self.proc else None}
 
 
+class HelperHogAgent(HelperAgent):
+    """Its subprocess holds ``mb`` MiB of touched memory; the agent itself holds none."""
+
+    def start(self, ctx: AgentContext) -> None:
+        hold = "import sys, time; block = b'x' * (int(sys.argv[1]) << 20); time.sleep(300)"
+        mb = str(int(self.config.get("mb", 100)))
+        self.proc = subprocess.Popen([sys.executable, "-c", hold, mb])
+
+
 def register_agents(registry: AgentRegistry) -> None:
     registry.register("spawner", SpawnerAgent)
     registry.register("bomber", BomberAgent)
     registry.register("memhog", MemHogAgent)
     registry.register("crasher", CrasherAgent)
     registry.register("helper", HelperAgent)
+    registry.register("helperhog", HelperHogAgent)
     registry.register("spinner", SpinnerAgent)

@@ -17,7 +17,7 @@ from tests.unit.fakes import FakeOs
 from vsmd.agents import AgentRegistry
 from vsmd.spec import VsmSpec
 from vsmd.supervisor import forkserver, oscalls
-from vsmd.supervisor.forkserver import ForkServer
+from vsmd.supervisor.forkserver import DEATH_GRACE, DEATH_SIGNAL, ForkServer
 from vsmd.supervisor.oscalls import EXIT_PARENT_GONE, die_with_parent
 
 PID = 4242
@@ -341,3 +341,28 @@ def test_a_vsm_whose_fork_server_died_before_it_set_up_leaves_at_once(
     )  # then the setup's own exit, as the real _exit never returns
     assert ran == []  # no agent code ran
     assert server.pid == os.getpid()  # captured in the fork server, before any fork
+
+
+def test_the_daemons_death_signal_kills_every_vsms_group_before_leaving(
+    server: ForkServer, fake_os: FakeOs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handlers: dict[int, Any] = {}
+    alarms: list[int] = []
+    monkeypatch.setattr(signal, "signal", handlers.__setitem__)  # the test process keeps its own
+    monkeypatch.setattr(signal, "set_wakeup_fd", lambda *_: -1)
+    monkeypatch.setattr(signal, "alarm", alarms.append)
+    fake_os.fork_results = [100, 200]
+    server.spawn(spawn_msg("one"))
+    server.spawn(spawn_msg("two"))
+    # The kernel sends the death signal when the daemon dies, into the loop: here, at once.
+    monkeypatch.setattr(server, "_loop", lambda: handlers[DEATH_SIGNAL](DEATH_SIGNAL, None))
+    server.serve()
+    assert DEATH_SIGNAL not in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+    assert server.orphaned
+    assert sorted(fake_os.killpg_calls) == [(100, signal.SIGKILL), (200, signal.SIGKILL)]
+    assert alarms == [DEATH_GRACE]  # and if the sweep hangs, SIGALRM ends the fork server
+
+
+def test_the_loop_leaves_once_orphaned(server: ForkServer) -> None:
+    server.orphaned = True
+    server._loop()  # returns at once instead of waiting on the socket

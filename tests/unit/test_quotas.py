@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+import pytest
+
+from tests.support.harness import poll_for
 from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakePool, events_of
+from vsmd import quotas
 from vsmd.protocol import Policy, SpawnConfig
 from vsmd.quotas import Sample, Sampler, Violation
 from vsmd.spawn_manager import SpawnManager
@@ -96,6 +103,84 @@ def test_a_gone_process_is_skipped() -> None:
     metrics, violations = Sampler(1).sample([gone, target(memory_mb=HUGE)])
     assert set(metrics) == {"me"}
     assert violations == []
+
+
+# A process that holds MiB of touched memory (argv[1]) and says so, then waits to be killed.
+HOG = (
+    "import sys, time; b = b'x' * (int(sys.argv[1]) << 20); print('ready', flush=True); "
+    "time.sleep(300)"
+)
+SPIN = "print('ready', flush=True)\nwhile True: pass"
+
+
+@contextlib.contextmanager
+def subprocess_of_mine(code: str, *args: str, nested: bool = False) -> Iterator[int]:
+    """Runs ``code`` in a child of this process (a grandchild when ``nested``); its pid."""
+    argv = [sys.executable, "-c", code, *args]
+    if nested:  # one more level: a helper that starts a helper
+        argv = [sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])", *argv]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        yield proc.pid
+    finally:
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+
+
+def own_rss_mb() -> float:
+    return float(psutil.Process().memory_info().rss) / 2**20
+
+
+def test_memory_counts_the_whole_process_tree() -> None:
+    sampler = Sampler(1, tree_refresh=0.0)
+    with subprocess_of_mine(HOG, "100", nested=True):
+        metrics, violations = sampler.sample([target(memory_mb=own_rss_mb() + 50)])
+        assert metrics["me"]["rss_mb"] >= own_rss_mb() + 90  # the grandchild's 100 MiB
+        assert [v.metric for v in violations] == ["memory"]
+
+
+def test_cpu_counts_the_whole_process_tree() -> None:
+    sampler = Sampler(1, tree_refresh=0.0)
+
+    def busy() -> bool:
+        # This process sleeps between polls: only the spinning child can reach 50 %.
+        return bool(sampler.sample([target()])[0]["me"]["cpu_percent"] >= 50)
+
+    with subprocess_of_mine(SPIN):
+        poll_for(busy, timeout=60, interval=0.2, what="the child's cpu in the sample")
+
+
+def test_an_ended_subprocess_leaves_the_sample() -> None:
+    sampler = Sampler(1, tree_refresh=0.0)
+    with subprocess_of_mine(HOG, "100") as pid:
+        sampler.sample([target()])
+        assert pid in sampler._trees["me"]  # kept for the next cpu reading
+    metrics, _ = sampler.sample([target()])
+    assert pid not in sampler._trees["me"]
+    assert metrics["me"]["rss_mb"] < own_rss_mb() + 50
+
+
+def test_the_process_table_is_read_at_most_once_per_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scans: list[bool] = []
+    real = quotas._children_map
+
+    def counting() -> dict[int, list[int]]:
+        scans.append(True)
+        return real()
+
+    monkeypatch.setattr(quotas, "_children_map", counting)
+    sampler = Sampler(3, tree_refresh=3600.0)
+    for _ in range(5):  # the slices of one pass
+        sampler.sample([target(max_procs=HUGE)])
+    assert len(scans) == 1
 
 
 def run_as_me(manager: SpawnManager, pool: FakePool, cfg: SpawnConfig) -> str:

@@ -3,7 +3,8 @@ forks VSMs on request, so a spawn costs a fork instead of a fresh interpreter.
 
 It is the OS parent of every VSM: it reaps them and reports ``(pid, status)`` to the daemon over
 a SOCK_SEQPACKET socket (one orjson message per packet). It dies with the daemon (death signal,
-and EOF on the socket), and every VSM dies with it (death signal), so nothing outlives vsmd.
+and EOF on the socket), killing every VSM's process group on its way out (an agent's own
+subprocesses included), and a VSM dies with it (death signal), so nothing outlives vsmd.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ from vsmd.supervisor.oscalls import (
 log = logging.getLogger("vsmd.forkserver")
 MAX_PACKET = 1 << 20
 EXIT_CHILD_SETUP = 70
+# Our death signal when the daemon dies. Catchable, unlike SIGKILL, so that we kill every VSM's
+# process group (an agent's helpers too) before we go; a VSM's own death signal reaches the VSM
+# only. Not SIGTERM or SIGINT: a terminal sends those to the daemon's whole group, us included.
+DEATH_SIGNAL = signal.SIGUSR1
+DEATH_GRACE = 5  # seconds to sweep the groups; then SIGALRM ends us as SIGKILL would have
 
 
 class ForkServer:
@@ -49,6 +55,7 @@ class ForkServer:
         self.pid = os.getpid()  # what a VSM must see as its parent, checked after fork
         self._wake_r, self._wake_w = os.pipe()
         self.freeze = True
+        self.orphaned = False  # the daemon died: set by the death signal's handler
 
     def send(self, msg: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -130,7 +137,7 @@ class ForkServer:
             os.setsid()  # own session and process group: a terminate kills the agent's helpers too
             die_with_parent(signal.SIGKILL, self.pid)
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, DEATH_SIGNAL):
                 signal.signal(sig, signal.SIG_DFL)
             self.sock.close()
             os.close(self._wake_r)
@@ -166,6 +173,7 @@ class ForkServer:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the daemon decides when we go
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-c reaches the daemon, which stops us
+        signal.signal(DEATH_SIGNAL, self._on_daemon_death)
         self.send({"ev": "hello", "pid": os.getpid()})
         try:
             self._loop()
@@ -173,9 +181,15 @@ class ForkServer:
             self.kill_all()
             self.reap()
 
+    def _on_daemon_death(self, _signum: int, _frame: object) -> None:
+        self.orphaned = True  # the loop leaves, and serve() kills every VSM's group
+        signal.alarm(DEATH_GRACE)  # a loop that cannot get there must not outlive the daemon
+
     def _loop(self) -> None:
-        while True:
+        while not self.orphaned:
             readable, _, _ = select.select([self.sock.fileno(), self._wake_r], [], [])
+            if self.orphaned:
+                return
             if self._wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
@@ -194,7 +208,7 @@ def main() -> None:
     fd, daemon_pid = int(sys.argv[1]), int(sys.argv[2])
     # The daemon's pid comes from the daemon: by the time this runs (after every import) it
     # may be gone, and os.getppid() would then name our new parent instead.
-    die_with_parent(signal.SIGKILL, daemon_pid)
+    die_with_parent(DEATH_SIGNAL, daemon_pid)
     become_subreaper()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # we report in our own words
