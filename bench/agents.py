@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import gc
 
-from vsmd.agents import AgentContext, AgentRegistry, BaseAgent
+from vsmd.agents import AgentContext, AgentRegistry, AsyncAgent
 
 
-class CollectAgent(BaseAgent):
+class CollectAgent(AsyncAgent):
     """Runs one full garbage collection at start, as any agent's own allocations soon would.
 
     A full collection writes to the header of every tracked object: without gc.freeze in the
     fork server, that un-shares the pages the VSM inherited.
     """
 
-    def start(self, ctx: AgentContext) -> None:
+    async def start(self, ctx: AgentContext) -> None:
         gc.collect()
 
 

@@ -162,6 +162,32 @@ class Control:
             log.exception("internal error while handling %s", what)
             respond(error_reply(internal(what)))
 
+    def handle_alert(self, sender_id: str, body: bytes) -> None:
+        """An algedonic alert from a VSM (key ``alg.<root>.<sender>``): an ``alert`` event."""
+        try:
+            env = Envelope.decode(body, self.config.max_message_bytes)
+            sender = self.manager.registry.find(env.sender)
+            if sender is None or sender.id != sender_id:
+                raise Unauthorized(f"alert from {env.sender[:64]!r} under key of {sender_id!r}")
+            args = env.body.get("args")
+            if not isinstance(args, dict):
+                raise ProtocolError("alert: 'args' must be an object")
+            severity = str(args.get("severity", "warning"))[:16]
+            text = str(args.get("text", ""))[:2000]
+            self.manager.events.emit(
+                "alert",
+                f"{sender.path}: {severity}: {text}",
+                sender.id,
+                sender.path,
+                level=logging.WARNING if severity in ("info", "warning") else logging.ERROR,
+                severity=severity,
+                text=text,
+                data=args.get("data") if isinstance(args.get("data"), dict) else {},
+            )
+        except VsmdError as err:
+            # Nobody waits for an answer to an alert: it is logged and counted as refused.
+            log.info("alert refused: %s %s", err.code, err.message)
+
 
 HANDLERS: dict[type[Command], Handler] = {
     Ping: Control.ping,

@@ -114,6 +114,18 @@ class Internal(VsmdError):
     code = "INTERNAL"
 
 
+class Unreachable(VsmdError):
+    """No VSM answers at that address: unknown, down, or it went down before it answered."""
+
+    code = "UNREACHABLE"
+
+
+class AgentError(VsmdError):
+    """The target's agent raised while handling the message; the VSM itself keeps running."""
+
+    code = "AGENT_ERROR"
+
+
 class NoDaemon(VsmdError):
     """No vsmd answers on the namespace (client side)."""
 

@@ -21,8 +21,7 @@ from vsmd.policy import should_restart
 from vsmd.protocol import VsmInfo
 from vsmd.quotas import Violation
 from vsmd.registry import Registry, Status, VsmRecord
-from vsmd.runtime import EXIT_REASONS
-from vsmd.spec import VsmSpec
+from vsmd.spec import EXIT_REASONS, VsmSpec
 from vsmd.supervisor.oscalls import exit_text
 from vsmd.timers import Timers
 

@@ -244,7 +244,10 @@ def error_reply(err: VsmdError) -> bytes:
 
 @dataclass(frozen=True)
 class Envelope:
-    """Versioned frame of every message on ``<ns>.recursive``."""
+    """Versioned frame of every message on ``<ns>.recursive``.
+
+    ``sender`` is the sending VSM's id (or ``vsmd`` / ``vsmctl``), ``path`` its path in the tree.
+    """
 
     type: str
     sender: str
@@ -252,6 +255,7 @@ class Envelope:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     time: float = field(default_factory=time.time)
     correlation: str | None = None
+    path: str = ""
     v: int = VERSION
 
     def encode(self) -> bytes:
@@ -260,20 +264,29 @@ class Envelope:
     @classmethod
     def decode(cls, raw: bytes, limit: int) -> Envelope:
         data = loads_object(raw, limit)
+        version = data.get("v", VERSION)
+        if type(version) is not int or version != VERSION:
+            raise ProtocolError(f"bad envelope: unknown version {str(version)[:20]!r}")
         try:
             env = cls(**data)
         except TypeError as exc:
             raise ProtocolError(f"bad envelope: {exc}") from None
-        if (
-            type(env.v) is not int
-            or env.v != VERSION
-            or not isinstance(env.type, str)
-            or not isinstance(env.sender, str)
-        ):
-            raise ProtocolError("bad envelope: wrong version or field types")
+        for name, kind in _ENVELOPE_TYPES.items():
+            if not isinstance(getattr(env, name), kind) or isinstance(getattr(env, name), bool):
+                raise ProtocolError(f"bad envelope: {name!r} has the wrong type")
         if not isinstance(env.body, dict):
             raise ProtocolError("bad envelope: body must be an object")
         return env
+
+
+_ENVELOPE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "type": str,
+    "sender": str,
+    "id": str,
+    "time": (int, float),
+    "correlation": (str, type(None)),
+    "path": str,
+}
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,9 @@ class SpawnManager(Lifecycle):
                 if self.journal is not None:
                     for moved in [child, *self.registry.descendants(child_id)]:
                         self.journal.reparent(moved.id, moved.parent, moved.depth)
+                for moved in [child, *self.registry.descendants(child_id)]:
+                    # Bound anew: its broadcasts now come from the new parent and ancestors.
+                    self._notify(moved, "reparent", {"ancestors": list(self.ancestors(moved))})
                 new_parent = self.registry.get(heir).path if heir else "the top level"
                 self.events.emit(
                     "abandoned",
@@ -260,6 +263,7 @@ class SpawnManager(Lifecycle):
             agent_modules=self.config.agent_modules,
             policy=rec.policy.to_dict(),
             reconnect_max_backoff=self.config.reconnect_max_backoff,
+            ancestors=self.ancestors(rec),
         )
         rec.forking, rec.term_sent = True, False
         rec.start_requested = time.monotonic()
@@ -270,6 +274,15 @@ class SpawnManager(Lifecycle):
             self.pool.spawn(spec)
         except SpawnError as err:
             self.on_spawn_failed(rec.id, err.message)
+
+    def ancestors(self, rec: VsmRecord) -> tuple[str, ...]:
+        """Ids above ``rec``, the root first (its inbox binds their broadcasts)."""
+        out: list[str] = []
+        node = rec
+        while node.parent is not None:
+            out.append(node.parent)
+            node = self.registry.get(node.parent)
+        return tuple(reversed(out))
 
     def _forget(self, rec: VsmRecord) -> None:
         self.admission.forget(rec.id)

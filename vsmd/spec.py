@@ -1,10 +1,26 @@
-"""What the daemon hands a VSM process so it can start: identity, agent and bus settings."""
+"""What the daemon hands a VSM process so it can start, and the exit codes it answers with.
+
+Both sides import this module: the daemon builds specs and reads exit codes, the VSM runtime
+reads specs and exits with the codes.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+# Exit codes a VSM uses, so the daemon can say why a start failed.
+EXIT_OK = 0
+EXIT_BROKER = 3
+EXIT_AGENT = 4
+EXIT_SPEC = 5
+
+EXIT_REASONS = {
+    EXIT_BROKER: "the VSM could not reach the broker",
+    EXIT_AGENT: "the VSM's agent failed",
+    EXIT_SPEC: "the VSM was given a bad spec",
+}
 
 
 @dataclass(frozen=True)
@@ -24,6 +40,8 @@ class VsmSpec:
     reconnect_max_backoff: float = 5.0
     agent_modules: tuple[str, ...] = ()
     policy: dict[str, Any] = field(default_factory=dict)
+    # Ids of its ancestors, the root first: the VSM binds its inbox to their broadcasts.
+    ancestors: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -32,4 +50,5 @@ class VsmSpec:
     def from_dict(cls, data: dict[str, Any]) -> VsmSpec:
         data = dict(data)
         data["agent_modules"] = tuple(data.get("agent_modules", ()))
+        data["ancestors"] = tuple(data.get("ancestors", ()))
         return cls(**data)

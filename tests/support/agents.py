@@ -11,14 +11,14 @@ import sys
 import time
 from typing import Any
 
-from vsmd.agents import AgentContext, AgentRegistry, BaseAgent
+from vsmd.agents import AgentRegistry, BaseAgent, Sender, SyncContext
 from vsmd.errors import VsmdError
 
 
 class SpawnerAgent(BaseAgent):
     """Asks the daemon, over the bus, for the children named in ``children``."""
 
-    def start(self, ctx: AgentContext) -> None:
+    def start(self, ctx: SyncContext) -> None:
         for name in self.config.get("children", []):
             try:
                 ctx.spawn_child(
@@ -39,7 +39,7 @@ class BomberAgent(BaseAgent):
         self.spawned = 0
         self.refused: dict[str, int] = {}
 
-    def tick(self, ctx: AgentContext) -> None:
+    def tick(self, ctx: SyncContext) -> None:
         deadline = time.monotonic() + float(self.config.get("burst_seconds", 0.5))
         while time.monotonic() < deadline:
             try:
@@ -48,7 +48,9 @@ class BomberAgent(BaseAgent):
             except VsmdError as err:
                 self.refused[err.code] = self.refused.get(err.code, 0) + 1
 
-    def handle(self, ctx: AgentContext, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    def handle(
+        self, ctx: SyncContext, kind: str, body: dict[str, Any], sender: Sender
+    ) -> dict[str, Any]:
         return {"spawned": self.spawned, "refused": self.refused}
 
 
@@ -65,10 +67,10 @@ class MemHogAgent(BaseAgent):
             block[i] = 1
         self.blocks.append(block)
 
-    def start(self, ctx: AgentContext) -> None:
+    def start(self, ctx: SyncContext) -> None:
         self._grab(int(self.config.get("mb", 0)))
 
-    def tick(self, ctx: AgentContext) -> None:
+    def tick(self, ctx: SyncContext) -> None:
         if self.config.get("grow_mb"):
             self._grab(int(self.config["grow_mb"]))
 
@@ -80,21 +82,23 @@ class CrasherAgent(BaseAgent):
         super().__init__(config)
         self.born = time.monotonic()
 
-    def tick(self, ctx: AgentContext) -> None:
+    def tick(self, ctx: SyncContext) -> None:
         after = self.config.get("after")
         if after is not None and time.monotonic() - self.born >= float(after):
             os._exit(int(self.config.get("code", 1)))
 
-    def handle(self, ctx: AgentContext, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    def handle(
+        self, ctx: SyncContext, kind: str, body: dict[str, Any], sender: Sender
+    ) -> dict[str, Any]:
         if kind == "crash":
             os._exit(int(body.get("code", 1)))
-        return super().handle(ctx, kind, body)
+        return super().handle(ctx, kind, body, sender)
 
 
 class SpinnerAgent(BaseAgent):
     """Keeps a core busy: every tick spins until just before the next one."""
 
-    def tick(self, ctx: AgentContext) -> None:
+    def tick(self, ctx: SyncContext) -> None:
         end = time.monotonic() + 0.95
         while time.monotonic() < end:
             pass
@@ -107,17 +111,19 @@ class HelperAgent(BaseAgent):
         super().__init__(config)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ctx: AgentContext) -> None:
+    def start(self, ctx: SyncContext) -> None:
         self.proc = subprocess.Popen(["sleep", "300"])
 
-    def handle(self, ctx: AgentContext, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    def handle(
+        self, ctx: SyncContext, kind: str, body: dict[str, Any], sender: Sender
+    ) -> dict[str, Any]:
         return {"helper_pid": self.proc.pid if self.proc else None}
 
 
 class HelperHogAgent(HelperAgent):
     """Its subprocess holds ``mb`` MiB of touched memory; the agent itself holds none."""
 
-    def start(self, ctx: AgentContext) -> None:
+    def start(self, ctx: SyncContext) -> None:
         hold = "import sys, time; block = b'x' * (int(sys.argv[1]) << 20); time.sleep(300)"
         mb = str(int(self.config.get("mb", 100)))
         self.proc = subprocess.Popen([sys.executable, "-c", hold, mb])

@@ -170,8 +170,9 @@ def queue_exists(broker_url: str, queue: str) -> bool:
         try:
             ch.queue_declare(queue, passive=True)
             return True
-        except pika.exceptions.ChannelClosedByBroker:
-            return False
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            # 405: it exists, held exclusively by its VSM's connection (a VSM's inbox).
+            return bool(exc.reply_code == 405)
     finally:
         conn.close()
 
@@ -182,7 +183,12 @@ def cleanup_namespace(broker_url: str, namespace: str, vsm_ids: tuple[str, ...] 
     with contextlib.suppress(Exception):
         conn = pika.BlockingConnection(pika.URLParameters(broker_url))
         ch = conn.channel()
-        for q in (topo.admin_queue, topo.daemon_queue, *(topo.inbox(i) for i in vsm_ids)):
+        for q in (
+            topo.admin_queue,
+            topo.daemon_queue,
+            topo.dead_queue,
+            *(topo.inbox(i) for i in vsm_ids),
+        ):
             ch.queue_delete(q)
         ch.exchange_delete(topo.exchange)
         conn.close()

@@ -20,8 +20,8 @@ from vsmd.errors import (
 )
 from vsmd.protocol import VsmInfo
 from vsmd.registry import Status, VsmRecord
-from vsmd.runtime import EXIT_BROKER, EXIT_REASONS
 from vsmd.spawn_manager import SpawnManager
+from vsmd.spec import EXIT_BROKER, EXIT_REASONS
 from vsmd.timers import Timers
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL

@@ -8,18 +8,80 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vsmd.errors import ConfigError, NotFound
 
 
+@dataclass(frozen=True)
+class Sender:
+    """Who sent a message: a VSM's id and path, or ``vsmd`` / ``vsmctl`` with an empty path."""
+
+    id: str
+    path: str
+
+
 class AgentContext(Protocol):
-    """What an agent may do from inside its VSM."""
+    """What an async agent may do from inside its VSM (every call runs on the VSM's loop).
+
+    Targets are a VSM id, a path, or ``"parent"``. Errors are :class:`vsmd.errors.VsmdError`:
+    ``UNREACHABLE`` (unknown or down, or it went down before it answered), ``TIMEOUT``,
+    ``BROKER_UNAVAILABLE``, or the error the target answered with.
+    """
 
     vsm_id: str
     name: str
     path: str
     depth: int
+    parent_id: str | None
+    config: dict[str, Any]
+
+    async def spawn_child(
+        self,
+        name: str | None = None,
+        agent: str | None = None,
+        config: dict[str, Any] | None = None,
+        policy: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Ask the daemon for a child VSM; its info once it is ready.
+
+        ``policy`` takes the fields of :class:`vsmd.protocol.Policy` (restart, memory_mb...)."""
+        ...
+
+    async def send(self, target: str, kind: str, body: dict[str, Any] | None = None) -> None:
+        """Deliver to the target's inbox (its agent's ``handle``); no answer expected."""
+        ...
+
+    async def request(
+        self, target: str, kind: str, body: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any:
+        """Deliver and wait for the target agent's answer."""
+        ...
+
+    async def broadcast(
+        self, kind: str, body: dict[str, Any] | None = None, depth: int | None = None
+    ) -> None:
+        """To every descendant (``depth=None``), the children (1), or ``depth`` levels down."""
+        ...
+
+    async def alert(self, severity: str, text: str, data: dict[str, Any] | None = None) -> None:
+        """Algedonic signal: straight to the tree's root and the daemon (an ``alert`` event)."""
+        ...
+
+    def request_stop(self, code: int = 0) -> None:
+        """Leave the VSM's loop and exit with ``code``."""
+        ...
+
+
+class SyncContext(Protocol):
+    """The same for a plain (synchronous) agent, whose methods run in the VSM's worker thread."""
+
+    vsm_id: str
+    name: str
+    path: str
+    depth: int
+    parent_id: str | None
     config: dict[str, Any]
 
     def spawn_child(
@@ -28,50 +90,81 @@ class AgentContext(Protocol):
         agent: str | None = None,
         config: dict[str, Any] | None = None,
         policy: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Ask the daemon for a child VSM; returns its info, raises VsmdError on refusal.
+    ) -> dict[str, Any]: ...
 
-        ``policy`` takes the fields of :class:`vsmd.protocol.Policy` (restart, memory_mb...)."""
-        ...
+    def send(self, target: str, kind: str, body: dict[str, Any] | None = None) -> None: ...
 
-    def request_stop(self, code: int = 0) -> None:
-        """Leave the VSM's loop and exit with ``code``."""
-        ...
+    def request(
+        self, target: str, kind: str, body: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any: ...
 
+    def broadcast(
+        self, kind: str, body: dict[str, Any] | None = None, depth: int | None = None
+    ) -> None: ...
 
-class Agent(Protocol):
-    def start(self, ctx: AgentContext) -> None: ...
+    def alert(self, severity: str, text: str, data: dict[str, Any] | None = None) -> None: ...
 
-    def tick(self, ctx: AgentContext) -> None: ...
-
-    def handle(self, ctx: AgentContext, kind: str, body: dict[str, Any]) -> dict[str, Any]: ...
-
-    def stop(self, ctx: AgentContext) -> None: ...
-
-
-AgentFactory = Callable[[dict[str, Any]], Agent]
+    def request_stop(self, code: int = 0) -> None: ...
 
 
 class BaseAgent:
-    """An agent that does nothing; subclasses override what they need."""
+    """A plain agent: its methods run in a worker thread of the VSM, one call at a time, so
+    they may block without stopping the VSM's replies and heartbeats. Override what you need.
+    """
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
-    def start(self, ctx: AgentContext) -> None:
+    def start(self, ctx: SyncContext) -> None:
         return None
 
-    def tick(self, ctx: AgentContext) -> None:
+    def tick(self, ctx: SyncContext) -> None:
         return None
 
-    def handle(self, ctx: AgentContext, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    def handle(
+        self, ctx: SyncContext, kind: str, body: dict[str, Any], sender: Sender
+    ) -> dict[str, Any]:
         return {"echo": body, "kind": kind}
 
-    def stop(self, ctx: AgentContext) -> None:
+    def stop(self, ctx: SyncContext) -> None:
         return None
 
 
-class NoopAgent(BaseAgent):
+class AsyncAgent:
+    """An agent on the VSM's event loop: it must not block (use ``asyncio.to_thread``).
+
+    Calls may overlap: ``handle`` runs once per message, concurrently with ``tick``.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    async def start(self, ctx: AgentContext) -> None:
+        return None
+
+    async def tick(self, ctx: AgentContext) -> None:
+        return None
+
+    async def handle(
+        self, ctx: AgentContext, kind: str, body: dict[str, Any], sender: Sender
+    ) -> dict[str, Any]:
+        return {"echo": body, "kind": kind}
+
+    async def stop(self, ctx: AgentContext) -> None:
+        return None
+
+
+Agent = BaseAgent | AsyncAgent
+AgentFactory = Callable[[dict[str, Any]], Agent]
+
+
+def overrides(agent: Agent, method: str) -> bool:
+    """Whether the agent's class has its own ``method`` (the runtime skips the empty ones)."""
+    base = AsyncAgent if isinstance(agent, AsyncAgent) else BaseAgent
+    return getattr(type(agent), method, None) is not getattr(base, method)
+
+
+class NoopAgent(AsyncAgent):
     """The backbone's default: keeps the VSM alive and answers pings."""
 
 

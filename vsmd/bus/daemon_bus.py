@@ -52,6 +52,13 @@ class DaemonBus:
             ch.queue_declare(self.topo.admin_queue, durable=True)
             ch.queue_declare(self.topo.daemon_queue, arguments={"x-expires": 600_000})
             ch.queue_bind(self.topo.daemon_queue, self.topo.exchange, "up.#")
+            ch.queue_bind(self.topo.daemon_queue, self.topo.exchange, "alg.#")  # every alert
+            # Bounded: a flood of bad messages must not fill the broker's memory.
+            ch.queue_declare(
+                self.topo.dead_queue,
+                durable=True,
+                arguments={"x-max-length": 10_000, "x-overflow": "drop-head"},
+            )
             ch.basic_consume(self.topo.admin_queue, self._admin_cb)
             ch.basic_consume(self.topo.daemon_queue, self._event_cb, auto_ack=True)
         except CONNECTION_ERRORS as exc:

@@ -36,6 +36,50 @@ class Topology:
         """Messages from the VSM at ``path`` to the daemon (and anyone bound above it)."""
         return f"up.{path}.{kind}"
 
+    @property
+    def dead_queue(self) -> str:
+        """Messages that failed validation and had nobody to answer, with the reason."""
+        return f"{self.namespace}.dead"
+
+    # --- the tree's addressing (docs/protocol.md, "Routing") ---------------------------------
+    # Keys name VSMs by id where a binding must survive a re-parenting (ids never change, paths
+    # of abandoned VSMs keep their old prefix), and by path where an operator addresses them.
+
+    @staticmethod
+    def id_key(vsm_id: str) -> str:
+        """Direct to one VSM by id."""
+        return f"vsm.{vsm_id}"
+
+    @staticmethod
+    def to_parent_key(parent_id: str, sender_id: str) -> str:
+        """From a VSM to its parent; the parent binds ``toparent.<own id>.*``."""
+        return f"toparent.{parent_id}.{sender_id}"
+
+    @staticmethod
+    def children_key(parent_id: str) -> str:
+        """Broadcast to the direct children of ``parent_id``; each child binds it."""
+        return f"kids.{parent_id}"
+
+    @staticmethod
+    def subtree_key(ancestor_id: str) -> str:
+        """Broadcast to every descendant of ``ancestor_id``; each binds one per ancestor."""
+        return f"sub.{ancestor_id}"
+
+    @staticmethod
+    def alert_key(root_id: str, sender_id: str) -> str:
+        """Algedonic: reaches the tree's root (``alg.<root id>.*``) and the daemon (``alg.#``)."""
+        return f"alg.{root_id}.{sender_id}"
+
+    def inbox_bindings(self, vsm_id: str, path: str, ancestors: tuple[str, ...]) -> list[str]:
+        """Every key a VSM's inbox is bound to; ``ancestors`` are ids, the root first."""
+        keys = [self.down_key(path), self.id_key(vsm_id), f"toparent.{vsm_id}.*"]
+        if ancestors:
+            keys.append(self.children_key(ancestors[-1]))
+            keys.extend(self.subtree_key(a) for a in ancestors)
+        else:
+            keys.append(f"alg.{vsm_id}.*")  # a root hears the alerts of its whole tree
+        return keys
+
     @staticmethod
     def path_of_up_key(key: str) -> tuple[str, str] | None:
         """Split ``up.<path>.<kind>`` into (path, kind)."""

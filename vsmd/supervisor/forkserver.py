@@ -24,7 +24,6 @@ import orjson
 
 from vsmd.agents import AgentRegistry, build_registry
 from vsmd.quotas import apply_rlimits
-from vsmd.runtime import run_vsm
 from vsmd.spec import VsmSpec
 from vsmd.supervisor.oscalls import (
     OsCalls,
@@ -33,6 +32,7 @@ from vsmd.supervisor.oscalls import (
     describe_status,
     die_with_parent,
 )
+from vsmd.vsm.runtime import run_vsm
 
 log = logging.getLogger("vsmd.forkserver")
 MAX_PACKET = 1 << 20
@@ -150,7 +150,7 @@ class ForkServer:
                         sys.executable,
                         "-P",
                         "-m",
-                        "vsmd.runtime",
+                        "vsmd.vsm.runtime",
                         orjson.dumps(spec.to_dict()).decode(),
                     ],
                 )

@@ -1,0 +1,126 @@
+"""The VSM runtime: bad input on an inbox, a blocking agent, an agent that raises."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import pika
+import pytest
+
+from tests.support.harness import DaemonProc, poll_for, running_daemon
+from vsmd.bus.rpc import RpcChannel
+from vsmd.bus.topology import Topology
+from vsmd.errors import VsmdError
+from vsmd.protocol import Envelope, SpawnConfig
+
+AGENTS = {"agent_modules": ["tests.support.agents", "tests.support.msg_agents"]}
+LIMIT = 65536  # the daemon's default max_message_bytes, handed to every VSM
+
+# (raw body, the code of the error reply it gets)
+BAD = [
+    (b"{not json", "BAD_JSON"),
+    (b"[1, 2]", "BAD_REQUEST"),
+    (orjson.dumps({"v": 99, "type": "call", "sender": "x"}), "BAD_REQUEST"),
+    (orjson.dumps({"type": "call"}), "BAD_REQUEST"),  # no sender
+    (orjson.dumps({"type": "call", "sender": 5}), "BAD_REQUEST"),
+    (orjson.dumps({"type": "call", "sender": "x", "body": []}), "BAD_REQUEST"),
+    (orjson.dumps({"type": "call", "sender": "x", "surprise": 1}), "BAD_REQUEST"),
+    (orjson.dumps({"type": "launch", "sender": "x"}), "BAD_REQUEST"),
+    (orjson.dumps({"type": "call", "sender": "x", "body": {"kind": 3}}), "BAD_REQUEST"),
+    (orjson.dumps({"type": "call", "sender": "x", "body": {"args": "no"}}), "BAD_REQUEST"),
+    (b"x" * (LIMIT + 1), "TOO_LARGE"),
+]
+
+
+@pytest.fixture
+def daemon(broker_url: str, tmp_path: object) -> Iterator[DaemonProc]:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    with running_daemon(broker_url, tmp_path, config=AGENTS) as d:
+        yield d
+
+
+@pytest.fixture
+def rpc(daemon: DaemonProc) -> Iterator[RpcChannel]:
+    conn = pika.BlockingConnection(pika.URLParameters(daemon.broker_url))
+    try:
+        yield RpcChannel(conn)
+    finally:
+        conn.close()
+
+
+def test_bad_input_gets_an_error_reply_and_the_vsm_keeps_serving(
+    daemon: DaemonProc, rpc: RpcChannel
+) -> None:
+    c = daemon.client()
+    vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="target", agent="recorder")).id
+    topo = Topology(daemon.namespace)
+    for raw, code in BAD:
+        reply = orjson.loads(rpc.call(topo.exchange, topo.id_key(vsm), raw, 30))
+        assert reply["ok"] is False, raw[:80]
+        assert reply["error"]["code"] == code, (raw[:80], reply)
+        assert reply["error"]["message"]
+    pong = c.ping_vsm(vsm)
+    assert pong["refused"] == len(BAD)
+    assert c.call(vsm, "hello", {"still": "here"}) == {"me": "target", "kind": "hello"}
+
+
+def test_bad_input_without_reply_to_is_dead_lettered_with_its_reason(
+    daemon: DaemonProc, rpc: RpcChannel
+) -> None:
+    c = daemon.client()
+    vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="target", agent="recorder")).id
+    topo = Topology(daemon.namespace)
+    conn = pika.BlockingConnection(pika.URLParameters(daemon.broker_url))
+    try:
+        ch = conn.channel()
+        for raw, _code in BAD:
+            ch.basic_publish(topo.exchange, topo.id_key(vsm), raw)
+        dead: list[tuple[bytes, dict[str, object]]] = []
+
+        def collect() -> bool:
+            method, props, body = ch.basic_get(topo.dead_queue, auto_ack=True)
+            if method is not None:
+                dead.append((body, dict(props.headers or {})))
+            return len(dead) == len(BAD)
+
+        poll_for(collect, timeout=30, what="every bad message in the dead-letter queue")
+    finally:
+        conn.close()
+    for (raw, code), (body, headers) in zip(BAD, dead, strict=True):
+        assert body == raw
+        assert str(headers["x-reason"]).startswith(code), headers
+        assert headers["x-vsm"] == vsm
+    assert c.ping_vsm(vsm)["refused"] == len(BAD)
+
+
+def test_a_blocked_plain_agent_does_not_stop_pings(daemon: DaemonProc, rpc: RpcChannel) -> None:
+    c = daemon.client()
+    vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="slow", agent="blocker")).id
+    topo = Topology(daemon.namespace)
+    env = Envelope(type="call", sender="test", body={"kind": "block", "args": {"seconds": 10}})
+    corr = rpc.send(topo.exchange, topo.id_key(vsm), env.encode(), 60)
+    # While the agent sleeps in its worker thread, the VSM answers, again and again.
+    for _ in range(5):
+        assert c.ping_vsm(vsm, timeout=5)["pong"] == vsm
+    reply = orjson.loads(rpc.wait(corr, 60))
+    assert reply == {"ok": True, "result": {"done": "block"}}
+    assert c.show(vsm).restarts == 0
+
+
+@pytest.mark.parametrize("kind", ["oserror", "bug"])
+def test_an_agent_that_raises_costs_one_error_reply(daemon: DaemonProc, kind: str) -> None:
+    c = daemon.client()
+    vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="flaky", agent="failing"))
+    with pytest.raises(VsmdError) as failed:
+        c.call(vsm.id, kind, timeout=30)
+    assert failed.value.code == "AGENT_ERROR"
+    assert "the agent failed on" in failed.value.message
+    # Same process, same connection: an agent's OSError is not a lost broker.
+    assert c.call(vsm.id, "fine", timeout=30) == {"fine": True}
+    info = c.show(vsm.id)
+    assert (info.pid, info.restarts, info.status) == (vsm.pid, 0, "running")
+    log = daemon.log()
+    assert "reconnected" not in log

@@ -1,0 +1,241 @@
+"""A VSM's one broker connection, on the VSM's event loop: inbox, publishing, requests.
+
+aio-pika is imported here and nowhere else in the VSM; its errors become vsmd's at this edge.
+The inbox is exclusive: it exists exactly while the VSM is connected, so a message to a VSM that
+is down is returned by the broker (mandatory publish) instead of waiting in a queue nobody reads,
+and its bindings go with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import aio_pika.abc
+import aio_pika.exceptions
+import aiormq.exceptions
+from yarl import URL
+
+from vsmd.bus.topology import Topology
+from vsmd.errors import BrokerError, Timeout, Unreachable
+from vsmd.spec import VsmSpec
+
+log = logging.getLogger("vsmd.vsm")
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+PREFETCH = 64  # handler tasks in flight at most: a message is acked when handled
+PROBE_EVERY = 1.0  # a pending request checks this often that its target still has an inbox
+# A restarted VSM may find its old exclusive inbox still held for a moment (the broker has not
+# yet seen the dead connection): declaring again is retried this long.
+INBOX_LOCKED_RETRY = 10.0
+
+Incoming = aio_pika.abc.AbstractIncomingMessage
+OnMessage = Callable[[Incoming], Awaitable[None]]
+
+# What a dropped or refused connection looks like from aio-pika and aiormq.
+_LOST: tuple[type[BaseException], ...] = (
+    aio_pika.exceptions.AMQPError,
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def amqp_url(spec: VsmSpec) -> str:
+    url = URL(spec.broker_url)
+    if url.host == "localhost":
+        # A numeric address: resolving a name costs the VSM a resolver thread of the loop.
+        url = url.with_host("127.0.0.1")
+    return str(url.update_query(heartbeat=spec.heartbeat))
+
+
+class VsmBus:
+    def __init__(self, spec: VsmSpec, topo: Topology, on_message: OnMessage) -> None:
+        self.spec = spec
+        self.topo = topo
+        self.ancestors = spec.ancestors
+        self._on_message = on_message
+        self._conn: aio_pika.abc.AbstractConnection | None = None
+        self._ch: aio_pika.abc.AbstractChannel | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._inbox: aio_pika.abc.AbstractQueue | None = None
+        self._replies_on = False
+        self._pending: dict[str, asyncio.Future[Incoming]] = {}
+        self.lost = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self.lost.is_set()
+
+    # --- connection ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, declare and bind the inbox, consume it. BrokerError when it cannot."""
+        self.lost.clear()
+        try:
+            self._conn = await aio_pika.connect(amqp_url(self.spec), timeout=5.0)
+            self._conn.close_callbacks.add(self._on_close)
+            self._ch = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+            await self._ch.set_qos(prefetch_count=PREFETCH)
+            self._exchange = await self._ch.get_exchange(self.topo.exchange, ensure=False)
+            self._inbox = await self._declare_inbox()
+            for key in self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, self.ancestors):
+                await self._inbox.bind(self._exchange, key)
+            await self._inbox.consume(self._on_message)
+        except _LOST as exc:
+            await self.close()
+            raise BrokerError(f"cannot set up the inbox: {_describe(exc)}") from None
+
+    async def _declare_inbox(self) -> aio_pika.abc.AbstractQueue:
+        assert self._conn is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + INBOX_LOCKED_RETRY
+        delay = 0.05
+        while True:
+            assert self._ch is not None
+            try:
+                return await self._ch.declare_queue(
+                    self.topo.inbox(self.spec.vsm_id), exclusive=True
+                )
+            except aio_pika.exceptions.ChannelClosed as exc:
+                # 405 RESOURCE_LOCKED: our previous incarnation's connection is not gone yet.
+                if "RESOURCE_LOCKED" not in str(exc) or loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            self._ch = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+            await self._ch.set_qos(prefetch_count=PREFETCH)
+            self._exchange = await self._ch.get_exchange(self.topo.exchange, ensure=False)
+
+    def _on_close(self, *_args: Any) -> None:
+        self.lost.set()
+        self._replies_on = False
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(BrokerError("lost the broker before the answer came"))
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._ch = self._exchange = self._inbox = None
+        self._replies_on = False
+        if conn is not None:
+            with contextlib.suppress(*_LOST, RuntimeError):
+                await conn.close()
+
+    async def rebind(self, ancestors: tuple[str, ...]) -> None:
+        """After a re-parenting: bind the keys of the new place, drop the old ones."""
+        old = set(self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, self.ancestors))
+        new = set(self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, ancestors))
+        self.ancestors = ancestors
+        if self._inbox is None or self._exchange is None:
+            return  # bound anew on reconnect
+        try:
+            for key in sorted(new - old):
+                await self._inbox.bind(self._exchange, key)
+            for key in sorted(old - new):
+                await self._inbox.unbind(self._exchange, key)
+        except _LOST as exc:
+            raise BrokerError(f"cannot rebind the inbox: {_describe(exc)}") from None
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        mandatory: bool = False,
+        exchange: str | None = None,
+        **props: Any,
+    ) -> None:
+        """Publish on the tree's exchange (or ``exchange``, "" for a queue name).
+
+        With ``mandatory`` an address no inbox is bound to raises Unreachable.
+        """
+        if self._ch is None or self._exchange is None or self.lost.is_set():
+            raise BrokerError("not connected to the broker")
+        target = self._exchange
+        if exchange is not None:
+            target = self._ch.default_exchange if exchange == "" else target
+        message = aio_pika.Message(body, content_type="application/json", **props)
+        try:
+            await target.publish(message, key, mandatory=mandatory)
+        except aio_pika.exceptions.DeliveryError:
+            raise Unreachable(f"no VSM at {key.split('.', 1)[-1]!r}: unknown or down") from None
+        except _LOST as exc:
+            raise BrokerError(f"cannot publish: {_describe(exc)}") from None
+
+    async def reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
+        # Not mandatory: a requester that gave up is no error of ours.
+        await self.publish(reply_to, body, exchange="", correlation_id=correlation_id)
+
+    async def dead_letter(self, body: bytes, reason: str) -> None:
+        headers = {"x-reason": reason[:500], "x-vsm": self.spec.vsm_id}
+        await self.publish(self.topo.dead_queue, body, exchange="", headers=headers)
+
+    async def request(self, key: str, body: bytes, timeout: float, probe: bytes) -> Incoming:
+        """Publish a request to ``key`` and wait for its reply.
+
+        Unreachable when nothing is bound to ``key`` or the target's inbox goes away while we
+        wait (checked every PROBE_EVERY s with a ``probe`` that its receiver ignores).
+        """
+        await self._replies()
+        loop = asyncio.get_running_loop()
+        corr = uuid.uuid4().hex
+        fut: asyncio.Future[Incoming] = loop.create_future()
+        self._pending[corr] = fut
+        deadline = loop.time() + timeout
+        try:
+            await self.publish(
+                key,
+                body,
+                mandatory=True,
+                reply_to=REPLY_TO,
+                correlation_id=corr,
+                expiration=max(timeout, 0.001),
+            )
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise Timeout(f"no answer from {key.split('.', 1)[-1]!r} within {timeout:g} s")
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(fut), min(left, PROBE_EVERY))
+                try:
+                    await self.publish(key, probe, mandatory=True, expiration=PROBE_EVERY)
+                except Unreachable:
+                    raise Unreachable(
+                        f"{key.split('.', 1)[-1]!r} went down before it answered"
+                    ) from None
+        finally:
+            self._pending.pop(corr, None)
+
+    async def _replies(self) -> None:
+        """Consume direct reply-to on our channel, once per connection (not at start-up)."""
+        if self._replies_on:
+            return
+        if self._ch is None:
+            raise BrokerError("not connected to the broker")
+        try:
+            queue = await self._ch.get_queue(REPLY_TO, ensure=False)
+            await queue.consume(self._on_reply, no_ack=True)
+        except _LOST as exc:
+            raise BrokerError(f"cannot receive replies: {_describe(exc)}") from None
+        self._replies_on = True
+
+    async def _on_reply(self, message: Incoming) -> None:
+        fut = self._pending.get(message.correlation_id or "")
+        if fut is not None and not fut.done():
+            fut.set_result(message)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, aio_pika.exceptions.ProbableAuthenticationError):
+        return "the broker refused the credentials"
+    return f"{type(exc).__name__}: {text[:300]}"

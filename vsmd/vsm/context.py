@@ -1,0 +1,166 @@
+"""The narrow context an agent gets: messaging and children, never the runtime or credentials.
+
+:class:`Context` serves async agents on the loop; :class:`ThreadContext` wraps it for plain
+agents, whose methods run in a worker thread and wait on the loop for each call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from vsmd.errors import ProtocolError, Unreachable, from_dict
+from vsmd.protocol import Envelope, loads_object
+
+if TYPE_CHECKING:
+    from vsmd.vsm.runtime import VsmRuntime
+
+T = TypeVar("T")
+_ID = re.compile(r"[0-9a-f]{12}")
+MAX_REPLY = 1 << 24
+SEVERITIES = ("info", "warning", "error", "critical")
+
+
+class Context:
+    """Implements :class:`vsmd.agents.AgentContext`."""
+
+    def __init__(self, runtime: VsmRuntime) -> None:
+        spec = runtime.spec
+        self._rt = runtime
+        self.vsm_id = spec.vsm_id
+        self.name = spec.name
+        self.path = spec.path
+        self.depth = spec.depth
+        self.parent_id = spec.parent_id
+        self.config = spec.config
+
+    # --- addressing ------------------------------------------------------------------------
+
+    def _key(self, target: str) -> str:
+        topo = self._rt.topo
+        if target == "parent":
+            if self.parent_id is None:
+                raise Unreachable(f"{self.path} is at the top level: it has no parent VSM")
+            return topo.to_parent_key(self.parent_id, self.vsm_id)
+        if _ID.fullmatch(target):
+            return topo.id_key(target)
+        if not target or len(target) > 1000 or any(c in target for c in "*# "):
+            raise ProtocolError(f"bad target {target[:64]!r}: an id, a path or 'parent'")
+        return topo.down_key(target)
+
+    def _envelope(self, kind: str, body: dict[str, Any] | None, **extra: Any) -> bytes:
+        if not isinstance(kind, str) or not kind:
+            raise ProtocolError("kind must be a non-empty string")
+        return Envelope(
+            type="call",
+            sender=self.vsm_id,
+            path=self.path,
+            body={"kind": kind, "args": body or {}, **extra},
+        ).encode()
+
+    # --- the API ---------------------------------------------------------------------------
+
+    async def send(self, target: str, kind: str, body: dict[str, Any] | None = None) -> None:
+        await self._rt.bus.publish(self._key(target), self._envelope(kind, body), mandatory=True)
+
+    async def request(
+        self, target: str, kind: str, body: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any:
+        key = self._key(target)
+        return await self._rt.call(key, self._envelope(kind, body), timeout)
+
+    async def broadcast(
+        self, kind: str, body: dict[str, Any] | None = None, depth: int | None = None
+    ) -> None:
+        if depth is not None and (type(depth) is not int or depth < 1):
+            raise ProtocolError("depth must be 1 or more, or None for the whole subtree")
+        topo = self._rt.topo
+        if depth == 1:
+            key, extra = topo.children_key(self.vsm_id), {}
+        else:
+            # Every descendant has the subtree binding; those deeper than asked drop it.
+            key, extra = topo.subtree_key(self.vsm_id), {"within": depth, "from_depth": self.depth}
+        await self._rt.bus.publish(key, self._envelope(kind, body, **extra))
+
+    async def alert(self, severity: str, text: str, data: dict[str, Any] | None = None) -> None:
+        if severity not in SEVERITIES:
+            raise ProtocolError(f"severity must be one of {', '.join(SEVERITIES)}")
+        root = self._rt.bus.ancestors[0] if self._rt.bus.ancestors else self.vsm_id
+        body = {"severity": severity, "text": str(text)[:2000], "data": data or {}}
+        key = self._rt.topo.alert_key(root, self.vsm_id)
+        await self._rt.bus.publish(key, self._envelope("alert", body))
+
+    async def spawn_child(
+        self,
+        name: str | None = None,
+        agent: str | None = None,
+        config: dict[str, Any] | None = None,
+        policy: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        # Policy fields (restart, memory_mb, budget_descendants ...) travel as in an admin spawn.
+        body: dict[str, Any] = {**(policy or {}), "config": config or {}}
+        if name is not None:
+            body["name"] = name
+        if agent is not None:
+            body["agent"] = agent
+        env = Envelope(type="spawn", sender=self.vsm_id, path=self.path, body=body)
+        key = self._rt.topo.up_key(self.path, "spawn")
+        result: dict[str, Any] = await self._rt.call(key, env.encode(), 60.0)
+        return result
+
+    def request_stop(self, code: int = 0) -> None:
+        self._rt.request_stop(code)
+
+
+def unpack_reply(raw: bytes) -> Any:
+    reply = loads_object(raw, MAX_REPLY)
+    if reply.get("ok") is not True:
+        raise from_dict(reply.get("error") or {})
+    return reply.get("result")
+
+
+class ThreadContext:
+    """Implements :class:`vsmd.agents.SyncContext` for an agent running in a worker thread."""
+
+    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop) -> None:
+        self._ctx = ctx
+        self._loop = loop
+        self.vsm_id = ctx.vsm_id
+        self.name = ctx.name
+        self.path = ctx.path
+        self.depth = ctx.depth
+        self.parent_id = ctx.parent_id
+        self.config = ctx.config
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def spawn_child(
+        self,
+        name: str | None = None,
+        agent: str | None = None,
+        config: dict[str, Any] | None = None,
+        policy: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return self._run(self._ctx.spawn_child(name, agent, config, policy))
+
+    def send(self, target: str, kind: str, body: dict[str, Any] | None = None) -> None:
+        self._run(self._ctx.send(target, kind, body))
+
+    def request(
+        self, target: str, kind: str, body: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any:
+        return self._run(self._ctx.request(target, kind, body, timeout))
+
+    def broadcast(
+        self, kind: str, body: dict[str, Any] | None = None, depth: int | None = None
+    ) -> None:
+        self._run(self._ctx.broadcast(kind, body, depth))
+
+    def alert(self, severity: str, text: str, data: dict[str, Any] | None = None) -> None:
+        self._run(self._ctx.alert(severity, text, data))
+
+    def request_stop(self, code: int = 0) -> None:
+        self._loop.call_soon_threadsafe(self._ctx.request_stop, code)

@@ -1,0 +1,265 @@
+"""What runs inside a VSM process: one asyncio loop for the connection, inbox, timers and agent.
+
+No thread runs unless a plain (synchronous) agent needs one: its methods go to a single worker
+thread, one call at a time, so a slow agent never stops heartbeats, replies or pings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from setproctitle import setproctitle
+
+from vsmd.agents import AgentRegistry, AsyncAgent, Sender, build_registry, overrides
+from vsmd.bus.topology import Topology
+from vsmd.errors import AgentError, BrokerError, ProtocolError, VsmdError
+from vsmd.protocol import Envelope, error_reply, loads_object, ok_reply
+from vsmd.spec import EXIT_AGENT, EXIT_BROKER, EXIT_OK, EXIT_SPEC, VsmSpec
+from vsmd.vsm.bus import Incoming, VsmBus
+from vsmd.vsm.context import Context, ThreadContext, unpack_reply
+
+log = logging.getLogger("vsmd.vsm")
+
+
+class VsmRuntime:
+    def __init__(self, spec: VsmSpec, registry: AgentRegistry) -> None:
+        self.spec = spec
+        self.topo = Topology(spec.namespace)
+        self.agent = registry.create(spec.agent, spec.config)
+        self.bus = VsmBus(spec, self.topo, self._on_message)
+        self.ctx = Context(self)
+        self._thread_ctx: ThreadContext | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._stop: asyncio.Event | None = None
+        self._started: asyncio.Event | None = None
+        self._exit_code = EXIT_OK
+        self.refused = 0  # messages that failed validation (counted, answered or dead-lettered)
+
+    # --- calling the agent -----------------------------------------------------------------
+
+    async def _agent(self, method: str, *args: Any) -> Any:
+        fn: Callable[..., Any] = getattr(self.agent, method)
+        if isinstance(self.agent, AsyncAgent):
+            return await fn(self.ctx, *args)
+        loop = asyncio.get_running_loop()
+        if self._executor is None:  # made on first use: an async agent never pays for a thread
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="agent")
+            self._thread_ctx = ThreadContext(self.ctx, loop)
+        return await loop.run_in_executor(self._executor, lambda: fn(self._thread_ctx, *args))
+
+    async def call(self, key: str, body: bytes, timeout: float) -> Any:
+        """A request to another VSM or the daemon: its result, or its error raised."""
+        probe = Envelope(type="probe", sender=self.spec.vsm_id, path=self.spec.path).encode()
+        reply = await self.bus.request(key, body, timeout, probe)
+        return unpack_reply(reply.body)
+
+    def request_stop(self, code: int = 0) -> None:
+        self._exit_code = code
+        if self._stop is not None:
+            self._stop.set()
+
+    # --- the inbox -------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Incoming) -> None:
+        try:
+            reply = await self._handle(msg)
+            if reply is not None and msg.reply_to:
+                await self.bus.reply(msg.reply_to, msg.correlation_id, reply)
+        except BrokerError:
+            pass  # the connection is gone: the main loop reconnects; nothing to ack on it
+        finally:
+            # Acked once handled, so the prefetch window bounds the handlers in flight.
+            with contextlib.suppress(Exception):
+                await msg.ack()
+
+    async def _handle(self, msg: Incoming) -> bytes | None:
+        try:
+            env = Envelope.decode(msg.body, self.spec.max_message_bytes)
+            return await self._dispatch(env)
+        except ProtocolError as err:
+            # Bad input: answered where someone asks, else kept with its reason for operators.
+            self.refused += 1
+            if msg.reply_to:
+                return error_reply(err)
+            await self.bus.dead_letter(msg.body, f"{err.code}: {err.message}")
+            return None
+        except VsmdError as err:
+            if not msg.reply_to:
+                log.warning("vsm %s: a message nobody waits for failed: %s", self.spec.vsm_id, err)
+            return error_reply(err)
+
+    async def _dispatch(self, env: Envelope) -> bytes | None:
+        if env.type == "probe":
+            return None  # a requester checking that we are still here
+        if env.type == "ping":
+            # "entry" tells how the process began: forked from the fork server, or exec'd.
+            entry = os.path.basename(sys.argv[0]) if sys.argv else ""
+            return ok_reply(
+                {
+                    "pong": self.spec.vsm_id,
+                    "pid": os.getpid(),
+                    "path": self.spec.path,
+                    "entry": entry,
+                    "refused": self.refused,
+                }
+            )
+        if env.type == "reparent" and env.sender == "vsmd":
+            ancestors = env.body.get("ancestors")
+            if not isinstance(ancestors, list) or not all(isinstance(a, str) for a in ancestors):
+                raise ProtocolError("reparent: 'ancestors' must be a list of ids")
+            await self.bus.rebind(tuple(ancestors))
+            self.ctx.parent_id = ancestors[-1] if ancestors else None
+            return ok_reply({"ancestors": ancestors})
+        if env.type == "call":
+            return await self._deliver(env)
+        raise ProtocolError(f"unknown message type {env.type[:64]!r}")
+
+    async def _deliver(self, env: Envelope) -> bytes | None:
+        kind, args = env.body.get("kind", "call"), env.body.get("args") or {}
+        if not isinstance(kind, str) or not isinstance(args, dict):
+            raise ProtocolError("call: 'kind' must be a string and 'args' an object")
+        if env.sender == self.spec.vsm_id:
+            return None  # our own alert, heard as the root of the tree
+        within = env.body.get("within")
+        if (
+            isinstance(within, int)
+            and self.spec.depth - int(env.body.get("from_depth", 0)) > within
+        ):
+            return None  # a broadcast meant for fewer levels
+        assert self._started is not None
+        await self._started.wait()  # the agent's start comes before its messages
+        try:
+            result = await self._agent("handle", kind, args, Sender(env.sender, env.path))
+        except VsmdError:
+            raise
+        except Exception as exc:
+            log.exception("vsm %s: agent failed on %r", self.spec.vsm_id, kind)
+            raise AgentError(f"the agent failed on {kind!r}: {type(exc).__name__}: {exc}") from None
+        return ok_reply(result)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def _publish_up(self, kind: str, body: dict[str, Any]) -> None:
+        env = Envelope(type=kind, sender=self.spec.vsm_id, path=self.spec.path, body=body)
+        await self.bus.publish(self.topo.up_key(self.spec.path, kind), env.encode())
+
+    async def _run_agent(self) -> None:
+        """start, then tick every tick_interval if the agent has a tick of its own."""
+        assert self._started is not None
+        try:
+            if overrides(self.agent, "start"):
+                await self._agent("start")
+        finally:
+            self._started.set()
+        if not overrides(self.agent, "tick"):
+            return
+        while True:
+            await asyncio.sleep(self.spec.tick_interval)
+            await self._agent("tick")
+
+    async def _reconnect(self) -> None:
+        await self.bus.close()
+        backoff = 0.1
+        while True:
+            try:
+                await self.bus.open()
+                log.info("vsm %s reconnected to the broker", self.spec.vsm_id)
+                return
+            except BrokerError:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.spec.reconnect_max_backoff)
+
+    async def _report_failure(self, reason: str) -> None:
+        """Tell the daemon why we are about to exit, if the broker can still hear us."""
+        with contextlib.suppress(VsmdError, MemoryError):
+            await asyncio.wait_for(self._publish_up("failed", {"reason": reason[:500]}), 2.0)
+
+    async def _supervise(self, agent: asyncio.Task[None]) -> int:
+        """Wait for a stop, a lost broker or the agent's end; reconnect on a lost broker."""
+        assert self._stop is not None
+        stop = asyncio.ensure_future(self._stop.wait())
+        watch: set[asyncio.Future[Any]] = {stop, agent}
+        try:
+            while True:
+                lost = asyncio.ensure_future(self.bus.lost.wait())
+                await asyncio.wait(watch | {lost}, return_when=asyncio.FIRST_COMPLETED)
+                lost.cancel()
+                if stop.done():
+                    return self._exit_code
+                if agent.done() and agent in watch:
+                    watch.discard(agent)  # an agent without a tick is done after its start
+                    exc = agent.exception()
+                    if exc is not None:
+                        log.error("vsm %s: agent failed: %r", self.spec.vsm_id, exc)
+                        await self._report_failure(f"agent failed: {type(exc).__name__}: {exc}")
+                        return EXIT_AGENT
+                if self.bus.lost.is_set():
+                    log.warning("vsm %s lost the broker; reconnecting", self.spec.vsm_id)
+                    await asyncio.wait(
+                        {stop, asyncio.ensure_future(self._reconnect())},
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+        finally:
+            stop.cancel()
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop, self._started = asyncio.Event(), asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.bus.open()
+            await self._publish_up("ready", {"pid": os.getpid()})
+        except BrokerError as err:
+            print(f"vsm {self.spec.vsm_id}: cannot start: {err.message}", file=sys.stderr)
+            await self.bus.close()
+            return EXIT_BROKER
+        agent = asyncio.create_task(self._run_agent())
+        code = await self._supervise(agent)
+        agent.cancel()
+        if code != EXIT_AGENT and overrides(self.agent, "stop"):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._agent("stop"), 5.0)
+        await self.bus.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        return code
+
+
+def run_vsm(spec: VsmSpec, registry: AgentRegistry | None = None) -> int:
+    """Entry point of a VSM process, after fork or exec."""
+    setproctitle(f"vsm {spec.vsm_id} {spec.path}")
+    try:
+        reg = registry if registry is not None else build_registry(spec.agent_modules)
+        runtime = VsmRuntime(spec, reg)
+    except VsmdError as err:
+        print(f"vsm {spec.vsm_id}: {err.message}", file=sys.stderr)
+        return EXIT_SPEC
+    return asyncio.run(runtime.main())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vsmd.vsm.runtime SPEC_JSON``: the fresh-interpreter strategy."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        spec = VsmSpec.from_dict(loads_object(args[0].encode(), 1 << 20))
+    except (IndexError, VsmdError, TypeError) as exc:
+        print(f"vsm: bad spec: {exc}", file=sys.stderr)
+        return EXIT_SPEC
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    return run_vsm(spec)
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # an agent's worker thread blocked in a call must not hold the exit
