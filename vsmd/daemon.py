@@ -25,7 +25,7 @@ from vsmd.bus.daemon_bus import DaemonBus
 from vsmd.bus.topology import Topology
 from vsmd.config import Config
 from vsmd.control import Control
-from vsmd.errors import BrokerError, ProtocolError
+from vsmd.errors import BrokerError, ProtocolError, SpawnError
 from vsmd.events import Event, EventLog
 from vsmd.journal import Journal
 from vsmd.protocol import Envelope, dumps, error_reply
@@ -37,6 +37,8 @@ from vsmd.timers import Timers
 
 log = logging.getLogger("vsmd")
 SAMPLE_SLICES = 10  # each VSM is still sampled once per sample_interval
+FORKSERVER_RETRY = 1.0  # first wait before another try at a fork server that did not start
+FORKSERVER_RETRY_MAX = 60.0
 JOURNAL_RETRY = 5.0  # seconds between replays of journal writes that failed
 
 
@@ -127,9 +129,6 @@ class Daemon:
         return respond
 
     def _on_bus_event(self, key: str, props: pika.spec.BasicProperties, body: bytes) -> None:
-        if key.startswith("alg."):
-            self.control.handle_alert(key.rsplit(".", 1)[-1], body)
-            return
         split = self.topo.path_of_up_key(key)
         respond = self._responder(props)
         if split is None:
@@ -145,10 +144,7 @@ class Daemon:
 
     def _notify_vsm(self, rec: VsmRecord, kind: str, body: dict[str, Any]) -> None:
         """A message for a VSM's agent (its ``handle(kind, args)``), e.g. child_failed."""
-        if kind == "reparent":  # for the runtime itself, not its agent
-            env = Envelope(type="reparent", sender="vsmd", body=body)
-        else:
-            env = Envelope(type="call", sender="vsmd", body={"kind": kind, "args": body})
+        env = Envelope(type="call", sender="vsmd", body={"kind": kind, "args": body})
         try:
             self.bus.publish(self.topo.exchange, self.topo.down_key(rec.path), env.encode())
         except BrokerError as err:
@@ -214,8 +210,34 @@ class Daemon:
                 if rec.pid is not None:
                     rec.reported = "its fork server died"
                     self.manager.on_exited(rec.id, rec.pid, None, signal.SIGKILL)
-            self.pool.stop()
+            self._restart_forkserver()
+
+    def _restart_forkserver(self, attempt: int = 1) -> None:
+        """A new fork server; one that does not start is tried again with backoff, and the
+        daemon answers meanwhile (spawns are refused with the time of the next try)."""
+        if self._stop_deadline is not None:
+            return  # stopping: nothing left to fork for
+        self.pool.stop()
+        try:
             self.pool.start()
+        except SpawnError as err:
+            delay = min(FORKSERVER_RETRY * 2 ** min(attempt - 1, 16), FORKSERVER_RETRY_MAX)
+            self.pool.retry_at = time.monotonic() + delay
+            self.events_log.emit(
+                "forkserver_failed",
+                f"{err.message}; retrying in {delay:g} s (attempt {attempt})",
+                level=logging.ERROR,
+                attempt=attempt,
+                retry_in=delay,
+            )
+            self.timers.call_later(delay, lambda: self._restart_forkserver(attempt + 1))
+            return
+        self.events_log.emit(
+            "forkserver_restarted",
+            f"fork server {self.pool.pid} started (attempt {attempt})",
+            pid=self.pool.pid,
+            attempt=attempt,
+        )
 
     def _drain(self) -> None:
         while True:

@@ -16,9 +16,12 @@ import psutil
 import pytest
 
 from tests.support.harness import cleanup_namespace, poll_for, running_daemon, start_daemon
+from vsmctl.client import VsmClient
+from vsmd.errors import SpawnError
 from vsmd.protocol import Policy, SpawnConfig
 from vsmd.supervisor.forkserver import MAX_PACKET
 from vsmd.supervisor.oscalls import EXIT_PARENT_GONE
+from vsmd.supervisor.pool import ForkServerPool
 
 
 def gone(pid: int) -> bool:
@@ -134,3 +137,76 @@ def test_kill_9_of_vsmd_takes_an_agents_subprocess_along(broker_url: str, tmp_pa
         if helper and not gone(helper):  # a failed run leaves nothing running
             with contextlib.suppress(ProcessLookupError):
                 os.kill(helper, signal.SIGKILL)
+
+
+class SilentPool(ForkServerPool):
+    """Starts a "fork server" that never says hello (hung in its imports, say)."""
+
+    def _command(self, fd: int) -> list[str]:
+        return [sys.executable, "-c", "import time; time.sleep(300)"]
+
+
+class DyingPool(ForkServerPool):
+    """Starts a "fork server" that exits before its hello."""
+
+    def _command(self, fd: int) -> list[str]:
+        return [sys.executable, "-c", "raise SystemExit(3)"]
+
+
+def my_children() -> set[int]:
+    return {p.pid for p in psutil.Process().children() if not gone(p.pid)}
+
+
+def test_a_fork_server_that_never_says_hello_is_killed_after_the_timeout() -> None:
+    before = my_children()
+    pool = SilentPool(lambda _ev: None, hello_timeout=1.0)
+    with pytest.raises(SpawnError) as failed:
+        pool.start()
+    assert failed.value.message == "the fork server did not say hello within 1 s"
+    assert not pool.alive
+    assert my_children() <= before  # killed and reaped, not left behind
+
+
+def test_a_fork_server_that_dies_before_its_hello_fails_the_start() -> None:
+    before = my_children()
+    pool = DyingPool(lambda _ev: None)
+    with pytest.raises(SpawnError, match="the fork server did not start"):
+        pool.start()
+    assert not pool.alive
+    assert my_children() <= before
+
+
+def event_kinds(c: VsmClient) -> list[str]:
+    return [e["kind"] for e in c.events()[1]]
+
+
+def test_a_fork_server_that_cannot_restart_is_retried_while_the_daemon_answers(
+    broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "break-agents"
+    monkeypatch.setenv("VSMD_TEST_BREAK_AGENTS", str(marker))  # the daemon's env, inherited
+    config = {"agent_modules": ["tests.support.agents", "tests.support.fragile_agents"]}
+    with running_daemon(broker_url, tmp_path / "state", config=config) as d:
+        c = d.client()
+        fork_server = next(
+            p
+            for p in psutil.Process(d.proc.pid).children()
+            if "forkserver" in " ".join(p.cmdline())
+        )
+        marker.touch()  # every fork server from now on fails before its hello
+        fork_server.kill()
+        poll_for(lambda: "forkserver_failed" in event_kinds(c), timeout=60, what="a failed start")
+        assert c.ping()["pong"]  # the daemon answers on
+        with pytest.raises(SpawnError) as refused:
+            c.spawn_recursive_vsm(None, SpawnConfig(name="meanwhile"))
+        assert "the fork server is not running; retrying in " in refused.value.message
+        [failed, *_] = [e for e in c.events()[1] if e["kind"] == "forkserver_failed"]
+        assert failed["details"]["attempt"] == 1
+        assert "retrying in 1 s" in failed["message"]
+
+        marker.unlink()
+        poll_for(
+            lambda: "forkserver_restarted" in event_kinds(c), timeout=120, what="a new fork server"
+        )
+        assert c.spawn_recursive_vsm(None, SpawnConfig(name="after")).status == "running"
+        assert "fork server" in d.log() and "retrying in" in d.log()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,9 @@ from vsmd.spec import VsmSpec
 from vsmd.supervisor.forkserver import MAX_PACKET
 
 log = logging.getLogger("vsmd.pool")
+# A fork server imports the VSM runtime and the agent modules before its hello: seconds on a
+# loaded host, never this long unless it hangs.
+HELLO_TIMEOUT = 30.0
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -35,42 +40,91 @@ class ForkServerPool:
         agent_modules: tuple[str, ...] = (),
         strategy: str = "forkserver",
         gc_freeze: bool = True,
+        hello_timeout: float = HELLO_TIMEOUT,
     ) -> None:
         self._sink = sink
         self._agent_modules = agent_modules
         self.strategy = strategy
         self.gc_freeze = gc_freeze
+        self.hello_timeout = hello_timeout
+        # While no fork server runs: when the daemon tries again (monotonic), for the refusals.
+        self.retry_at: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self.pid: int | None = None
 
+    def _command(self, fd: int) -> list[str]:
+        return [
+            sys.executable,
+            "-P",  # not the daemon's working directory first on the path: this install
+            "-m",
+            "vsmd.supervisor.forkserver",
+            str(fd),
+            str(os.getpid()),  # its parent: it checks it is still there
+            *self._agent_modules,
+        ]
+
     def start(self) -> None:
+        """Start the fork server and wait for its hello.
+
+        SpawnError if it does not say hello within ``hello_timeout``; nothing is left running.
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_PACKET * 2)
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-P",  # not the daemon's working directory first on the path: this install
-                "-m",
-                "vsmd.supervisor.forkserver",
-                str(theirs.fileno()),
-                str(os.getpid()),  # its parent: it checks it is still there
-                *self._agent_modules,
-            ],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
+        try:
+            self._proc = subprocess.Popen(
+                self._command(theirs.fileno()),
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            ours.close()
+            raise SpawnError(f"the fork server did not start: {exc.strerror}") from None
+        finally:
+            theirs.close()
         self._sock = ours
-        hello = orjson.loads(ours.recv(MAX_PACKET) or b"{}")
-        if hello.get("ev") != "hello":
-            raise SpawnError("the fork server did not start; see the log above")
+        try:
+            hello = self._hello(ours)
+        except SpawnError:
+            self._abandon()
+            raise
         self.pid = int(hello["pid"])
+        self.retry_at = None
         self._reader = threading.Thread(target=self._read, name="forkserver-reader", daemon=True)
         self._reader.start()
         log.info("fork server %d ready", self.pid)
+
+    def _hello(self, sock: socket.socket) -> dict[str, Any]:
+        sock.settimeout(self.hello_timeout)
+        try:
+            raw = sock.recv(MAX_PACKET)
+        except TimeoutError:
+            raise SpawnError(
+                f"the fork server did not say hello within {self.hello_timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise SpawnError(f"the fork server did not start: {exc.strerror}") from None
+        finally:
+            sock.settimeout(None)
+        try:
+            hello: dict[str, Any] = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            hello = {}
+        if hello.get("ev") != "hello":
+            raise SpawnError("the fork server did not start; see the log above")
+        return hello
+
+    def _abandon(self) -> None:
+        """Kill a fork server that did not start properly and forget it."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._sock is not None:
+            self._sock.close()
+        self._proc = None
+        self._sock = None
 
     def _read(self) -> None:
         sock = self._sock
@@ -87,7 +141,10 @@ class ForkServerPool:
 
     def _send(self, msg: dict[str, Any]) -> None:
         if self._sock is None:
-            raise SpawnError("the fork server is not running")
+            if self.retry_at is None:
+                raise SpawnError("the fork server is not running")
+            wait = max(0.0, self.retry_at - time.monotonic())
+            raise SpawnError(f"the fork server is not running; retrying in {math.ceil(wait)} s")
         try:
             with self._send_lock:
                 self._sock.send(orjson.dumps(msg))
