@@ -129,6 +129,9 @@ class Daemon:
         return respond
 
     def _on_bus_event(self, key: str, props: pika.spec.BasicProperties, body: bytes) -> None:
+        if key.startswith("alg."):
+            self.control.handle_alert(key.rsplit(".", 1)[-1], body)
+            return
         split = self.topo.path_of_up_key(key)
         respond = self._responder(props)
         if split is None:
@@ -144,7 +147,10 @@ class Daemon:
 
     def _notify_vsm(self, rec: VsmRecord, kind: str, body: dict[str, Any]) -> None:
         """A message for a VSM's agent (its ``handle(kind, args)``), e.g. child_failed."""
-        env = Envelope(type="call", sender="vsmd", body={"kind": kind, "args": body})
+        if kind == "reparent":  # for the runtime itself, not its agent
+            env = Envelope(type="reparent", sender="vsmd", body=body)
+        else:
+            env = Envelope(type="call", sender="vsmd", body={"kind": kind, "args": body})
         try:
             self.bus.publish(self.topo.exchange, self.topo.down_key(rec.path), env.encode())
         except BrokerError as err:
