@@ -173,3 +173,49 @@ def test_request_to_a_vsm_that_dies_meanwhile(world: World) -> None:
     assert not worker.is_alive()
     assert result["error"] == "UNREACHABLE"  # not TIMEOUT after 120 s
     assert "went down" in result["message"]
+
+
+def test_an_abandoned_vsm_is_bound_in_its_new_place(world: World) -> None:
+    c = world.c
+    p = c.spawn_recursive_vsm(None, SpawnConfig(name="p", agent="recorder")).id
+    m = c.spawn_recursive_vsm(p, SpawnConfig(name="m", agent="recorder")).id
+    k = c.spawn_recursive_vsm(
+        m, SpawnConfig(name="k", agent="recorder", policy=Policy(on_parent_exit="abandon"))
+    ).id
+    c.terminate_child_vsm(m)
+    assert c.show(k).parent == p
+    world.ids.update(p=p, k=k)
+    try:
+        # Its new parent's broadcast to its children reaches it, and its "parent" is p now.
+        c.call(p, "do", {"op": "broadcast", "kind": "adopted", "depth": 1}, timeout=30)
+        poll_for(lambda: world.got("k", "adopted"), timeout=30, what="k to hear its new parent")
+        answer = c.call(k, "do", {"op": "request", "target": "parent", "kind": "hi"}, timeout=30)
+        assert answer == {"result": {"me": "p", "kind": "hi"}}
+    finally:
+        c.terminate_child_vsm(p)
+
+
+def test_a_restarted_vsm_is_bound_again(world: World) -> None:
+    c = world.c
+    info = c.spawn_recursive_vsm(
+        world.ids["a2"],
+        SpawnConfig(name="phoenix", agent="recorder", policy=Policy(restart="permanent")),
+    )
+    assert info.pid is not None
+    psutil.Process(info.pid).send_signal(signal.SIGKILL)
+
+    def back() -> bool:
+        now = c.show(info.id)
+        return now.status == "running" and now.pid not in (None, info.pid)
+
+    poll_for(back, timeout=60, what="the VSM to be restarted")
+    answer = world.do("a2", op="request", target=info.id, kind="again")
+    assert answer == {"result": {"me": "r.a2.phoenix", "kind": "again"}}
+    world.do("a2", op="broadcast", kind="after-restart", depth=1)
+    got = poll_for(
+        lambda: [m for m in c.call(info.id, "log")["got"] if m["kind"] == "after-restart"],
+        timeout=30,
+        what="the restarted VSM to get its parent's broadcast",
+    )
+    assert len(got) == 1
+    c.terminate_child_vsm(info.id)
