@@ -1,4 +1,4 @@
-"""vsmctl: spawn, list, show and terminate VSMs of a running vsmd.
+"""vsmctl: spawn, list, show and terminate VSMs of a running vsmd, and message them.
 
 Exit codes: 0 ok, 1 the daemon refused (its code and message on stderr), 2 usage,
 3 no daemon answers.
@@ -8,58 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import orjson
 import typer
 
+from vsmctl import messaging
 from vsmctl.client import DEFAULT_TIMEOUT, VsmClient
-from vsmd.errors import NoDaemon, VsmdError
+from vsmctl.options import Broker, Json, Namespace, Timeout
+from vsmctl.options import call as _call
+from vsmctl.options import print_json as _json
+from vsmd.errors import VsmdError
 from vsmd.protocol import ListVsms, Policy, SpawnConfig, VsmInfo
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Control a running vsmd: spawn, list, show and terminate VSMs.",
+    help="Control a running vsmd: spawn, list, show and terminate VSMs, and message them.",
 )
-
-Broker = Annotated[
-    str | None, typer.Option("--broker", envvar="VSM_BROKER_URL", help="AMQP URL of the broker.")
-]
-Namespace = Annotated[
-    str | None, typer.Option("--namespace", envvar="VSM_NAMESPACE", help="The daemon's namespace.")
-]
-Timeout = Annotated[
-    float,
-    typer.Option(
-        "--timeout", envvar="VSM_TIMEOUT", min=0.1, help="Seconds to wait for the daemon."
-    ),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-T = TypeVar("T")
-
-
-def _call(
-    broker: str | None, namespace: str | None, timeout: float, fn: Callable[[VsmClient], T]
-) -> T:
-    """Run one client call; turn errors into a line on stderr and the documented exit code."""
-    try:
-        with VsmClient(broker, namespace, timeout) as client:
-            return fn(client)
-    except NoDaemon as err:
-        typer.echo(f"vsmctl: {err.message}", err=True)
-        raise typer.Exit(EXIT_NO_DAEMON) from None
-    except VsmdError as err:
-        typer.echo(f"vsmctl: {err.code}: {err.message}", err=True)
-        raise typer.Exit(EXIT_REFUSED) from None
-
-
-def _json(obj: Any) -> None:
-    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def _settings(pairs: list[str], config_file: Path | None) -> dict[str, Any]:
@@ -268,6 +235,9 @@ def ping(
             f"vsmd {result['version']} answers on namespace {result['namespace']} "
             f"(pid {result['pid']}, {result['vsms']} VSMs, up {result['uptime']:.0f} s)"
         )
+
+
+messaging.register(app)  # after the commands above, so that help lists them first
 
 
 def main() -> None:

@@ -2,25 +2,37 @@
 
 with VsmClient(namespace="vsm") as c:
     root = c.spawn_recursive_vsm(None, SpawnConfig(name="root"))
-    c.spawn_recursive_vsm(root.id, SpawnConfig(name="a"))
+    a = c.spawn_recursive_vsm(root.id, SpawnConfig(name="a"))
     print([v.path for v in c.list_child_vsms()])
+    print(c.send(a.id, "hello", {"x": 1}, wait=True))
+    c.broadcast(root.id, "news", {"n": 1}, depth=1)
     c.terminate_child_vsm(root.id)
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from vsmd.bus.connection import close_quietly, connect, redact
+from vsmd.bus.publish import ConfirmedPublisher
 from vsmd.bus.rpc import RpcChannel
 from vsmd.bus.subscribe import Subscription
 from vsmd.bus.topology import Topology
 from vsmd.config import DEFAULT_BROKER_URL
-from vsmd.errors import BrokerError, NoDaemon, Throttled, VsmdError, from_dict
+from vsmd.errors import (
+    BrokerError,
+    NoDaemon,
+    ProtocolError,
+    Throttled,
+    Unreachable,
+    VsmdError,
+    from_dict,
+)
 from vsmd.protocol import (
     Command,
     Envelope,
@@ -38,6 +50,9 @@ from vsmd.protocol import (
 
 DEFAULT_TIMEOUT = 60.0  # above the daemon's default spawn_timeout (30 s)
 MAX_REPLY = 64 << 20
+SENDER = "vsmctl"  # the envelope's sender of everything this client publishes
+# What may stand in a routing key as an id; anything else cannot be a VSM's (the daemon says so).
+_KEYABLE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class VsmClient:
@@ -55,6 +70,7 @@ class VsmClient:
         self.topo = Topology(self.namespace)
         self._conn: Any = None
         self._rpc: RpcChannel | None = None
+        self._publisher: ConfirmedPublisher | None = None
 
     def _no_daemon(self, why: str = "") -> NoDaemon:
         extra = f" ({why})" if why else ""
@@ -143,19 +159,61 @@ class VsmClient:
         return VsmInfo.from_dict(self.request(Show(id=vsm_id)))
 
     def _to_vsm(self, vsm_id: str, env: Envelope, timeout: float | None) -> Any:
-        """Send an envelope to a VSM's inbox and return the result of its reply."""
-        info = self.show(vsm_id)
+        """Send an envelope to a VSM's inbox (``vsm.<id>``) and return the result of its reply.
+
+        The request is mandatory and the inbox is probed while we wait, so a VSM that is
+        unknown or down, or goes down before it answers, gives NOT_FOUND or UNREACHABLE
+        rather than a TIMEOUT; only then is the daemon asked (``show``) which of the two.
+        """
+        self._keyable(vsm_id)
         wait = self.timeout if timeout is None else timeout
+        probe = Envelope(type="probe", sender=SENDER).encode()  # the runtime ignores it
         try:
             raw = self._channel().call(
-                self.topo.exchange, self.topo.down_key(info.path), env.encode(), wait
+                self.topo.exchange, self.topo.id_key(vsm_id), env.encode(), wait, probe
             )
+        except Unreachable as err:
+            raise self._unreachable(vsm_id, err) from None
         except BrokerError as err:
             raise self._no_daemon(err.message) from None
         reply = loads_object(raw, MAX_REPLY)
         if reply.get("ok") is not True:
             raise from_dict(reply.get("error") or {})
         return reply.get("result")
+
+    def _keyable(self, vsm_id: str) -> None:
+        """An id that cannot go into a routing key gets the daemon's own NOT_FOUND."""
+        if not _KEYABLE_ID.fullmatch(vsm_id):
+            self.show(vsm_id)
+
+    def _unreachable(self, vsm_id: str, err: Unreachable) -> VsmdError:
+        """NotFound for an id the daemon does not know, else Unreachable with its status."""
+        info = self.show(vsm_id)  # raises NotFound
+        name = f"VSM {vsm_id} ({info.path})"
+        if err.details.get("taken"):
+            why = f"{name} went down before it answered (status {info.status})"
+        else:
+            why = f"{name} is not running (status {info.status}): it has no inbox"
+        return Unreachable(why, id=vsm_id, status=info.status)
+
+    def _publish(self, routing_key: str, env: Envelope, mandatory: bool) -> None:
+        self._channel()  # connects
+        if self._publisher is None:
+            self._publisher = ConfirmedPublisher(self._conn)
+        try:
+            self._publisher.publish(self.topo.exchange, routing_key, env.encode(), mandatory)
+        except BrokerError as err:  # Unreachable is no BrokerError: it passes through
+            raise self._no_daemon(err.message) from None
+
+    @staticmethod
+    def _message(kind: str, body: dict[str, Any] | None, **extra: Any) -> Envelope:
+        if not isinstance(kind, str) or not kind:
+            raise ProtocolError("kind must be a non-empty string")
+        if body is not None and not isinstance(body, dict):
+            raise ProtocolError(f"body must be a dict, got {type(body).__name__}")
+        return Envelope(
+            type="call", sender=SENDER, body={"kind": kind, "args": body or {}, **extra}
+        )
 
     def call(
         self,
@@ -165,12 +223,61 @@ class VsmClient:
         timeout: float | None = None,
     ) -> Any:
         """Send a message to a VSM's inbox (its agent's ``handle``); the agent's answer."""
-        env = Envelope(type="call", sender="vsmctl", body={"kind": kind, "args": args or {}})
-        return self._to_vsm(vsm_id, env, timeout)
+        return self._to_vsm(vsm_id, self._message(kind, args), timeout)
+
+    def send(
+        self,
+        vsm_id: str,
+        kind: str,
+        body: dict[str, Any] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """Deliver ``kind``/``body`` to the VSM's agent (``handle(ctx, kind, body, sender)``,
+        sender ``vsmctl``).
+
+        Without ``wait``: returns None once the broker has put it in the VSM's inbox (publisher
+        confirm). With ``wait``: the agent's answer, or its error raised (as ``call``).
+        NotFound for an unknown id, Unreachable for a VSM that is down.
+        """
+        env = self._message(kind, body)
+        if wait:
+            return self._to_vsm(vsm_id, env, timeout)
+        self._keyable(vsm_id)
+        try:
+            self._publish(self.topo.id_key(vsm_id), env, mandatory=True)
+        except Unreachable as err:
+            raise self._unreachable(vsm_id, err) from None
+        return None
+
+    def broadcast(
+        self,
+        vsm_id: str,
+        kind: str,
+        body: dict[str, Any] | None = None,
+        depth: int | None = None,
+    ) -> None:
+        """Deliver to the descendants of ``vsm_id`` (not to the VSM itself), as its own
+        ``ctx.broadcast`` would: every one (``depth=None``), its children (1), or those at most
+        ``depth`` levels below it. Fire and forget: no answers, and a VSM without descendants is
+        no error. NotFound for an unknown id.
+        """
+        if depth is not None and (type(depth) is not int or depth < 1):
+            raise ProtocolError("depth must be 1 or more, or None for the whole subtree")
+        env = self._message(kind, body)  # checks kind and body before asking the daemon
+        info = self.show(vsm_id)  # NotFound; the depth the receivers count from
+        if depth == 1:
+            key = self.topo.children_key(info.id)
+        else:
+            key = self.topo.subtree_key(info.id)
+            if depth is not None:
+                # Every descendant has the subtree binding; those deeper than asked drop it.
+                env = self._message(kind, body, within=depth, from_depth=info.depth)
+        self._publish(key, env, mandatory=False)
 
     def ping_vsm(self, vsm_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Ask the VSM itself (not the daemon) to answer."""
-        env = Envelope(type="ping", sender="vsmctl")
+        env = Envelope(type="ping", sender=SENDER)
         result: dict[str, Any] = self._to_vsm(vsm_id, env, timeout)
         return result
 
@@ -197,7 +304,7 @@ class VsmClient:
 
     def close(self) -> None:
         close_quietly(self._conn)
-        self._conn, self._rpc = None, None
+        self._conn, self._rpc, self._publisher = None, None, None
 
     def __enter__(self) -> VsmClient:
         return self

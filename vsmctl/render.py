@@ -120,3 +120,21 @@ def print_event(event: dict[str, Any]) -> None:
         f"[dim]{stamp} #{event['seq']}[/] [bold]{event['kind']}[/] {event['message']}",
         markup=True,
     )
+
+
+def print_result(result: Any) -> None:
+    """An agent's answer: an object as one key per line, anything else as JSON."""
+    import orjson
+
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+    if not isinstance(result, dict) or not result:
+        Console(highlight=False).print(text(result), markup=False)
+        return
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in result.items():
+        table.add_row(str(key), text(value))
+    _console().print(table)
