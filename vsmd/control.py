@@ -21,15 +21,20 @@ from vsmd.protocol import (
     Events,
     ListVsms,
     Ping,
+    PolicySet,
+    PolicyShow,
     Show,
     Spawn,
+    StateOf,
     Terminate,
     VsmInfo,
     error_reply,
     ok_reply,
     parse_request,
 )
+from vsmd.registry import VsmRecord
 from vsmd.spawn_manager import SpawnManager
+from vsmd.state_store import StateStore
 
 log = logging.getLogger("vsmd.control")
 
@@ -67,9 +72,12 @@ def _answer_when_done(
 
 
 class Control:
-    def __init__(self, config: Config, manager: SpawnManager) -> None:
+    def __init__(
+        self, config: Config, manager: SpawnManager, store: StateStore | None = None
+    ) -> None:
         self.config = config
         self.manager = manager
+        self.store = store or StateStore(manager.registry, None, lambda _k, _b: None, 1 << 20)
         self.started = time.time()
 
     # --- admin requests --------------------------------------------------------------------
@@ -147,6 +155,8 @@ class Control:
                 self.manager.on_ready(sender.id, pid if isinstance(pid, int) else 0)
             elif kind == "failed":
                 self.manager.on_failure_report(sender.id, str(env.body.get("reason", "")))
+            elif kind in ("state", "sync", "flush"):
+                self._state_request(kind, sender, env, respond)
             elif kind == "spawn":
                 cmd = Spawn.from_args(env.body)
                 # A VSM may only create children of its own: its authority is its subtree.
@@ -161,6 +171,25 @@ class Control:
             what = f"{kind[:64]} from VSM {path}"
             log.exception("internal error while handling %s", what)
             respond(error_reply(internal(what)))
+
+    def _state_request(self, kind: str, sender: VsmRecord, env: Envelope, respond: Respond) -> None:
+        if kind == "state":
+            self.store.on_state(sender, env.body)
+        elif kind == "sync":
+            respond(ok_reply(self.store.snapshot_for(sender)))
+        else:
+            self.store.on_flush(respond)
+
+    # --- state and policy (admin) ----------------------------------------------------------
+
+    def state(self, cmd: StateOf, respond: Respond) -> None:
+        respond(ok_reply(self.store.view(self.manager.registry.get(cmd.id))))
+
+    def policy_set(self, cmd: PolicySet, respond: Respond) -> None:
+        respond(ok_reply(self.store.set_policy(cmd.id, cmd.values)))
+
+    def policy_show(self, cmd: PolicyShow, respond: Respond) -> None:
+        respond(ok_reply(self.store.policy_view(self.manager.registry.get(cmd.id))))
 
     def handle_alert(self, sender_id: str, body: bytes) -> None:
         """An algedonic alert from a VSM (key ``alg.<root>.<sender>``): an ``alert`` event."""
@@ -196,4 +225,7 @@ HANDLERS: dict[type[Command], Handler] = {
     Show: Control.show,
     Terminate: Control.terminate,
     Events: Control.events,
+    StateOf: Control.state,
+    PolicySet: Control.policy_set,
+    PolicyShow: Control.policy_show,
 }

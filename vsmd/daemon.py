@@ -31,6 +31,7 @@ from vsmd.journal import Journal
 from vsmd.protocol import Envelope, dumps, error_reply
 from vsmd.registry import VsmRecord
 from vsmd.spawn_manager import SpawnManager
+from vsmd.state_store import WRITE_EVERY, StateStore
 from vsmd.supervisor.oscalls import become_subreaper
 from vsmd.supervisor.pool import ForkServerPool
 from vsmd.timers import Timers
@@ -67,7 +68,11 @@ class Daemon:
             journal=self.journal,
             notify=self._notify_vsm,
         )
-        self.control = Control(config, self.manager)
+        self.store = StateStore(
+            self.manager.registry, self.journal, self._publish_tree, config.max_message_bytes
+        )
+        self.manager.state_policy = self.store
+        self.control = Control(config, self.manager, self.store)
         self._signals: list[int] = []
         self._backoff = 0.2
         self._next_connect = 0.0
@@ -139,6 +144,16 @@ class Daemon:
             return
         self.control.handle_vsm(split[0], split[1], body, respond)
 
+    def _publish_tree(self, key: str, body: bytes) -> None:
+        try:
+            self.bus.publish(self.topo.exchange, key, body)
+        except BrokerError as err:  # a VSM that missed it gets it with its next sync
+            log.warning("could not publish %s: %s", key, err.message)
+
+    def _write_states(self) -> None:
+        self.timers.call_later(WRITE_EVERY, self._write_states)
+        self.store.write()
+
     def _publish_event(self, event: Event) -> None:
         key = f"event.{event.path or 'daemon'}.{event.kind}"
         # Without a broker it stays in the ring buffer; followers catch up with `vsmctl events`.
@@ -169,6 +184,7 @@ class Daemon:
     def _retry_journal(self) -> None:
         """Replay failed deletes and re-parents even when no spawn comes to write first."""
         self.timers.call_later(JOURNAL_RETRY, self._retry_journal)
+        self.timers.call_later(WRITE_EVERY, self._write_states)
         if self.journal.pending:
             self.journal.flush()
 
@@ -189,6 +205,11 @@ class Daemon:
                 os.waitpid(info.si_pid, 0)
 
     def _on_removed(self, rec: VsmRecord) -> None:
+        self.store.forget(rec.id)
+        parent = self.manager.registry.find(rec.parent) if rec.parent else None
+        if parent is not None:  # its replica of the child, and the subtree summary, shrink
+            env = Envelope(type="forget", sender="vsmd", body={"child": rec.id})
+            self._publish_tree(self.topo.id_key(parent.id), env.encode())
         try:
             self.bus.delete_queue(self.topo.inbox(rec.id))
         except BrokerError as err:
@@ -270,6 +291,7 @@ class Daemon:
             self._stop_deadline = 0.0
             return
         log.info("stopping: terminating every VSM, leaves first")
+        self.store.write()  # their last states, before they are removed one by one
         self._stop_futures = self.manager.shutdown()
         budget = self.config.stop_timeout * (self.config.max_depth + 1) + 5.0
         self._stop_deadline = time.monotonic() + budget
@@ -309,11 +331,15 @@ class Daemon:
         self._install_signals()
         become_subreaper()
         self.pool.start()
+        states = self.store.load()
         restored, _dropped = self.manager.restore()
+        if states:
+            log.info("loaded the state of %d VSMs from the journal", states)
         if restored:
             log.info("restored %d VSMs from the journal", restored)
         self.timers.call_later(self.config.sample_interval / SAMPLE_SLICES, self._sample)
         self.timers.call_later(JOURNAL_RETRY, self._retry_journal)
+        self.timers.call_later(WRITE_EVERY, self._write_states)
         log.info(
             "vsmd ready: namespace %s, broker %s, strategy %s, max_total %d",
             self.config.namespace,
@@ -334,6 +360,7 @@ class Daemon:
         finally:
             self.pool.stop()
             self.bus.close()
+            self.store.write()
             self.journal.close()
         log.info("vsmd stopped")
         return 0

@@ -7,6 +7,7 @@ spawn path without an fsync per VSM.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ CREATE TABLE IF NOT EXISTS vsms (
     seq INTEGER NOT NULL
 )
 """
+
+
+# The last synced state of each VSM (a vsmd.state snapshot), written in batches.
+_STATES = "CREATE TABLE IF NOT EXISTS states (id TEXT PRIMARY KEY, snapshot BLOB NOT NULL)"
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            self._db.execute(_STATES)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the journal {path}: {exc}") from None
         self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM vsms").fetchone()[0]
@@ -103,6 +109,7 @@ class Journal:
         for vsm_id, move in list(self._pending.items()):
             if move is None:
                 self._write("DELETE FROM vsms WHERE id = ?", (vsm_id,))
+                self._write("DELETE FROM states WHERE id = ?", (vsm_id,))
             else:
                 self._write("UPDATE vsms SET parent = ?, depth = ? WHERE id = ?", (*move, vsm_id))
             del self._pending[vsm_id]
@@ -137,6 +144,23 @@ class Journal:
         """Never raises: a delete that cannot be written now is replayed later."""
         self._pending[vsm_id] = None  # supersedes a pending move
         self.flush()
+
+    def put_states(self, rows: list[tuple[str, bytes]]) -> None:
+        """Record VSM states in one transaction; raises JournalUnavailable."""
+        self._replay()
+        self._write("BEGIN", ())
+        try:
+            for row in rows:
+                self._write("INSERT OR REPLACE INTO states VALUES (?, ?)", row)
+            self._write("COMMIT", ())
+        except JournalUnavailable:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
+
+    def load_states(self) -> dict[str, bytes]:
+        rows = self._db.execute("SELECT id, snapshot FROM states").fetchall()
+        return {r[0]: bytes(r[1]) for r in rows}
 
     def load(self) -> list[Entry]:
         """Parents before children."""

@@ -206,8 +206,63 @@ class Terminate(Command):
     timeout: float | None = None
 
 
+@dataclass(frozen=True)
+class StateOf(Command):
+    """A VSM's state as the daemon's replica holds it, with its effective policy."""
+
+    cmd: ClassVar[str] = "state"
+    id: str
+
+
+@dataclass(frozen=True)
+class PolicySet(Command):
+    """Set policy keys on a VSM; they flow down to every descendant."""
+
+    cmd: ClassVar[str] = "policy_set"
+    id: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyShow(Command):
+    cmd: ClassVar[str] = "policy_show"
+    id: str
+
+
+# Policy keys the daemon enforces (and their types); agents' own keys start with "x-".
+POLICY_KEYS: dict[str, tuple[type, ...]] = {
+    "max_children": (int,),
+    "max_depth_below": (int,),
+    "memory_mb": (int,),
+    "cpu_percent": (int, float),
+}
+
+
+def check_policy_value(key: str, value: Any) -> Any:
+    """A policy key and value as ``policy_set`` accepts them, or ProtocolError."""
+    if not isinstance(key, str) or not key:
+        raise ProtocolError("a policy key must be a non-empty string", field="values")
+    if key.startswith("x-") and 2 < len(key) <= 64:
+        if value is not None and not isinstance(value, str | int | float | bool | list):
+            raise ProtocolError(f"policy {key}: a string, number, boolean or list", field=key)
+        return value
+    kinds = POLICY_KEYS.get(key)
+    if kinds is None:
+        raise ProtocolError(
+            f"{key[:64]!r} is not a policy key: use {', '.join(POLICY_KEYS)}, "
+            "or x-<name> for a key of the agents' own",
+            field=key,
+        )
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ProtocolError(f"policy {key} must be a number of 0 or more", field=key)
+    if not isinstance(value, kinds):
+        raise ProtocolError(f"policy {key} must be a number of 0 or more", field=key)
+    return value
+
+
 COMMANDS: dict[str, type[Command]] = {
-    c.cmd: c for c in (Ping, Spawn, ListVsms, Show, Terminate, Events)
+    c.cmd: c
+    for c in (Ping, Spawn, ListVsms, Show, Terminate, Events, StateOf, PolicySet, PolicyShow)
 }
 
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from vsmd import budget
+from vsmd import budget, policy_limits
 from vsmd.agents import AgentRegistry
 from vsmd.config import Config, check_name
 from vsmd.errors import (
@@ -61,6 +61,8 @@ class SpawnManager(Lifecycle):
         self.admission = admission or Admission(config)
         self.sampler = Sampler(config.quota_violations)
         self.shutting_down = False
+        # Limits set at run time (vsmctl policy set); the daemon plugs in its state store.
+        self.state_policy: policy_limits.StatePolicy | None = None
 
     # --- the API ---------------------------------------------------------------------------
 
@@ -157,6 +159,8 @@ class SpawnManager(Lifecycle):
             raise Conflict(f"parent {parent.id} is {parent.status}, not running")
         depth = 1 if parent is None else parent.depth + 1
         self._check_limits(parent, depth)
+        if self.state_policy is not None:
+            policy_limits.check_spawn(self.registry, self.state_policy, parent, depth)
         agent = config.agent or self.config.default_agent
         if agent not in self.agents:
             raise NotFound(
@@ -415,6 +419,11 @@ class SpawnManager(Lifecycle):
             )
         return restored, dropped
 
+    def _limits(self, rec: VsmRecord) -> Policy:
+        if self.state_policy is None:
+            return rec.policy
+        return policy_limits.tightened(rec, self.state_policy)
+
     def sample(self, part: int = 0, parts: int = 1) -> None:
         """Sample every ``parts``-th running VSM, starting at ``part``.
 
@@ -422,7 +431,7 @@ class SpawnManager(Lifecycle):
         holds its loop (and the admin queue) for the whole pass at once.
         """
         targets = [
-            Sample(r.id, r.pid, r.policy, self.effective(r, "quota_action"))
+            Sample(r.id, r.pid, self._limits(r), self.effective(r, "quota_action"))
             for r in self.registry.all()  # by hash: a VSM stays in its slice as others come and go
             if hash(r.id) % parts == part and r.status is Status.RUNNING and r.pid
         ]

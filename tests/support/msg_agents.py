@@ -34,23 +34,59 @@ class RecorderAgent(AsyncAgent):
         return {"me": ctx.path, "kind": kind}
 
     async def _do(self, ctx: AgentContext, cmd: dict[str, Any]) -> dict[str, Any]:
-        op, kind, body = cmd["op"], cmd.get("kind", "msg"), cmd.get("body") or {}
+        op = cmd["op"]
+        handler = OPS.get(op) or STATE_OPS.get(op)
+        if handler is None:
+            return {"error": "UNKNOWN_OP"}
         try:
-            if op == "send":
-                await ctx.send(cmd["target"], kind, body)
-                return {"result": None}
-            if op == "request":
-                answer = await ctx.request(cmd["target"], kind, body, cmd.get("timeout", 10.0))
-                return {"result": answer}
-            if op == "broadcast":
-                await ctx.broadcast(kind, body, cmd.get("depth"))
-                return {"result": None}
-            if op == "alert":
-                await ctx.alert(cmd.get("severity", "critical"), cmd.get("text", ""), body)
-                return {"result": None}
+            return {"result": await handler(ctx, cmd)}
         except VsmdError as err:
             return {"error": err.code, "message": err.message}
-        return {"error": "UNKNOWN_OP"}
+
+
+async def _send(ctx: AgentContext, cmd: dict[str, Any]) -> Any:
+    await ctx.send(cmd["target"], cmd.get("kind", "msg"), cmd.get("body") or {})
+
+
+async def _request(ctx: AgentContext, cmd: dict[str, Any]) -> Any:
+    body = cmd.get("body") or {}
+    return await ctx.request(cmd["target"], cmd.get("kind", "msg"), body, cmd.get("timeout", 10.0))
+
+
+async def _broadcast(ctx: AgentContext, cmd: dict[str, Any]) -> Any:
+    await ctx.broadcast(cmd.get("kind", "msg"), cmd.get("body") or {}, cmd.get("depth"))
+
+
+async def _alert(ctx: AgentContext, cmd: dict[str, Any]) -> Any:
+    await ctx.alert(cmd.get("severity", "critical"), cmd.get("text", ""), cmd.get("body") or {})
+
+
+OPS = {"send": _send, "request": _request, "broadcast": _broadcast, "alert": _alert}
+
+
+async def _set(ctx: AgentContext, cmd: dict[str, Any]) -> Any:
+    for key, value in (cmd.get("data") or {}).items():
+        ctx.state.set(key, value)
+    for name, n in (cmd.get("counts") or {}).items():
+        ctx.state.count(name, n)
+    if "health" in cmd:
+        ctx.state.health(cmd["health"])
+    for key, value in (cmd.get("policy") or {}).items():
+        ctx.state.set_policy(key, value)
+    if cmd.get("flush"):
+        await ctx.state.flush()
+    return None
+
+
+async def _show(ctx: AgentContext, cmd: dict[str, Any]) -> Any:
+    return {
+        "data": ctx.state.data(),
+        "policy": ctx.state.policy,
+        "children": ctx.state.child_states(),
+    }
+
+
+STATE_OPS = {"state_set": _set, "state_show": _show}
 
 
 class BlockerAgent(BaseAgent):

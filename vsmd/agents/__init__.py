@@ -22,6 +22,42 @@ class Sender:
     path: str
 
 
+class StateApi(Protocol):
+    """``ctx.state``: this VSM's state (see docs/state.md). Plain agents get the same with a
+    blocking ``flush``."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def data(self) -> dict[str, Any]: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def gauge(self, name: str, value: float) -> None: ...
+
+    def count(self, name: str, n: int = 1) -> None: ...
+
+    def health(self, status: str) -> None: ...
+
+    @property
+    def policy(self) -> dict[str, Any]: ...
+
+    def set_policy(self, key: str, value: Any) -> None: ...
+
+    def child_states(self) -> dict[str, dict[str, dict[str, Any]]]: ...
+
+
+class AsyncStateApi(StateApi, Protocol):
+    async def flush(self) -> None:
+        """Returns once the daemon has journaled everything written before."""
+        ...
+
+
+class SyncStateApi(StateApi, Protocol):
+    def flush(self) -> None: ...
+
+
 class AgentContext(Protocol):
     """What an async agent may do from inside its VSM (every call runs on the VSM's loop).
 
@@ -36,6 +72,7 @@ class AgentContext(Protocol):
     depth: int
     parent_id: str | None
     config: dict[str, Any]
+    state: AsyncStateApi
 
     async def spawn_child(
         self,
@@ -83,6 +120,7 @@ class SyncContext(Protocol):
     depth: int
     parent_id: str | None
     config: dict[str, Any]
+    state: SyncStateApi
 
     def spawn_child(
         self,

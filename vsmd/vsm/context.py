@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vsmd.errors import ProtocolError, Unreachable, from_dict
@@ -16,6 +16,7 @@ from vsmd.protocol import Envelope, loads_object
 
 if TYPE_CHECKING:
     from vsmd.vsm.runtime import VsmRuntime
+    from vsmd.vsm.state import StateReplica
 
 T = TypeVar("T")
 _ID = re.compile(r"[0-9a-f]{12}")
@@ -35,6 +36,7 @@ class Context:
         self.depth = spec.depth
         self.parent_id = spec.parent_id
         self.config = spec.config
+        self.state = runtime.state
 
     # --- addressing ------------------------------------------------------------------------
 
@@ -133,6 +135,7 @@ class ThreadContext:
         self.depth = ctx.depth
         self.parent_id = ctx.parent_id
         self.config = ctx.config
+        self.state = ThreadState(ctx.state, loop)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -164,3 +167,51 @@ class ThreadContext:
 
     def request_stop(self, code: int = 0) -> None:
         self._loop.call_soon_threadsafe(self._ctx.request_stop, code)
+
+
+class ThreadState:
+    """``ctx.state`` for a plain agent: each call runs on the loop, which owns the replica."""
+
+    def __init__(self, state: StateReplica, loop: asyncio.AbstractEventLoop) -> None:
+        self._state = state
+        self._loop = loop
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._call(lambda: self._state.get(key, default))
+
+    def data(self) -> dict[str, Any]:
+        return self._call(self._state.data)
+
+    def set(self, key: str, value: Any) -> None:
+        self._call(lambda: self._state.set(key, value))
+
+    def delete(self, key: str) -> None:
+        self._call(lambda: self._state.delete(key))
+
+    def gauge(self, name: str, value: float) -> None:
+        self._call(lambda: self._state.gauge(name, value))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self._call(lambda: self._state.count(name, n))
+
+    def health(self, status: str) -> None:
+        self._call(lambda: self._state.health(status))
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        return self._call(lambda: self._state.policy)
+
+    def set_policy(self, key: str, value: Any) -> None:
+        self._call(lambda: self._state.set_policy(key, value))
+
+    def child_states(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return self._call(self._state.child_states)
+
+    def flush(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._state.flush(), self._loop).result()

@@ -25,6 +25,7 @@ from vsmd.protocol import Envelope, error_reply, loads_object, ok_reply
 from vsmd.spec import EXIT_AGENT, EXIT_BROKER, EXIT_OK, EXIT_SPEC, VsmSpec
 from vsmd.vsm.bus import Incoming, VsmBus
 from vsmd.vsm.context import Context, ThreadContext, unpack_reply
+from vsmd.vsm.state import StateReplica
 
 log = logging.getLogger("vsmd.vsm")
 
@@ -35,12 +36,14 @@ class VsmRuntime:
         self.topo = Topology(spec.namespace)
         self.agent = registry.create(spec.agent, spec.config)
         self.bus = VsmBus(spec, self.topo, self._on_message)
+        self.state = StateReplica(spec, self._send_state, self._flush_state)
         self.ctx = Context(self)
         self._thread_ctx: ThreadContext | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stop: asyncio.Event | None = None
         self._started: asyncio.Event | None = None
         self._exit_code = EXIT_OK
+        self._resync: asyncio.Task[None] | None = None
         self.refused = 0  # messages that failed validation (counted, answered or dead-lettered)
 
     # --- calling the agent -----------------------------------------------------------------
@@ -60,6 +63,34 @@ class VsmRuntime:
         probe = Envelope(type="probe", sender=self.spec.vsm_id, path=self.spec.path).encode()
         reply = await self.bus.request(key, body, timeout, probe)
         return unpack_reply(reply.body)
+
+    # --- state sync ------------------------------------------------------------------------
+
+    def _up(self, kind: str, body: dict[str, Any] | None = None) -> tuple[str, bytes]:
+        env = Envelope(type=kind, sender=self.spec.vsm_id, path=self.spec.path, body=body or {})
+        return self.topo.up_key(self.spec.path, kind), env.encode()
+
+    async def _send_state(self, delta: dict[str, Any]) -> None:
+        """A delta of our state to our parent's replica and the daemon's."""
+        key, raw = self._up("state", delta)
+        if self.ctx.parent_id is not None:
+            to_parent = self.topo.to_parent_key(self.ctx.parent_id, self.spec.vsm_id)
+            await self.bus.publish(to_parent, raw)
+        await self.bus.publish(key, raw)
+
+    async def _flush_state(self) -> None:
+        await self.call(*self._up("flush"), 30.0)
+
+    async def _sync_state(self) -> None:
+        """Anti-entropy on every (re)connect: take what the daemon journaled, send ours."""
+        try:
+            snapshot = await self.call(*self._up("sync"), 30.0)
+            if isinstance(snapshot, dict):
+                self.state.restore(snapshot)
+        except VsmdError as err:
+            log.warning("vsm %s: no state from the daemon: %s", self.spec.vsm_id, err.message)
+        self.state.set_identity()
+        self.state.publish_all()
 
     def request_stop(self, code: int = 0) -> None:
         self._exit_code = code
@@ -120,7 +151,21 @@ class VsmRuntime:
             return ok_reply({"ancestors": ancestors})
         if env.type == "call":
             return await self._deliver(env)
+        if env.type in ("state", "policy", "forget"):
+            self._state_message(env)
+            return None
         raise ProtocolError(f"unknown message type {env.type[:64]!r}")
+
+    def _state_message(self, env: Envelope) -> None:
+        if env.type == "state" and env.sender != self.spec.vsm_id:
+            self.state.apply_child(env.sender, env.body)  # from a child, on toparent.<us>.*
+        elif env.type == "policy" and env.sender == "vsmd":
+            origin = env.body.get("origin")
+            if not isinstance(origin, str):
+                raise ProtocolError("policy: 'origin' must be a VSM id")
+            self.state.apply_policy(origin, env.body)
+        elif env.type == "forget" and env.sender == "vsmd":
+            self.state.forget_child(str(env.body.get("child")))
 
     async def _deliver(self, env: Envelope) -> bytes | None:
         kind, args = env.body.get("kind", "call"), env.body.get("args") or {}
@@ -148,13 +193,13 @@ class VsmRuntime:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def _publish_up(self, kind: str, body: dict[str, Any]) -> None:
-        env = Envelope(type=kind, sender=self.spec.vsm_id, path=self.spec.path, body=body)
-        await self.bus.publish(self.topo.up_key(self.spec.path, kind), env.encode())
+        await self.bus.publish(*self._up(kind, body))
 
     async def _run_agent(self) -> None:
         """start, then tick every tick_interval if the agent has a tick of its own."""
         assert self._started is not None
         try:
+            await self._sync_state()  # the agent starts with its state back
             if overrides(self.agent, "start"):
                 await self._agent("start")
         finally:
@@ -172,6 +217,7 @@ class VsmRuntime:
             try:
                 await self.bus.open()
                 log.info("vsm %s reconnected to the broker", self.spec.vsm_id)
+                self._resync = asyncio.get_running_loop().create_task(self._sync_state())
                 return
             except BrokerError:
                 await asyncio.sleep(backoff)
