@@ -141,7 +141,12 @@ def _spawn_demo(daemon: Daemon) -> None:
         log.info("the demo tree was restored from the journal; %s", hint)
         return
     fut = daemon.manager.spawn_recursive_vsm(
-        None, SpawnConfig(name="demo", agent="tree", settings={"fanout": 2, "levels": 2})
+        None,
+        SpawnConfig(
+            name="demo",
+            agent="tree",
+            settings={"fanout": 2, "levels": 2, "leaf": "reading"},
+        ),
     )
 
     def done(f: Future[VsmInfo]) -> None:

@@ -208,9 +208,13 @@ class NoopAgent(AsyncAgent):
 
 class AgentRegistry:
     def __init__(self) -> None:
-        from vsmd.agents.builtin import TreeAgent
+        from vsmd.agents.builtin import ReadingAgent, TreeAgent
 
-        self._factories: dict[str, AgentFactory] = {"noop": NoopAgent, "tree": TreeAgent}
+        self._factories: dict[str, AgentFactory] = {
+            "noop": NoopAgent,
+            "tree": TreeAgent,
+            "reading": ReadingAgent,
+        }
 
     def register(self, name: str, factory: AgentFactory) -> None:
         self._factories[name] = factory
