@@ -12,7 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from vsmd.errors import ProtocolError
+from vsmd.errors import ProtocolError, TooLarge
+from vsmd.protocol import dumps
 from vsmd.spec import VsmSpec
 from vsmd.state import Clock, Entry, Key, StateMap, decode, effective_policy, encode
 
@@ -34,6 +35,7 @@ class StateReplica:
         self._send = send
         self._flush = flush
         self._pending: dict[Key, Entry] = {}
+        self.max_value = spec.max_message_bytes // 2
         self._publishing: asyncio.Task[None] | None = None
 
     # --- the agent's API -------------------------------------------------------------------
@@ -86,6 +88,15 @@ class StateReplica:
     def _write(self, section: str, key: str, value: Any, deleted: bool = False) -> None:
         if not isinstance(key, str) or not key or len(key) > 200:
             raise ProtocolError("a state key is a string of 1-200 characters")
+        try:
+            size = len(dumps(value))
+        except TypeError as exc:  # orjson's JSONEncodeError: a set, an object, a deep nest
+            raise ProtocolError(f"state value {section}.{key} is not JSON: {exc}") from None
+        if size > self.max_value:
+            raise TooLarge(
+                f"state value {section}.{key} of {size} bytes is over {self.max_value} bytes "
+                "(half of max_message_bytes, so that every update fits in a message)"
+            )
         changed = self.own.apply({(section, key): Entry(value, self.clock.tick(), deleted)})
         self._queue(changed)
         if section == "metrics" and key != "subtree":
@@ -104,10 +115,24 @@ class StateReplica:
         while self._pending:
             delta, self._pending = self._pending, {}
             try:
-                await self._send(encode(delta))
+                for chunk in self._chunks(delta):
+                    await self._send(encode(chunk))
             except Exception as exc:  # a lost broker: the snapshot on reconnect heals it
                 log.info("vsm %s: state update not sent: %s", self.spec.vsm_id, exc)
                 return
+
+    def _chunks(self, delta: Mapping[Key, Entry]) -> list[dict[Key, Entry]]:
+        """Deltas that each fit in one message (every value fits in half of one)."""
+        out: list[dict[Key, Entry]] = [{}]
+        size = 0
+        for key, entry in delta.items():
+            n = len(dumps(entry.to_dict(*key))) + 1
+            if out[-1] and size + n > self.max_value:
+                out.append({})
+                size = 0
+            out[-1][key] = entry
+            size += n
+        return out
 
     def publish_all(self) -> None:
         """Send the whole own state (after a (re)connect: anti-entropy)."""
