@@ -70,14 +70,14 @@ def _loadavg() -> str:
 
 
 def _sampler() -> dict[str, Any]:
-    import vsmd.daemon
+    import vsmd.daemon.service
     from vsmd.config import Config
 
     return {
         "configurable": suite.sampler_configurable(),
         "interval": getattr(Config(), "sample_interval", None),
-        "module": importlib.util.find_spec("vsmd.quotas") is not None,
-        "wired": "sample" in inspect.getsource(vsmd.daemon),
+        "module": importlib.util.find_spec("vsmd.daemon.quotas") is not None,
+        "wired": "sample" in inspect.getsource(vsmd.daemon.service),
     }
 
 

@@ -45,8 +45,8 @@ def test_vsmd_with_a_bad_config_value_exits_2(broker_url: str, tmp_path: Path) -
 def test_vsmctl_does_not_import_the_daemon_or_heavy_libraries() -> None:
     code = (
         "import sys, vsmctl.app; heavy = [m for m in sys.modules if m.split('.')[0] in "
-        "('mcp', 'pydantic', 'anyio', 'aio_pika', 'aiormq') or m in ('vsmd.daemon', "
-        "'vsmd.vsm.runtime', 'vsmd.spawn_manager', 'psutil')]; print(heavy)"
+        "('mcp', 'pydantic', 'anyio', 'aio_pika', 'aiormq') or m in ('vsmd.daemon.service', "
+        "'vsmd.vsm.runtime', 'vsmd.daemon.spawn_manager', 'psutil')]; print(heavy)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"

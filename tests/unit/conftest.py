@@ -12,11 +12,11 @@ import pytest
 from tests.unit.fakes import FakeClock, FakePool, HostMemory, Notes, Tree
 from vsmd.agents import AgentRegistry
 from vsmd.config import Config
-from vsmd.journal import Journal
-from vsmd.registry import VsmRecord
-from vsmd.spawn_manager import SpawnManager
-from vsmd.throttle import Admission
-from vsmd.timers import Timers
+from vsmd.daemon.journal import Journal
+from vsmd.daemon.registry import VsmRecord
+from vsmd.daemon.spawn_manager import SpawnManager
+from vsmd.daemon.throttle import Admission
+from vsmd.daemon.timers import Timers
 
 # Round numbers so the timeout tests read easily.
 UNIT_CONFIG = Config(spawn_timeout=10.0, stop_timeout=5.0)

@@ -8,13 +8,13 @@ from typing import Any
 
 import orjson
 
+from vsmd.daemon.events import Event
+from vsmd.daemon.registry import VsmRecord
+from vsmd.daemon.spawn_manager import SpawnManager
+from vsmd.daemon.timers import Timers
 from vsmd.errors import VsmdError
-from vsmd.events import Event
 from vsmd.protocol import Policy, SpawnConfig, VsmInfo
-from vsmd.registry import VsmRecord
-from vsmd.spawn_manager import SpawnManager
 from vsmd.spec import VsmSpec
-from vsmd.timers import Timers
 
 
 class FakeClock:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
+from vsmd.daemon.registry import Status
+from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.errors import VsmdError
 from vsmd.protocol import Policy, SpawnConfig, VsmInfo
-from vsmd.registry import Status
-from vsmd.spawn_manager import SpawnManager
 
 
 def error_of(fut: Future[Any]) -> BaseException:

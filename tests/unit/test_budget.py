@@ -7,9 +7,9 @@ from typing import Any
 from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakePool, Tree, events_of
 from tests.unit.helpers import refusal, spawn
+from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.errors import QuotaExceeded
 from vsmd.protocol import Policy
-from vsmd.spawn_manager import SpawnManager
 
 
 def refused(

@@ -12,9 +12,9 @@ import pytest
 from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakePool, Replies, Tree
 from vsmd import __version__
-from vsmd.control import Control
+from vsmd.daemon.control import Control
+from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.protocol import Envelope, SpawnConfig, VsmInfo
-from vsmd.spawn_manager import SpawnManager
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ import pika.spec
 import pytest
 
 from tests.unit.fakes import FakePool
-from vsmd import daemon as daemon_module
 from vsmd.config import Config
-from vsmd.daemon import JOURNAL_RETRY, Daemon
-from vsmd.journal import Entry
+from vsmd.daemon import service as daemon_module
+from vsmd.daemon.journal import Entry
+from vsmd.daemon.service import JOURNAL_RETRY, Daemon
 from vsmd.protocol import SpawnConfig
 
 Step = Callable[[], None]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from vsmd.events import Event, EventLog
+from vsmd.daemon.events import Event, EventLog
 
 
 def fill(log: EventLog, n: int) -> list[Event]:
@@ -74,7 +74,7 @@ def test_publisher_gets_every_event() -> None:
 
 def test_events_are_logged_at_their_level(caplog: pytest.LogCaptureFixture) -> None:
     log = EventLog(5)
-    with caplog.at_level(logging.INFO, logger="vsmd.events"):
+    with caplog.at_level(logging.INFO, logger="vsmd.daemon.events"):
         log.emit("failed", "a gave up", level=logging.WARNING)
         log.emit("restarted", "b is back")
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [

@@ -8,9 +8,9 @@ import pytest
 
 from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakeClock, FakePool, Tree, events_of
-from vsmd.registry import VsmRecord
-from vsmd.spawn_manager import SpawnManager
-from vsmd.timers import Timers
+from vsmd.daemon.registry import VsmRecord
+from vsmd.daemon.spawn_manager import SpawnManager
+from vsmd.daemon.timers import Timers
 
 KILL = signal.SIGKILL
 

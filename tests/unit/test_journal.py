@@ -9,12 +9,12 @@ import pytest
 from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakeClock, FakePool, Tree, events_of, run_for
 from tests.unit.helpers import refusal, spawn
+from vsmd.daemon.journal import Entry, Journal
+from vsmd.daemon.registry import Status
+from vsmd.daemon.spawn_manager import SpawnManager
+from vsmd.daemon.timers import Timers
 from vsmd.errors import ConfigError, JournalUnavailable
-from vsmd.journal import Entry, Journal
 from vsmd.protocol import Policy
-from vsmd.registry import Status
-from vsmd.spawn_manager import SpawnManager
-from vsmd.timers import Timers
 
 
 def entry(vsm_id: str, parent: str | None, depth: int, **policy: object) -> Entry:

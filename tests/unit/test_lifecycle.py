@@ -10,11 +10,11 @@ import pytest
 from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakeClock, FakePool, Notes, Tree, events_of, run_for
 from tests.unit.helpers import status
+from vsmd.daemon.registry import Status
+from vsmd.daemon.spawn_manager import SpawnManager
+from vsmd.daemon.timers import Timers
 from vsmd.errors import SpawnError
 from vsmd.protocol import Policy
-from vsmd.registry import Status
-from vsmd.spawn_manager import SpawnManager
-from vsmd.timers import Timers
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
 # The unit config's backoff starts at 0.1 s with a jitter of at most 25 %.

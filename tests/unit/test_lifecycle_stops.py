@@ -10,12 +10,12 @@ import pytest
 from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakeClock, FakePool, Tree, events_of, run_for
 from tests.unit.helpers import status
-from vsmd.journal import Journal
+from vsmd.daemon.journal import Journal
+from vsmd.daemon.quotas import Violation
+from vsmd.daemon.registry import Status, VsmRecord
+from vsmd.daemon.spawn_manager import SpawnManager
+from vsmd.daemon.timers import Timers
 from vsmd.protocol import Policy
-from vsmd.quotas import Violation
-from vsmd.registry import Status, VsmRecord
-from vsmd.spawn_manager import SpawnManager
-from vsmd.timers import Timers
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
 ABANDON = Policy(on_parent_exit="abandon")
@@ -180,7 +180,7 @@ def test_violation_warn_only_tells(
     manager: SpawnManager, pool: FakePool, tree: Tree, caplog: pytest.LogCaptureFixture
 ) -> None:
     info = tree.start(name="alpha")
-    with caplog.at_level(logging.WARNING, logger="vsmd.events"):
+    with caplog.at_level(logging.WARNING, logger="vsmd.daemon.events"):
         manager.on_violation(violation(info.id, "warn"))
     [event] = events_of(manager, "quota_warn")
     assert event.message == f"alpha: {MESSAGE}"

@@ -7,9 +7,9 @@ import signal
 import pytest
 
 from tests.unit.fakes import FakePool, Tree
+from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.errors import Conflict
 from vsmd.protocol import Policy, SpawnConfig
-from vsmd.spawn_manager import SpawnManager
 
 
 def test_a_path_kept_by_an_abandoned_vsm_cannot_be_taken_again(

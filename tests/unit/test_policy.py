@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from vsmd.config import Config
-from vsmd.policy import RestartHistory, should_restart
+from vsmd.daemon.policy import RestartHistory, should_restart
 
 # backoff_initial 1 s doubling to a cap of 8 s; more than 3 crashes in 100 s is too many.
 CONFIG = Config(

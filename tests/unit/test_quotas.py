@@ -18,10 +18,10 @@ import pytest
 from tests.support.harness import poll_for
 from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakePool, events_of
-from vsmd import quotas
+from vsmd.daemon import quotas
+from vsmd.daemon.quotas import Sample, Sampler, Violation
+from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.protocol import Policy, SpawnConfig
-from vsmd.quotas import Sample, Sampler, Violation
-from vsmd.spawn_manager import SpawnManager
 
 ME = os.getpid()
 REPO = Path(__file__).resolve().parents[2]
@@ -237,7 +237,7 @@ def test_violation_is_a_value() -> None:
 
 
 def in_child(code: str) -> str:
-    prelude = "import resource\nfrom vsmd.quotas import apply_rlimits\n"
+    prelude = "import resource\nfrom vsmd.supervisor.rlimits import apply_rlimits\n"
     res = subprocess.run(
         [sys.executable, "-c", prelude + code],
         capture_output=True,

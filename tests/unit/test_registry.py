@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
+from vsmd.daemon.registry import Registry, Status, VsmRecord, transition
 from vsmd.errors import NotFound
-from vsmd.registry import Registry, Status, VsmRecord, transition
 
 S = Status
 

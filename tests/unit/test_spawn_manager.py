@@ -11,6 +11,9 @@ from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakeClock, FakePool, Tree, events_of
 from tests.unit.helpers import refusal, spawn, status
 from vsmd.agents import AgentRegistry, NoopAgent
+from vsmd.daemon.registry import Status, VsmRecord
+from vsmd.daemon.spawn_manager import SpawnManager
+from vsmd.daemon.timers import Timers
 from vsmd.errors import (
     Conflict,
     NotFound,
@@ -19,10 +22,7 @@ from vsmd.errors import (
     SpawnError,
 )
 from vsmd.protocol import VsmInfo
-from vsmd.registry import Status, VsmRecord
-from vsmd.spawn_manager import SpawnManager
 from vsmd.spec import EXIT_BROKER, EXIT_REASONS
-from vsmd.timers import Timers
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
 

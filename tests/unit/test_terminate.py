@@ -9,10 +9,10 @@ import pytest
 from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakeClock, FakePool, Tree
 from tests.unit.helpers import refusal, spawn, status
+from vsmd.daemon.registry import Status, VsmRecord
+from vsmd.daemon.spawn_manager import SpawnManager
+from vsmd.daemon.timers import Timers
 from vsmd.errors import NotFound, ShuttingDown, SpawnError
-from vsmd.registry import Status, VsmRecord
-from vsmd.spawn_manager import SpawnManager
-from vsmd.timers import Timers
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
 

@@ -10,8 +10,8 @@ from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakeClock, FakePool, HostMemory, Tree, events_of
 from tests.unit.helpers import refusal, spawn
 from vsmd.config import Config
+from vsmd.daemon.throttle import Admission, TokenBucket
 from vsmd.errors import QuotaExceeded, Throttled
-from vsmd.throttle import Admission, TokenBucket
 
 
 def test_bucket_starts_full_and_refills_at_its_rate(clock: FakeClock) -> None:

@@ -6,7 +6,7 @@ import functools
 import time
 
 from tests.unit.fakes import FakeClock
-from vsmd.timers import Timers
+from vsmd.daemon.timers import Timers
 
 
 def test_runs_in_deadline_order(timers: Timers, clock: FakeClock) -> None:

@@ -23,7 +23,6 @@ from typing import Any, NoReturn
 import orjson
 
 from vsmd.agents import AgentRegistry, build_registry
-from vsmd.quotas import apply_rlimits
 from vsmd.spec import VsmSpec
 from vsmd.supervisor.oscalls import (
     OsCalls,
@@ -32,6 +31,7 @@ from vsmd.supervisor.oscalls import (
     describe_status,
     die_with_parent,
 )
+from vsmd.supervisor.rlimits import apply_rlimits
 from vsmd.vsm.runtime import run_vsm
 
 log = logging.getLogger("vsmd.forkserver")

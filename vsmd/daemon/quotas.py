@@ -10,7 +10,6 @@ violations in a row.
 from __future__ import annotations
 
 import contextlib
-import resource
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,24 +23,6 @@ from vsmd.protocol import Policy
 # is made at most this often, not on every slice of the sampling pass; a new subprocess counts
 # from the next scan on.
 TREE_REFRESH = 2.0
-
-
-def _vm_size() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * resource.getpagesize()
-
-
-def apply_rlimits(policy: dict[str, Any]) -> None:
-    """In the child, before the agent exists."""
-    memory_mb = policy.get("memory_mb")
-    if memory_mb:
-        limit = _vm_size() + 2 * int(memory_mb) * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    max_fds = policy.get("max_fds")
-    if max_fds:
-        # The runtime itself needs a few dozen descriptors (broker socket, pipes).
-        limit = max(2 * int(max_fds), 64)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 
 from vsmd import __version__
 from vsmd.config import Config
+from vsmd.daemon.registry import VsmRecord
+from vsmd.daemon.spawn_manager import SpawnManager
+from vsmd.daemon.state_store import StateStore
 from vsmd.errors import Internal, ProtocolError, Unauthorized, VsmdError
 from vsmd.protocol import (
     Command,
@@ -32,11 +35,8 @@ from vsmd.protocol import (
     ok_reply,
     parse_request,
 )
-from vsmd.registry import VsmRecord
-from vsmd.spawn_manager import SpawnManager
-from vsmd.state_store import StateStore
 
-log = logging.getLogger("vsmd.control")
+log = logging.getLogger("vsmd.daemon.control")
 
 Respond = Callable[[bytes], None]
 T = TypeVar("T")

@@ -18,7 +18,7 @@ import orjson
 
 from vsmd.errors import ConfigError, JournalUnavailable
 
-log = logging.getLogger("vsmd.journal")
+log = logging.getLogger("vsmd.daemon.journal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vsms (

@@ -24,17 +24,17 @@ from vsmd.bus.connection import redact
 from vsmd.bus.daemon_bus import DaemonBus
 from vsmd.bus.topology import Topology
 from vsmd.config import Config
-from vsmd.control import Control
+from vsmd.daemon.control import Control
+from vsmd.daemon.events import Event, EventLog
+from vsmd.daemon.journal import Journal
+from vsmd.daemon.registry import VsmRecord
+from vsmd.daemon.spawn_manager import SpawnManager
+from vsmd.daemon.state_store import WRITE_EVERY, StateStore
+from vsmd.daemon.timers import Timers
 from vsmd.errors import BrokerError, ProtocolError, SpawnError
-from vsmd.events import Event, EventLog
-from vsmd.journal import Journal
 from vsmd.protocol import Envelope, dumps, error_reply
-from vsmd.registry import VsmRecord
-from vsmd.spawn_manager import SpawnManager
-from vsmd.state_store import WRITE_EVERY, StateStore
 from vsmd.supervisor.oscalls import become_subreaper
 from vsmd.supervisor.pool import ForkServerPool
-from vsmd.timers import Timers
 
 log = logging.getLogger("vsmd")
 SAMPLE_SLICES = 10  # each VSM is still sampled once per sample_interval

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
+from vsmd.daemon.registry import Registry, VsmRecord
 from vsmd.errors import QuotaExceeded
 from vsmd.protocol import Policy
-from vsmd.registry import Registry, VsmRecord
 
 
 class StatePolicy(Protocol):

@@ -1,6 +1,6 @@
 """SpawnManager: the daemon's lifecycle owner. It admits spawns (authority, limits, budgets,
 throttles), keeps the registry and the journal, and hands exits, restarts and stops to
-:class:`vsmd.lifecycle.Lifecycle`.
+:class:`vsmd.daemon.lifecycle.Lifecycle`.
 
 All methods run on the daemon's loop thread; results are ``concurrent.futures.Future`` objects
 that the loop resolves, so callers on other threads may block on them.
@@ -15,9 +15,16 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from vsmd import budget, policy_limits
 from vsmd.agents import AgentRegistry
 from vsmd.config import Config, check_name
+from vsmd.daemon import budget, policy_limits
+from vsmd.daemon.events import EventLog
+from vsmd.daemon.journal import Entry, Journal
+from vsmd.daemon.lifecycle import Lifecycle, Notify, ProcessPool
+from vsmd.daemon.quotas import Sample, Sampler
+from vsmd.daemon.registry import Status, VsmRecord
+from vsmd.daemon.throttle import Admission
+from vsmd.daemon.timers import Timers
 from vsmd.errors import (
     ConfigError,
     Conflict,
@@ -29,15 +36,8 @@ from vsmd.errors import (
     SpawnError,
     VsmdError,
 )
-from vsmd.events import EventLog
-from vsmd.journal import Entry, Journal
-from vsmd.lifecycle import Lifecycle, Notify, ProcessPool
 from vsmd.protocol import Policy, SpawnConfig, VsmInfo
-from vsmd.quotas import Sample, Sampler
-from vsmd.registry import Status, VsmRecord
 from vsmd.spec import VsmSpec
-from vsmd.throttle import Admission
-from vsmd.timers import Timers
 
 __all__ = ["ProcessPool", "SpawnManager"]
 log = logging.getLogger("vsmd.spawn")

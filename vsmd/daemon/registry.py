@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vsmd.daemon.policy import RestartHistory
+from vsmd.daemon.timers import Timer
 from vsmd.errors import NotFound
-from vsmd.policy import RestartHistory
 from vsmd.protocol import Policy, VsmInfo
-from vsmd.timers import Timer
 
 
 class Status(enum.StrEnum):

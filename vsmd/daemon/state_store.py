@@ -12,10 +12,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from vsmd.daemon.journal import Journal
+from vsmd.daemon.registry import Registry, VsmRecord
 from vsmd.errors import JournalUnavailable, ProtocolError, VsmdError
-from vsmd.journal import Journal
 from vsmd.protocol import Envelope, check_policy_value, loads_object, ok_reply
-from vsmd.registry import Registry, VsmRecord
 from vsmd.state import Clock, Entry, StateMap, decode, effective_policy, encode, to_bytes
 
 log = logging.getLogger("vsmd.state")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-log = logging.getLogger("vsmd.events")
+log = logging.getLogger("vsmd.daemon.events")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from vsmd.broker.embedded import EmbeddedBroker
-    from vsmd.daemon import Daemon
+    from vsmd.daemon.service import Daemon
     from vsmd.protocol import VsmInfo
 
 EXIT_CONFIG = 2
@@ -105,7 +105,7 @@ def run(
 
 
 def _run(config: Config, demo: bool) -> int:
-    from vsmd.daemon import Daemon
+    from vsmd.daemon.service import Daemon
 
     node: EmbeddedBroker | None = None
     try:

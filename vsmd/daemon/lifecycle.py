@@ -1,6 +1,7 @@
 """What happens to VSMs after they start: exits, restarts with backoff, escalation, stops.
 
-The base of :class:`vsmd.spawn_manager.SpawnManager`; everything runs on the daemon's loop thread.
+The base of :class:`vsmd.daemon.spawn_manager.SpawnManager`; everything runs on the daemon's
+loop thread.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ from concurrent.futures import Future
 from typing import Any, Protocol
 
 from vsmd.config import Config
+from vsmd.daemon.events import EventLog
+from vsmd.daemon.journal import Journal
+from vsmd.daemon.policy import should_restart
+from vsmd.daemon.quotas import Violation
+from vsmd.daemon.registry import Registry, Status, VsmRecord
+from vsmd.daemon.timers import Timers
 from vsmd.errors import SpawnError, VsmdError
-from vsmd.events import EventLog
-from vsmd.journal import Journal
-from vsmd.policy import should_restart
 from vsmd.protocol import VsmInfo
-from vsmd.quotas import Violation
-from vsmd.registry import Registry, Status, VsmRecord
 from vsmd.spec import EXIT_REASONS, VsmSpec
 from vsmd.supervisor.oscalls import exit_text
-from vsmd.timers import Timers
 
-log = logging.getLogger("vsmd.lifecycle")
+log = logging.getLogger("vsmd.daemon.lifecycle")
 
 
 class ProcessPool(Protocol):

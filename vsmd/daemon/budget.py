@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 
 from vsmd.config import Config
+from vsmd.daemon.registry import Registry, VsmRecord
 from vsmd.errors import QuotaExceeded
 from vsmd.protocol import Policy
-from vsmd.registry import Registry, VsmRecord
 
 
 def _held_descendants(reg: Registry, rec: VsmRecord) -> int:
