@@ -1,4 +1,5 @@
-"""vsmctl: spawn, list, show and terminate VSMs of a running vsmd, and message them.
+"""vsmctl: spawn, list, show and terminate VSMs of a running vsmd, message them, and read and
+set their state and policy.
 
 Exit codes: 0 ok, 1 the daemon refused (its code and message on stderr), 2 usage,
 3 no daemon answers.
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from vsmctl import messaging
+from vsmctl import messaging, state_cmds
 from vsmctl.client import DEFAULT_TIMEOUT, VsmClient
 from vsmctl.options import Broker, Json, Namespace, Timeout
 from vsmctl.options import call as _call
@@ -25,7 +26,8 @@ from vsmd.protocol import ListVsms, Policy, SpawnConfig, VsmInfo
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Control a running vsmd: spawn, list, show and terminate VSMs, and message them.",
+    help="Control a running vsmd: spawn, list, show and terminate VSMs, message them, and read "
+    "and set their state and policy.",
 )
 
 
@@ -237,7 +239,9 @@ def ping(
         )
 
 
-messaging.register(app)  # after the commands above, so that help lists them first
+# After the commands above, so that help lists them first.
+messaging.register(app)
+state_cmds.register(app)
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ with VsmClient(namespace="vsm") as c:
     print([v.path for v in c.list_child_vsms()])
     print(c.send(a.id, "hello", {"x": 1}, wait=True))
     c.broadcast(root.id, "news", {"n": 1}, depth=1)
+    c.policy_set(root.id, {"x-mode": "safe", "max_children": 5})
+    print(c.state(a.id)["effective_policy"])
     c.terminate_child_vsm(root.id)
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -39,14 +41,18 @@ from vsmd.protocol import (
     Events,
     ListVsms,
     Ping,
+    PolicySet,
+    PolicyShow,
     Show,
     Spawn,
     SpawnConfig,
+    StateOf,
     Terminate,
     VsmInfo,
     dumps,
     loads_object,
 )
+from vsmd.state import decode
 
 DEFAULT_TIMEOUT = 60.0  # above the daemon's default spawn_timeout (30 s)
 MAX_REPLY = 64 << 20
@@ -290,15 +296,54 @@ class VsmClient:
         """Buffered events after ``since``, then live ones as they happen (never ends)."""
         self._channel()  # connects
         sub = Subscription(self._conn, self.topo.exchange, "event.#")
-        last, backlog = self.events(since)
-        yield from backlog
-        while True:
-            raw = sub.get(1.0)
-            if raw is None:
-                continue
-            event = loads_object(raw, MAX_REPLY)
-            if int(event.get("seq", 0)) > last:  # the backlog may already have had it
-                yield event
+        try:
+            last, backlog = self.events(since)
+            yield from backlog
+            while True:
+                raw = sub.get(1.0)
+                if raw is None:
+                    continue
+                event = loads_object(raw, MAX_REPLY)
+                if int(event.get("seq", 0)) > last:  # the backlog may already have had it
+                    yield event
+        finally:
+            sub.close()
+
+    # --- state and policy -----------------------------------------------------------------
+
+    def state(self, vsm_id: str) -> dict[str, Any]:
+        """The VSM's state as the daemon's replica holds it: ``identity``, ``policy`` (its own),
+        ``metrics`` (with the ``subtree`` summary), ``data``, ``effective_policy``, ``children``."""
+        result: dict[str, Any] = self.request(StateOf(id=vsm_id))
+        return result
+
+    def policy_set(self, vsm_id: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Set policy keys on a VSM (``None`` deletes one); they flow down to its subtree.
+        Returns the VSM's policy afterwards, as ``policy_show``."""
+        result: dict[str, Any] = self.request(PolicySet(id=vsm_id, values=dict(values)))
+        return result
+
+    def policy_show(self, vsm_id: str) -> dict[str, Any]:
+        """``own``, ``effective`` and ``layers`` (each ancestor's policy, the root first)."""
+        result: dict[str, Any] = self.request(PolicyShow(id=vsm_id))
+        return result
+
+    def watch(self, vsm_id: str) -> Generator[dict[str, Any], None, None]:
+        """The VSM's state changes as it publishes them, one dict per delta (never ends):
+        ``{"time", "id", "path", "changes": [{"section", "key", "value"} or {..., "deleted"}]}``.
+        Only changes published after the subscription (on the first ``next``) are seen;
+        ``close()`` unsubscribes."""
+        info = self.show(vsm_id)  # NotFound; the path its deltas go up under
+        self._channel()  # connects
+        sub = Subscription(self._conn, self.topo.exchange, self.topo.up_key(info.path, "state"))
+        try:
+            while True:
+                raw = sub.get(1.0)
+                delta = None if raw is None else _delta(raw, info.id, info.path)
+                if delta is not None:
+                    yield delta
+        finally:  # a caller that stops iterating keeps using the client without the queue
+            sub.close()
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -313,3 +358,24 @@ class VsmClient:
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _delta(raw: bytes, vsm_id: str, path: str) -> dict[str, Any] | None:
+    """A state delta the VSM published, for people and scripts; None for anything else (a
+    malformed message, or another VSM that had the same path before)."""
+    try:
+        env = Envelope.decode(raw, MAX_REPLY)
+        if env.type != "state" or env.sender != vsm_id:
+            return None
+        entries, _ = decode(env.body)
+    except VsmdError:
+        return None
+    changes: list[dict[str, Any]] = []
+    for (section, key), entry in entries.items():
+        change: dict[str, Any] = {"section": section, "key": key}
+        if entry.deleted:
+            change["deleted"] = True
+        else:
+            change["value"] = entry.value
+        changes.append(change)
+    return {"time": env.time, "id": vsm_id, "path": path, "changes": changes}

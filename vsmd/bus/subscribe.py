@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 from typing import Any
 
 import pika
@@ -15,8 +16,9 @@ class Subscription:
     def __init__(self, connection: pika.BlockingConnection, exchange: str, pattern: str) -> None:
         self._conn = connection
         self._got: collections.deque[bytes] = collections.deque()
+        self._ch: Any = None
         try:
-            ch = connection.channel()
+            self._ch = ch = connection.channel()
             # Exclusive and auto-deleted: it goes away with this client, whatever happens.
             queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
             ch.queue_bind(queue, exchange, pattern)
@@ -34,3 +36,11 @@ class Subscription:
             except CONNECTION_ERRORS as exc:
                 raise BrokerError(f"broker connection lost: {describe(exc)}") from None
         return self._got.popleft() if self._got else None
+
+    def close(self) -> None:
+        """Stop listening on a connection that stays open: closing the channel cancels the
+        consumer, and the broker deletes the auto-delete queue with it."""
+        self._got.clear()
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            if self._ch is not None and self._ch.is_open:
+                self._ch.close()
