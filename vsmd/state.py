@@ -182,7 +182,11 @@ def decode(obj: Any) -> tuple[dict[Key, Entry], dict[str, Any]]:
 
 
 def to_bytes(entries: Mapping[Key, Entry], limit: int, **extra: Any) -> bytes:
-    raw = dumps(encode(entries, **extra))
+    obj = encode(entries, **extra)
+    try:
+        raw = dumps(obj)
+    except TypeError as exc:  # orjson.JSONEncodeError: over 254 levels, over 64 bits, a set...
+        raise ProtocolError(f"state cannot be encoded as JSON: {exc}") from None
     if len(raw) > limit:
         raise TooLarge(f"state of {len(raw)} bytes is over the limit of {limit} bytes")
     return raw
