@@ -73,10 +73,12 @@ class VsmRuntime:
     async def _send_state(self, delta: dict[str, Any]) -> None:
         """A delta of our state to our parent's replica and the daemon's."""
         key, raw = self._up("state", delta)
+        # The daemon first: then its replica of us is never behind what our parent, and the
+        # parent's own updates to the daemon, already say about us.
+        await self.bus.publish(key, raw)
         if self.ctx.parent_id is not None:
             to_parent = self.topo.to_parent_key(self.ctx.parent_id, self.spec.vsm_id)
             await self.bus.publish(to_parent, raw)
-        await self.bus.publish(key, raw)
 
     async def _flush_state(self) -> None:
         await self.call(*self._up("flush"), 30.0)
