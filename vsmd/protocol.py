@@ -253,6 +253,8 @@ def check_policy_value(key: str, value: Any) -> Any:
             "or x-<name> for a key of the agents' own",
             field=key,
         )
+    if value is None:
+        return None  # deletes the key
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ProtocolError(f"policy {key} must be a number of 0 or more", field=key)
     if not isinstance(value, kinds):

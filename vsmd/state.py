@@ -21,6 +21,7 @@ from vsmd.protocol import dumps, loads_object
 
 SCHEMA = 1
 SECTIONS = ("identity", "policy", "metrics", "data")
+MAX_DEPTH = 200  # nesting of a value; the JSON encoder writes at most 254 levels
 Key = tuple[str, str]
 
 
@@ -102,12 +103,31 @@ class Entry:
             raise ProtocolError("a state entry needs a section 's' and a key 'k'")
         if len(key) > 200:
             raise ProtocolError(f"state key {key[:40]!r}... is over 200 characters")
+        if len(section) > 64:
+            raise ProtocolError(f"state section {section[:40]!r}... is over 64 characters")
         deleted = raw.get("d", False)
-        if not isinstance(deleted, bool) or (not deleted and "x" not in raw):
+        if not isinstance(deleted, bool):
+            raise ProtocolError(f"state entry {section}.{key}: 'd' must be a boolean")
+        if not deleted and "x" not in raw:
             raise ProtocolError(f"state entry {section}.{key} has no value")
+        value = None if deleted else raw["x"]
+        if _depth_over(value, MAX_DEPTH):
+            # What we could not write again must not get in: every later snapshot would fail.
+            raise ProtocolError(f"state value {section}.{key} is nested over {MAX_DEPTH} levels")
         extra = {k: v for k, v in raw.items() if k not in ("s", "k", "v", "d", "x")}
-        entry = cls(raw.get("x"), Version.from_list(raw.get("v")), deleted, extra)
-        return (section, key), entry
+        return (section, key), cls(value, Version.from_list(raw.get("v")), deleted, extra)
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` deep (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
 
 
 def newer(a: Entry | None, b: Entry) -> bool:

@@ -97,6 +97,11 @@ def test_the_daemon_enforces_policy_limits(daemon_with_agents: DaemonProc) -> No
     with pytest.raises(VsmdError) as deep:
         c.spawn_recursive_vsm(ids["g"], SpawnConfig(name="too-deep"))
     assert deep.value.details["limit"] == "max_depth_below"
+    # null deletes a key: the limits are gone again.
+    c.request(PolicySet(id=ids["m"], values={"max_children": None}))
+    c.request(PolicySet(id=ids["r"], values={"max_depth_below": None}))
+    c.spawn_recursive_vsm(ids["m"], SpawnConfig(name="second"))
+    c.spawn_recursive_vsm(ids["g"], SpawnConfig(name="deeper"))
     for bad in ({"nonsense": 1}, {"max_children": -1}, {"memory_mb": "lots"}, {}):
         with pytest.raises(VsmdError) as err:
             c.request(PolicySet(id=ids["r"], values=bad))
