@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from bench import suite
+from bench import nerves, suite
 from bench.analysis import where_time_goes
 from bench.discussion import discussion
 from bench.goals import evaluate
@@ -81,7 +81,9 @@ def _sampler() -> dict[str, Any]:
     }
 
 
-def _run(plan: Plan, workdir: Path, res: Results, data: dict[str, Any]) -> None:
+def _run(
+    plan: Plan, workdir: Path, res: Results, data: dict[str, Any], only: set[str] | None
+) -> None:
     node = EmbeddedBroker(workdir / "broker", name=f"vsmd-bench-{secrets.token_hex(4)}")
     log("starting a private RabbitMQ node")
     node.start()
@@ -133,8 +135,10 @@ def _run(plan: Plan, workdir: Path, res: Results, data: dict[str, Any]) -> None:
         ]
         if data["sampler"]["configurable"]:
             steps.append(("nosampler", lambda: suite.run_sampler_off(ctx)))
+        steps.append(("nerves", lambda: nerves.run_nerves(ctx)))
         for name, step in steps:
-            suite.guarded(ctx, name, step)
+            if only is None or name in only:
+                suite.guarded(ctx, name, step)
     finally:
         log("stopping the private RabbitMQ node")
         node.stop()
@@ -189,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small N, about a minute")
     parser.add_argument("--out", type=Path, help="directory for benchmarks.md and .json")
     parser.add_argument(
+        "--only", help="comma-separated steps to run (vsmd, floor, nerves ...): a partial report"
+    )
+    parser.add_argument(
         "--from-json", type=Path, help="only re-render benchmarks.md from a run's JSON"
     )
     args = parser.parse_args(argv)
@@ -208,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vsmd-bench-"))
     start = time.perf_counter()
     try:
-        _run(plan, workdir, res, data)
+        only = set(args.only.split(",")) if args.only else None
+        if only is not None:
+            res.note(f"only these steps were run: {', '.join(sorted(only))}")
+        _run(plan, workdir, res, data, only)
     except Exception as exc:
         res.fail(f"the run stopped early: {type(exc).__name__}: {exc}")
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 
+from bench.nerve_agents import NerveChild, NerveParent
 from vsmd.agents import AgentContext, AgentRegistry, AsyncAgent
 
 
@@ -20,3 +21,5 @@ class CollectAgent(AsyncAgent):
 
 def register_agents(registry: AgentRegistry) -> None:
     registry.register("gccollect", CollectAgent)
+    registry.register("nerveparent", NerveParent)
+    registry.register("nervechild", NerveChild)

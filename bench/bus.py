@@ -152,3 +152,31 @@ def delete_namespace(url: str, namespace: str) -> None:
             ch.exchange_delete(topo.exchange)
         finally:
             close_quietly(conn)
+
+
+class Tap:
+    """A queue of our own bound to a key of the tree's exchange: it counts what was routed
+    there (a copy of each message, left in the queue until :meth:`take`)."""
+
+    def __init__(self, url: str, exchange: str, key: str) -> None:
+        self._conn = connect(url, heartbeat=0, timeout=10.0)
+        self._ch = self._conn.channel()
+        self.queue = f"bench-tap-{uuid.uuid4().hex[:12]}"
+        self._ch.queue_declare(self.queue)
+        self._ch.queue_bind(self.queue, exchange, key)
+
+    def take(self, sample: int = 200) -> tuple[int, float]:
+        """(messages routed here, mean size in bytes of the first ``sample``); then gone."""
+        try:
+            count = self._ch.queue_declare(self.queue, passive=True).method.message_count
+            sizes: list[int] = []
+            for _ in range(min(sample, count)):
+                _m, _props, body = self._ch.basic_get(self.queue, auto_ack=True)
+                if body is None:
+                    break
+                sizes.append(len(body))
+            return count, (sum(sizes) / len(sizes) if sizes else 0.0)
+        finally:
+            with contextlib.suppress(Exception):
+                self._ch.queue_delete(self.queue)
+            close_quietly(self._conn)

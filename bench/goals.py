@@ -9,6 +9,10 @@ from bench.stats import Results
 
 MET, MISSED, NOT_MEASURED = "met", "MISSED", "not measured"
 
+# The figures of the last full run before VSMs ran on one asyncio loop (git 5b25dfa).
+BEFORE_SPAWN_MS = 13.8
+BEFORE_USS_MIB = 6.1
+
 
 @dataclass(frozen=True)
 class Goal:
@@ -42,7 +46,7 @@ def _check(
     return Goal(name, target, text, verdict if at is None else f"{verdict} at N={at} (indicative)")
 
 
-def _sizes(res: Results, prefix: str, suffix: str) -> list[int]:
+def sizes(res: Results, prefix: str, suffix: str) -> list[int]:
     """N values present for keys ``{prefix}.{N}{suffix}``."""
     out = []
     for key in res.figures:
@@ -81,7 +85,7 @@ def _burst_pair(res: Results, n: int, label: str, at: int | None = None) -> list
 
 def _burst_goals(res: Results) -> list[Goal]:
     goals: list[Goal] = []
-    have = _sizes(res, "vsmd.burst.", ".up_s")
+    have = sizes(res, "vsmd.burst.", ".up_s")
     for want in (300, 1000):
         if want in have or not have:
             goals += _burst_pair(res, want, f"burst of {want}")
@@ -94,8 +98,8 @@ def _state_goal(
     res: Results, group: str, metric: str, want: int, name: str, limit: float, unit: str
 ) -> Goal:
     """A figure measured with N VSMs up (``vsmd.{group}.{N}.{metric}``), at N=want if run."""
-    sizes = _sizes(res, f"vsmd.{group}.", f".{metric}")
-    n = want if want in sizes or not sizes else sizes[-1]
+    have = sizes(res, f"vsmd.{group}.", f".{metric}")
+    n = want if want in have or not have else have[-1]
     key = f"vsmd.{group}.{n}.{metric}"
     v = res.median(key)
     return _check(
@@ -109,10 +113,10 @@ def _state_goal(
 
 
 def _sampler_goal(res: Results, sampler: dict[str, Any]) -> Goal:
-    sizes = _sizes(res, "vsmd.idle.", ".daemon_pct")
-    if not sizes:
+    have = sizes(res, "vsmd.idle.", ".daemon_pct")
+    if not have:
         return Goal("sampler CPU", "≤ 10% of a core", "—", NOT_MEASURED)
-    n = sizes[-1]
+    n = have[-1]
     on = res.median(f"vsmd.idle.{n}.daemon_pct")
     off = res.median(f"nosampler.idle.{n}.daemon_pct")
     if not sampler.get("configurable"):
@@ -132,6 +136,91 @@ def _sampler_goal(res: Results, sampler: dict[str, Any]) -> Goal:
         text += "; the daemon does not appear to run the sampler yet"
     ok = share is not None and share <= 10
     return _check("sampler CPU", "≤ 10% of a core", share, ok, text, None if n == 1000 else n)
+
+
+def at_size(res: Results, prefix: str, suffix: str, want: int) -> tuple[int | None, int | None]:
+    """(N to report, None if it is the wanted N else that N) for keys prefix.N.suffix."""
+    have = sizes(res, prefix, suffix)
+    if not have:
+        return None, None
+    n = want if want in have else have[-1]
+    return n, None if n == want else n
+
+
+def _ms(v: float | None) -> str:
+    return f"{num(v)} ms" if v is not None else "—"
+
+
+def nerve_goals(res: Results) -> list[Goal]:
+    m, p99 = res.median, res.p99
+    lat, rr = m("ns.state.latency_ms"), m("ns.rr_ms")
+    goals = [
+        _check(
+            "state update child → parent's replica p50",
+            "≤ 2 ms",
+            lat,
+            lat is not None and lat <= 2,
+            f"{_ms(lat)} (p99 {num(p99('ns.state.latency_ms') or 0)}); "
+            f"bare aio-pika {_ms(m('nsfloor.latency_ms'))}",
+        )
+    ]
+    n, at = at_size(res, "ns.state.rate.", ".deltas_per_s", 100)
+    rate = m(f"ns.state.rate.{n}.deltas_per_s")
+    goals.append(
+        _check(
+            "state updates of 100 children counted at the parent",
+            "≥ 20,000 /s",
+            rate,
+            rate is not None and rate >= 20_000,
+            f"{num(rate or 0)} deltas/s carrying {num(m(f'ns.state.rate.{n}.writes_per_s') or 0)} "
+            f"writes/s; bare aio-pika {num(m(f'nsfloor.rate.{n}.per_s') or 0)} messages/s",
+            at,
+        )
+    )
+    n, at = at_size(res, "ns.bcast.", ".all_ms", 1000)
+    every = m(f"ns.bcast.{n}.all_ms")
+    goals += [
+        _check(
+            "broadcast to a 1,000-VSM subtree, until all have it",
+            "≤ 100 ms",
+            every,
+            every is not None and every <= 100,
+            f"{_ms(every)} (worst round {num(p99(f'ns.bcast.{n}.all_ms') or 0)})",
+            at,
+        ),
+        _check(
+            "request/reply parent → child p50",
+            "≤ 0.6 ms",
+            rr,
+            rr is not None and rr <= 0.6,
+            f"{_ms(rr)}; bare aio-pika {_ms(m('nsfloor.rr_ms'))}",
+        ),
+    ]
+    return goals
+
+
+def before_goals(res: Results) -> list[Goal]:
+    """spawn → ready and idle USS with VSMs on one asyncio loop against the figures before."""
+    spawn = res.median("vsmd.spawn_ready_ms")
+    n, at = at_size(res, "vsmd.mem.", ".vsm_uss_mib", 1000)
+    uss = res.median(f"vsmd.mem.{n}.vsm_uss_mib")
+    return [
+        _check(
+            "spawn → ready p50, not worse than before the asyncio runtime",
+            f"≤ {num(BEFORE_SPAWN_MS)} ms",
+            spawn,
+            spawn is not None and spawn <= BEFORE_SPAWN_MS,
+            _ms(spawn),
+        ),
+        _check(
+            "idle VSM USS at 1,000, not worse than before the asyncio runtime",
+            f"≤ {num(BEFORE_USS_MIB)} MiB",
+            uss,
+            uss is not None and uss <= BEFORE_USS_MIB,
+            f"{num(uss or 0)} MiB",
+            at,
+        ),
+    ]
 
 
 def evaluate(res: Results, sampler: dict[str, Any]) -> list[Goal]:
@@ -158,5 +247,7 @@ def evaluate(res: Results, sampler: dict[str, Any]) -> list[Goal]:
         _state_goal(res, "cli_list", "ms", 1000, "`vsmctl list --json`, 1,000 VSMs", 250, "ms"),
         _state_goal(res, "mem", "vsm_uss_mib", 1000, "idle VSM USS at 1,000", 6, "MiB"),
         _sampler_goal(res, sampler),
+        *before_goals(res),
+        *nerve_goals(res),
     ]
     return goals

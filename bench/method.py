@@ -51,5 +51,40 @@ def method(data: dict[str, Any]) -> list[str]:
         "matters once a VSM runs a full collection, so both fork-server settings are measured "
         "again with an agent (`bench/agents.py`) that calls `gc.collect()` at start. "
         "**Sampler off**: the default daemon with `sample_interval = 86400`.",
+        *_nerves(plan),
         "",
+    ]
+
+
+def _nerves(plan: dict[str, Any]) -> list[str]:
+    if "nerve_probes" not in plan:
+        return []  # a run from before these figures
+    cap = plan["nerve_floor_cap"]
+    return [
+        '- **Between VSMs** (a daemon with `agent_modules = ["bench.agents"]`; agents in '
+        "`bench/nerve_agents.py`; times from `CLOCK_MONOTONIC`, one clock for every process on "
+        "Linux). *State latency*: a child writes `ctx.state.set` "
+        f"{plan['nerve_probes']} times, {plan['nerve_gap'] * 1e3:g} ms apart, each value "
+        "carrying its write time; the parent reads `ctx.state.child_states()` on every turn of "
+        "its loop from 3 ms before a write is due until it sees it (the agent API has no call "
+        "on arrival, and a timer wakes no finer than 1 ms). *Rate*: "
+        f"{plan['nerve_children']} children of one parent each write for "
+        f"{plan['nerve_seconds']:g} s, sleeping 1 ms between writes (a writer that never "
+        "sleeps would take the broker's CPU); the parent counts the writes in its replica (a "
+        "write counts once its value or a later one is there) until it has every child's "
+        "last, and a queue of the bench bound to `toparent.<parent id>.*` counts the deltas "
+        "(the broker routes each to one more queue). *Request/reply*: `ctx.request` of the "
+        f"parent to its child, {plan['nerve_rr']} times after 5 to warm up. *Broadcast*: a "
+        f"root with {plan['nerve_subtree']:,} children `ctx.broadcast`s "
+        f"{plan['nerve_rounds']} times 0.5 s apart; each child notes the arrival time and "
+        "sends them all to the root afterwards; *until all have it* is the latest arrival of a "
+        "round.",
+        "- **Bare aio-pika** (`bench/nerve_floor.py`): two processes on the same broker, one "
+        "connection each, messages of vsmd's size (a delta, a call envelope). Latency: one "
+        "message at a time, as far apart as the probes. Rate: as many messages as vsmd's "
+        "deltas"
+        + (f" (at most {cap:,})" if cap else "")
+        + ", published at once without confirms, consumed without acks. Request/reply: "
+        "direct reply-to, without and with publisher confirms and mandatory publishing (as a "
+        "VSM's channel).",
     ]

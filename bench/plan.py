@@ -24,6 +24,15 @@ class Plan:
     exec_burst: tuple[int, int]
     gc_burst: tuple[int, int]  # VSMs whose agent runs gc.collect(), with and without gc.freeze
     peers: tuple[tuple[int, int, int], ...]  # (N, floor repeats, supervisord repeats)
+    nerve_probes: int  # state writes child -> parent, one at a time, for the latency
+    nerve_gap: float  # s between two of them
+    nerve_rr: int  # request/reply parent -> child
+    nerve_children: int  # children writing at once for the rate
+    nerve_seconds: float  # how long each writes
+    nerve_rate_repeats: int
+    nerve_floor_cap: int  # most messages of the rate's floor (0: as many as vsmd's deltas)
+    nerve_subtree: int  # VSMs under the root that broadcasts
+    nerve_rounds: int  # broadcasts, 0.5 s apart
 
     def to_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -46,6 +55,15 @@ FULL = Plan(
     exec_burst=(100, 2),
     gc_burst=(100, 1),
     peers=((1, 20, 5), (100, 3, 2), (300, 3, 2), (1000, 3, 1)),
+    nerve_probes=200,
+    nerve_gap=0.02,
+    nerve_rr=500,
+    nerve_children=100,
+    nerve_seconds=3.0,
+    nerve_rate_repeats=2,
+    nerve_floor_cap=0,
+    nerve_subtree=1000,
+    nerve_rounds=10,
 )
 
 QUICK = Plan(
@@ -65,4 +83,13 @@ QUICK = Plan(
     exec_burst=(10, 1),
     gc_burst=(20, 1),
     peers=((1, 5, 2), (20, 2, 1)),
+    nerve_probes=50,
+    nerve_gap=0.02,
+    nerve_rr=100,
+    nerve_children=20,
+    nerve_seconds=1.0,
+    nerve_rate_repeats=1,
+    nerve_floor_cap=3000,
+    nerve_subtree=50,
+    nerve_rounds=5,
 )

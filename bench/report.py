@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.goals import Goal, num
 from bench.method import method
+from bench.nerve_report import nervous
 from bench.stats import Results
 from bench.tables import headline, idle, side_by_side, spread, strategies, table
 
@@ -14,6 +15,7 @@ SECTIONS = (
     ("vsmd, default strategy (fork server with gc.freeze)", ("vsmd.", "python.")),
     ("Peers on the same broker and workload", ("floor.", "supervisord.")),
     ("vsmd, other strategies and settings", ("nofreeze.", "exec.", "nosampler.")),
+    ("Nervous system: between VSMs, and bare aio-pika", ("ns.", "nsfloor.")),
 )
 
 
@@ -97,6 +99,7 @@ def render(data: dict[str, Any], res: Results, goals: list[Goal], extra: list[st
         *_goals(goals),
         *headline(res),
         *side_by_side(res),
+        *nervous(res, int(data["machine"].get("logical_cpus") or 1)),
         *strategies(res),
         *idle(res),
         *extra,

@@ -1,0 +1,152 @@
+"""The report's nervous-system section and goals: every number comes from the run's figures."""
+
+from __future__ import annotations
+
+from bench.goals import BEFORE_SPAWN_MS, BEFORE_USS_MIB, at_size, num, sizes
+from bench.stats import Results
+from bench.tables import table
+
+
+def _row(res: Results, what: str, n: int | None, key: str, floor: str | None) -> list[str]:
+    v, f = res.median(key), res.median(floor) if floor else None
+    unit = res.figures[key].unit if key in res.figures else ""
+    ratio = f"{num(v / f)}x" if v is not None and f else "—"
+    return [
+        what,
+        f"{n:,}" if n else "",
+        num(v) if v is not None else "—",
+        num(res.p99(key) or 0) if key in res.figures else "—",
+        num(f) if f is not None else "—",
+        ratio,
+        unit,
+    ]
+
+
+def _rows(res: Results) -> list[list[str]]:
+    rows = [
+        _row(res, "state write → parent's replica", 1, "ns.state.latency_ms", "nsfloor.latency_ms"),
+        _row(res, "request/reply parent → child", 1, "ns.rr_ms", "nsfloor.rr_ms"),
+        _row(res, "the same; floor with confirms, mandatory", 1, "ns.rr_ms", "nsfloor.rr_vsmd_ms"),
+    ]
+    for n in sizes(res, "ns.state.rate.", ".deltas_per_s"):
+        key = f"ns.state.rate.{n}"
+        floor = f"nsfloor.rate.{n}.per_s"
+        rows.append(_row(res, "state deltas at the parent", n, f"{key}.deltas_per_s", floor))
+        rows.append(_row(res, "writes in the parent's replica", n, f"{key}.writes_per_s", None))
+    for n in sizes(res, "ns.bcast.", ".all_ms"):
+        rows.append(_row(res, "broadcast until all have it", n, f"ns.bcast.{n}.all_ms", None))
+        rows.append(_row(res, "broadcast until one has it", n, f"ns.bcast.{n}.each_ms", None))
+    return [r for r in rows if r[2] != "—"]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,}" if isinstance(v, int) else num(v)
+
+
+def _line(text: str, *values: float | None) -> str | None:
+    """A bullet of the report, or None when one of its figures was not measured."""
+    known = [v for v in values if v is not None]
+    if len(known) != len(values):
+        return None
+    return "- " + text.format(*(_fmt(v) for v in known))
+
+
+def _prose(res: Results, cores: int) -> list[str | None]:
+    m = res.median
+    lines = [
+        _line(
+            "A write to a child's state was in its parent's replica after {} ms (p50; p99 {} "
+            "ms). A bare aio-pika publisher and consumer carried a message of the same size ({} "
+            "bytes) in {} ms, so vsmd added {} ms. The parent looked at its replica on every "
+            "turn of its loop while a probe was due, one turn every {} µs on average.",
+            m("ns.state.latency_ms"),
+            res.p99("ns.state.latency_ms"),
+            m("ns.state.probe_bytes"),
+            m("nsfloor.latency_ms"),
+            _diff(m("ns.state.latency_ms"), m("nsfloor.latency_ms")),
+            _scale(m("ns.state.turn_ms"), 1e3),
+        ),
+        _line(
+            "Request/reply from a parent to its child took {} ms (p50; p99 {} ms) against {} ms "
+            "for a bare aio-pika pair with direct reply-to and {} ms for the same pair publishing "
+            "with confirms and mandatory routing, as a VSM's channel does.",
+            m("ns.rr_ms"),
+            res.p99("ns.rr_ms"),
+            m("nsfloor.rr_ms"),
+            m("nsfloor.rr_vsmd_ms"),
+        ),
+    ]
+    for n in sizes(res, "ns.state.rate.", ".deltas_per_s"):
+        k = f"ns.state.rate.{n}"
+        cpu = [m(f"{k}.cpu_{w}_s") for w in ("vsms", "broker", "daemon")]
+        busy = sum(c for c in cpu if c is not None) / (m(f"{k}.s") or 1) / cores * 100
+        lines.append(
+            _line(
+                "With {} children writing, the parent received {} deltas/s carrying {} writes/s "
+                "({} writes a delta: a delta takes every write since the one before); a bare "
+                "pair moved {} messages/s of the same size. In that window the VSMs used {} CPU "
+                "s, the broker {} and the daemon {} over {} s: {}% of the machine's {} cores.",
+                n,
+                m(f"{k}.deltas_per_s"),
+                m(f"{k}.writes_per_s"),
+                _ratio(m(f"{k}.writes_per_s"), m(f"{k}.deltas_per_s")),
+                m(f"nsfloor.rate.{n}.per_s"),
+                *cpu,
+                m(f"{k}.s"),
+                busy,
+                cores,
+            )
+        )
+    for n in sizes(res, "ns.bcast.", ".all_ms"):
+        fig = res.figures[f"ns.bcast.{n}.all_ms"]
+        lines.append(
+            _line(
+                "A broadcast from a root reached all {} VSMs under it in {} ms (median of {} "
+                "rounds, worst {} ms); half of the arrivals came within {} ms.",
+                n,
+                m(f"ns.bcast.{n}.all_ms"),
+                len(fig.samples),
+                max(fig.samples),
+                m(f"ns.bcast.{n}.each_ms"),
+            )
+        )
+    mem_n, _at_n = at_size(res, "vsmd.mem.", ".vsm_uss_mib", 1000)
+    lines.append(
+        _line(
+            "VSMs on one asyncio loop: spawn → ready {} ms against {} ms before; an idle VSM's "
+            "USS {} MiB at N = {} against {} MiB before (the last full run before the change).",
+            m("vsmd.spawn_ready_ms"),
+            BEFORE_SPAWN_MS,
+            m(f"vsmd.mem.{mem_n}.vsm_uss_mib"),
+            mem_n,
+            BEFORE_USS_MIB,
+        )
+    )
+    return lines
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _scale(a: float | None, by: float) -> float | None:
+    return a * by if a is not None else None
+
+
+def nervous(res: Results, cores: int) -> list[str]:
+    rows = _rows(res)
+    if not rows:
+        return []
+    head = ["Between VSMs", "N", "vsmd median", "vsmd p99", "bare aio-pika", "vsmd/bare", "Unit"]
+    intro = (
+        "Measured inside VSMs by bench agents (`bench/nerve_agents.py`), next to bare aio-pika "
+        "on the same broker doing the same with messages of the same size "
+        "(`bench/nerve_floor.py`). The p99 column is the largest sample when there are fewer "
+        "than 100."
+    )
+    prose = [ln for ln in _prose(res, cores) if ln]
+    return ["## Nervous system: between VSMs", "", intro, "", *table(head, rows), *prose, ""]

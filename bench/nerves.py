@@ -1,0 +1,256 @@
+"""The nervous system: state updates child -> parent, a broadcast down a subtree and
+request/reply between VSMs, measured inside VSMs by the agents of bench/nerve_agents.py; each
+next to bare aio-pika doing the same on the same broker (bench/nerve_floor.py)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from bench import suite
+from bench.bus import AdminPipe, BenchError, Tap
+from bench.resources import CpuWindow
+from bench.stats import log
+from bench.vsmd_figs import terminate
+from bench.vsmd_proc import REPO, VsmdProc
+from vsmd.bus.topology import Topology
+from vsmd.protocol import Envelope, Spawn
+from vsmd.state import Clock, Entry, encode
+
+PREFIX = "ns"  # vsmd's figures here; the floor's are "nsfloor."
+WRITE_EVERY = 0.001  # s a writing child sleeps between writes (the loop's timer: 1-1.5 ms)
+
+
+def _spawn(pipe: AdminPipe, n: int, parent: str | None, agent: str) -> list[dict[str, Any]]:
+    _start, replies = pipe.run([Spawn(parent=parent, agent=agent) for _ in range(n)], 60 + n)
+    infos = [r["result"] for _t, r in replies if r.get("ok")]
+    if len(infos) != n:
+        bad = next(r.get("error") for _t, r in replies if not r.get("ok"))
+        terminate(pipe, [i["id"] for i in infos], 60 + n)
+        raise BenchError(f"{n - len(infos)} of {n} spawns failed, e.g. {bad}")
+    return infos
+
+
+def state_bytes(info: dict[str, Any], key: str, value: Any) -> int:
+    """Size of the message that carries one write of ``key`` from this VSM to its parent."""
+    vsm_id = str(info["id"])
+    delta = encode({("data", key): Entry(value, Clock(vsm_id).tick())})
+    env = Envelope(type="state", sender=vsm_id, path=str(info.get("path", "")), body=delta)
+    return len(env.encode())
+
+
+def call_bytes(info: dict[str, Any], kind: str) -> int:
+    body = {"kind": kind, "args": {}}
+    env = Envelope(type="call", sender=str(info["id"]), path=str(info.get("path", "")), body=body)
+    return len(env.encode())
+
+
+def run_nerves(ctx: suite.Ctx) -> None:
+    with suite.daemon(ctx, "nerves", agent_modules=["bench.agents"]) as (d, pipe):
+        sizes: dict[str, int] = {}
+        suite.guarded(ctx, "nerves: state", functools.partial(_state, ctx, d, pipe, sizes))
+        suite.guarded(ctx, "nerves: broadcast", functools.partial(_broadcast, ctx, d, pipe))
+    suite.guarded(ctx, "nerves: floor", functools.partial(_floors, ctx, sizes))
+
+
+def _state(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe, sizes: dict[str, int]) -> None:
+    """One parent, one child: latency and request/reply; then more children: the rate."""
+    plan, res = ctx.plan, ctx.res
+    [parent] = _spawn(pipe, 1, None, "nerveparent")
+    try:
+        [child] = _spawn(pipe, 1, parent["id"], "nervechild")
+        sizes["probe"] = state_bytes(child, "probe", [time.time(), 0, time.monotonic()])
+        sizes["burst"] = state_bytes(child, "burst", [time.time(), 100_000, False])
+        sizes["call"] = call_bytes(parent, "echo")
+        res.add(
+            f"{PREFIX}.state.probe_bytes", "one write's delta message", "bytes", [sizes["probe"]]
+        )
+        n, gap = plan.nerve_probes, plan.nerve_gap
+        with d.client() as c:
+            out = c.call(parent["id"], "latency", {"child": child["id"], "n": n, "gap": gap})
+            label = "state write in a child -> in the parent's replica"
+            res.add(f"{PREFIX}.state.latency_ms", label, "ms", out["ms"], 1)
+            label = "parent's loop turn while it waits for a probe"
+            res.add(f"{PREFIX}.state.turn_ms", label, "ms", [out["turn_ms"]])
+            if out["missed"]:
+                res.note(f"state latency: the parent saw {n - out['missed']} of {n} probes")
+            out = c.call(parent["id"], "rr", {"child": child["id"], "n": plan.nerve_rr})
+            res.add(
+                f"{PREFIX}.rr_ms", "request/reply parent -> child (ctx.request)", "ms", out["ms"], 1
+            )
+        k = plan.nerve_children
+        kids = [child["id"], *[i["id"] for i in _spawn(pipe, k - 1, parent["id"], "nervechild")]]
+        for _ in range(plan.nerve_rate_repeats):
+            _rate(ctx, d, parent["id"], kids)
+    finally:
+        terminate(pipe, [parent["id"]], 120.0)
+
+
+def _rate(ctx: suite.Ctx, d: VsmdProc, parent: str, kids: list[str]) -> None:
+    res, k, seconds = ctx.res, len(kids), ctx.plan.nerve_seconds
+    named: dict[str, list[int | None]] = {
+        "broker": [ctx.broker_pid],
+        "daemon": [d.pid],
+        "vsms": list(d.vsm_pids()),
+    }
+    # A copy of every delta to the parent: the broker routes each to one more queue.
+    tap = Tap(ctx.url, Topology(d.namespace).exchange, f"toparent.{parent}.*")
+    try:
+        window = CpuWindow(named)
+        with d.client(seconds + 120) as c:
+            ask = {"children": kids, "seconds": seconds, "every": WRITE_EVERY}
+            out = c.call(parent, "rate", ask, seconds + 90)
+        suite.add_cpu(ctx, f"{PREFIX}.state.rate.{k}", k, window.stop({}), "writing")
+    finally:
+        deltas, size = tap.take()
+    if out["finished"] != k:
+        raise BenchError(f"state rate: {out['finished']} of {k} children finished in time")
+    took = out["seconds"]
+    log(f"state rate: {out['writes']} writes in {deltas} deltas of {k} children in {took:.2f} s")
+    key = f"{PREFIX}.state.rate.{k}"
+    label = "state deltas of N children to the parent"
+    res.add(f"{key}.deltas_per_s", label, "deltas/s", [deltas / took], k)
+    res.add(
+        f"{key}.writes_per_s",
+        "writes of N children in the parent's replica",
+        "writes/s",
+        [out["writes"] / took],
+        k,
+    )
+    res.add(f"{key}.deltas", "deltas the children sent the parent", "deltas", [deltas], k)
+    res.add(f"{key}.delta_bytes", "mean size of a delta (first 200)", "bytes", [size], k)
+    label = "from the parent's go until its replica had every last write"
+    res.add(f"{key}.s", label, "s", [took], k)
+
+
+def _broadcast(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe) -> None:
+    plan, res, n = ctx.plan, ctx.res, ctx.plan.nerve_subtree
+    [root] = _spawn(pipe, 1, None, "nerveparent")
+    try:
+        _spawn(pipe, n, root["id"], "nervechild")
+        with d.client(300.0) as c:
+            rounds = plan.nerve_rounds
+            t0 = c.call(root["id"], "bcast", {"rounds": rounds, "gap": 0.5})["t0"]
+            got = c.call(root["id"], "arrivals", {"expect": n, "timeout": 120.0})["reports"]
+    finally:
+        terminate(pipe, [root["id"]], 300.0)
+    if len(got) != n:
+        raise BenchError(f"broadcast: {len(got)} of {n} receivers reported")
+    every: list[float] = []
+    for r, sent in enumerate(t0):
+        arrived = [(times[str(r)] - sent) * 1e3 for times in got.values() if str(r) in times]
+        if len(arrived) != n:
+            res.fail(f"broadcast round {r}: {len(arrived)} of {n} VSMs had it")
+            continue
+        every.extend(arrived)
+        res.add(
+            f"{PREFIX}.bcast.{n}.all_ms",
+            "broadcast from the root until all N have it",
+            "ms",
+            [max(arrived)],
+            n,
+        )
+    label = "broadcast from the root until one VSM has it (every VSM, every round)"
+    res.add(f"{PREFIX}.bcast.{n}.each_ms", label, "ms", every, n)
+
+
+# --- the floor: bare aio-pika -----------------------------------------------------------------
+
+
+def _proc(role: str, args: dict[str, Any]) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "bench.nerve_floor", role, orjson.dumps(args).decode()]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+def _ready(p: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    assert p.stdout is not None
+    readable, _w, _x = select.select([p.stdout], [], [], timeout)
+    line = p.stdout.readline() if readable else ""
+    if line.strip() != "ready":
+        p.kill()
+        raise BenchError(f"floor process not ready: {line[:200]!r}")
+
+
+def _result(p: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    try:
+        out, _err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise BenchError(f"floor process gave no result within {timeout:g} s") from None
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        raise BenchError(f"floor process exited {p.returncode}")
+    result: dict[str, Any] = orjson.loads(lines[-1])
+    return result
+
+
+def _pair(url: str, mode: str, n: int, size: int, gap: float) -> tuple[dict[str, Any], float]:
+    base = {"url": url, "queue": f"bench-nerve-{uuid.uuid4().hex[:12]}", "n": n, "mode": mode}
+    sink = _proc("sink", {**base, "timeout": 60.0 + n * gap + n / 1000})
+    try:
+        _ready(sink)
+        source = _proc("source", {**base, "size": size, "gap": gap})
+        start = _result(source, 120.0 + n * gap)["start"]
+        got = _result(sink, 120.0)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    return got, got["last"] - float(start)
+
+
+def _rr(url: str, n: int, size: int, like_vsmd: bool) -> list[float]:
+    base = {"url": url, "queue": f"bench-nerve-{uuid.uuid4().hex[:12]}", "like_vsmd": like_vsmd}
+    server = _proc("server", base)
+    try:
+        _ready(server)
+        ms: list[float] = _result(_proc("client", {**base, "n": n, "size": size}), 120.0)["ms"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(10.0)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return ms
+
+
+def _floors(ctx: suite.Ctx, sizes: dict[str, int]) -> None:
+    plan, res = ctx.plan, ctx.res
+    log("nerves floor: bare aio-pika pairs")
+    probe = sizes.get("probe", 300)
+    got, _took = _pair(ctx.url, "latency", plan.nerve_probes, probe, plan.nerve_gap)
+    res.add(
+        "nsfloor.latency_ms", "publisher -> consumer, one message at a time", "ms", got["ms"], 1
+    )
+    for key in [k for k in res.figures if k.startswith(f"{PREFIX}.state.rate.")]:
+        if not key.endswith(".deltas"):
+            continue
+        fig, stem = res.figures[key], key.removesuffix(".deltas")
+        size = int(res.median(f"{stem}.delta_bytes") or probe)
+        for deltas in fig.samples:
+            n = min(int(deltas), plan.nerve_floor_cap or int(deltas))
+            _got, took = _pair(ctx.url, "rate", n, size, 0.0)
+            label = "as many messages as the children sent deltas (same size), at once"
+            res.add(f"nsfloor.rate.{fig.n}.per_s", label, "messages/s", [n / took], fig.n)
+    call = sizes.get("call", 200)
+    res.add(
+        "nsfloor.rr_ms",
+        "request/reply, direct reply-to",
+        "ms",
+        _rr(ctx.url, plan.nerve_rr, call, False),
+        1,
+    )
+    label = "request/reply, direct reply-to, with confirms and mandatory as vsmd"
+    res.add("nsfloor.rr_vsmd_ms", label, "ms", _rr(ctx.url, plan.nerve_rr, call, True), 1)
