@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 from collections.abc import Iterator
 
 import orjson
@@ -124,3 +127,38 @@ def test_an_agent_that_raises_costs_one_error_reply(daemon: DaemonProc, kind: st
     assert (info.pid, info.restarts, info.status) == (vsm.pid, 0, "running")
     log = daemon.log()
     assert "reconnected" not in log
+
+
+def test_prewarm_runs_the_start_path_and_never_raises(
+    broker_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vsmd.agents import AgentRegistry
+    from vsmd.spec import VsmSpec
+    from vsmd.vsm.prewarm import prewarm
+
+    template = VsmSpec(
+        vsm_id="0123456789ab",
+        name="x",
+        path="x",
+        parent_id=None,
+        depth=1,
+        agent="noop",
+        broker_url=broker_url,
+        namespace=f"prewarm{os.getpid()}",
+    )
+    caplog.set_level(logging.WARNING, logger="vsmd.forkserver")
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    exchange = Topology(template.namespace).exchange
+    try:
+        conn.channel().exchange_declare(exchange, exchange_type="topic")  # as the daemon does
+        prewarm(template, AgentRegistry())
+    finally:
+        conn.channel().exchange_delete(exchange)
+        conn.close()
+    assert "prewarm skipped" not in caplog.text  # it reached the broker and itself
+    # Without a broker it says so and goes on: the fork server must still fork.
+    prewarm(
+        dataclasses.replace(template, broker_url="amqp://guest:guest@127.0.0.1:1/%2F"),
+        AgentRegistry(),
+    )
+    assert "prewarm skipped" in caplog.text

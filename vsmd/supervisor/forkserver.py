@@ -32,6 +32,7 @@ from vsmd.supervisor.oscalls import (
     die_with_parent,
 )
 from vsmd.supervisor.rlimits import apply_rlimits
+from vsmd.vsm.prewarm import prewarm
 from vsmd.vsm.runtime import run_vsm
 
 log = logging.getLogger("vsmd.forkserver")
@@ -55,6 +56,7 @@ class ForkServer:
         self.pid = os.getpid()  # what a VSM must see as its parent, checked after fork
         self._wake_r, self._wake_w = os.pipe()
         self.freeze = True
+        self.warm = False
         self.orphaned = False  # the daemon died: set by the death signal's handler
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -76,6 +78,10 @@ class ForkServer:
 
     def spawn(self, msg: dict[str, Any]) -> None:
         spec = VsmSpec.from_dict(msg["spec"])
+        strategy = msg.get("strategy", "forkserver")
+        if not self.warm and strategy == "forkserver" and msg.get("prewarm", True):
+            self.warm = True  # once, on the first spawn: the first to bring a broker URL
+            prewarm(spec, self.registry)
         if self.freeze and msg.get("gc_freeze", True):
             # Move everything imported so far out of the collector's reach so the child's
             # first collection does not write to (and un-share) every page.

@@ -41,6 +41,7 @@ OnMessage = Callable[[Incoming], Awaitable[None]]
 _LOST: tuple[type[BaseException], ...] = (
     aio_pika.exceptions.AMQPError,
     aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel closed under us
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
