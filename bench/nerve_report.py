@@ -110,6 +110,7 @@ def _prose(res: Results, cores: int) -> list[str | None]:
                 m(f"ns.bcast.{n}.each_ms"),
             )
         )
+    lines.append(_floor_vs_goals(res))
     mem_n, _at_n = at_size(res, "vsmd.mem.", ".vsm_uss_mib", 1000)
     lines.append(
         _line(
@@ -123,6 +124,31 @@ def _prose(res: Results, cores: int) -> list[str | None]:
         )
     )
     return lines
+
+
+def _floor_vs_goals(res: Results) -> str | None:
+    """Which goals bare aio-pika itself misses on this machine: vsmd cannot beat its floor."""
+    rates = sizes(res, "nsfloor.rate.", ".per_s")
+    checks = [
+        ("latency", res.median("nsfloor.latency_ms"), 2.0, "ms", False),
+        ("request/reply", res.median("nsfloor.rr_ms"), 0.6, "ms", False),
+        # (what, the floor's median, the goal's limit, unit, higher is better)
+    ]
+    if rates:
+        rate = res.median(f"nsfloor.rate.{rates[-1]}.per_s")
+        checks.append(("rate", rate, 20_000.0, "messages/s", True))
+    missed = [
+        f"{what} {num(v)} {unit} (goal {'≥' if higher else '≤'} {goal:g} {unit})"
+        for what, v, goal, unit, higher in checks
+        if v is not None and (v < goal if higher else v > goal)
+    ]
+    if not missed:
+        return None
+    return (
+        "- Bare aio-pika itself, on this machine and broker, misses these goals: "
+        + "; ".join(missed)
+        + ". VSMs talk through aio-pika too: here they cannot do better than that."
+    )
 
 
 def _diff(a: float | None, b: float | None) -> float | None:

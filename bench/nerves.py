@@ -27,7 +27,6 @@ from vsmd.protocol import Envelope, Spawn
 from vsmd.state import Clock, Entry, encode
 
 PREFIX = "ns"  # vsmd's figures here; the floor's are "nsfloor."
-WRITE_EVERY = 0.001  # s a writing child sleeps between writes (the loop's timer: 1-1.5 ms)
 
 
 def _spawn(pipe: AdminPipe, n: int, parent: str | None, agent: str) -> list[dict[str, Any]]:
@@ -55,7 +54,9 @@ def call_bytes(info: dict[str, Any], kind: str) -> int:
 
 
 def run_nerves(ctx: suite.Ctx) -> None:
-    with suite.daemon(ctx, "nerves", agent_modules=["bench.agents"]) as (d, pipe):
+    # One root gets 1,000 children at once: the per-parent spawn throttle as the overall one.
+    extra = {"parent_spawn_rate": 1000.0, "parent_spawn_burst": 1000}
+    with suite.daemon(ctx, "nerves", agent_modules=["bench.agents"], **extra) as (d, pipe):
         sizes: dict[str, int] = {}
         suite.guarded(ctx, "nerves: state", functools.partial(_state, ctx, d, pipe, sizes))
         suite.guarded(ctx, "nerves: broadcast", functools.partial(_broadcast, ctx, d, pipe))
@@ -107,7 +108,7 @@ def _rate(ctx: suite.Ctx, d: VsmdProc, parent: str, kids: list[str]) -> None:
     try:
         window = CpuWindow(named)
         with d.client(seconds + 120) as c:
-            ask = {"children": kids, "seconds": seconds, "every": WRITE_EVERY}
+            ask = {"children": kids, "seconds": seconds, "every": k / ctx.plan.nerve_offered}
             out = c.call(parent, "rate", ask, seconds + 90)
         suite.add_cpu(ctx, f"{PREFIX}.state.rate.{k}", k, window.stop({}), "writing")
     finally:
