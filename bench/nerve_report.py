@@ -35,7 +35,7 @@ def _rows(res: Results) -> list[list[str]]:
         rows.append(_row(res, "writes in the parent's replica", n, f"{key}.writes_per_s", None))
     for n in sizes(res, "ns.bcast.", ".all_ms"):
         rows.append(_row(res, "broadcast until all have it", n, f"ns.bcast.{n}.all_ms", None))
-        rows.append(_row(res, "broadcast until one has it", n, f"ns.bcast.{n}.each_ms", None))
+        rows.append(_row(res, "broadcast, each arrival", n, f"ns.bcast.{n}.each_ms", None))
     return [r for r in rows if r[2] != "—"]
 
 
@@ -138,7 +138,7 @@ def _floor_vs_goals(res: Results) -> str | None:
         rate = res.median(f"nsfloor.rate.{rates[-1]}.per_s")
         checks.append(("rate", rate, 20_000.0, "messages/s", True))
     missed = [
-        f"{what} {num(v)} {unit} (goal {'≥' if higher else '≤'} {goal:g} {unit})"
+        f"{what} {num(v)} {unit} (goal {'≥' if higher else '≤'} {goal:,g} {unit})"
         for what, v, goal, unit, higher in checks
         if v is not None and (v < goal if higher else v > goal)
     ]

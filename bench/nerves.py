@@ -160,7 +160,7 @@ def _broadcast(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe) -> None:
             [max(arrived)],
             n,
         )
-    label = "broadcast from the root until one VSM has it (every VSM, every round)"
+    label = "broadcast from the root until each VSM has it (every arrival)"
     res.add(f"{PREFIX}.bcast.{n}.each_ms", label, "ms", every, n)
 
 
