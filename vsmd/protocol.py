@@ -19,6 +19,9 @@ import orjson
 from vsmd.errors import BadJson, ProtocolError, TooLarge, UnknownCommand, VsmdError
 
 VERSION = 1
+# Nesting a value may bring in: replies, state deltas and the journal carry it a few levels
+# further down, and the JSON encoder writes at most 254 levels.
+MAX_DEPTH = 200
 
 
 def dumps(obj: Any) -> bytes:
@@ -36,6 +39,18 @@ def loads_object(body: bytes, limit: int) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` deep (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
 
 
 # --- field checking ---------------------------------------------------------------------------
@@ -61,6 +76,11 @@ def _check_field(cmd: str, f: dataclasses.Field[Any], value: Any) -> Any:
         raise ProtocolError(
             f"{cmd}: field {f.name!r} must be {f.type}, got {type(value).__name__}",
             field=f.name,
+        )
+    if isinstance(value, dict) and depth_over(value, MAX_DEPTH):
+        # What could not be written again must not get in: every reply carrying it would fail.
+        raise ProtocolError(
+            f"{cmd}: field {f.name!r} is nested over {MAX_DEPTH} levels", field=f.name
         )
     return (
         float(value)
@@ -245,6 +265,8 @@ def check_policy_value(key: str, value: Any) -> Any:
     if key.startswith("x-") and 2 < len(key) <= 64:
         if value is not None and not isinstance(value, str | int | float | bool | list):
             raise ProtocolError(f"policy {key}: a string, number, boolean or list", field=key)
+        if depth_over(value, MAX_DEPTH):
+            raise ProtocolError(f"policy {key} is nested over {MAX_DEPTH} levels", field=key)
         return value
     kinds = POLICY_KEYS.get(key)
     if kinds is None:

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vsmd.errors import ProtocolError, TooLarge
-from vsmd.protocol import dumps, loads_object
+from vsmd.protocol import MAX_DEPTH, depth_over, dumps, loads_object
 
 SCHEMA = 1
 SECTIONS = ("identity", "policy", "metrics", "data")
-MAX_DEPTH = 200  # nesting of a value; the JSON encoder writes at most 254 levels
 Key = tuple[str, str]
 
 
@@ -111,23 +110,13 @@ class Entry:
         if not deleted and "x" not in raw:
             raise ProtocolError(f"state entry {section}.{key} has no value")
         value = None if deleted else raw["x"]
-        if _depth_over(value, MAX_DEPTH):
+        if depth_over(value, MAX_DEPTH):
             # What we could not write again must not get in: every later snapshot would fail.
             raise ProtocolError(f"state value {section}.{key} is nested over {MAX_DEPTH} levels")
         extra = {k: v for k, v in raw.items() if k not in ("s", "k", "v", "d", "x")}
+        if depth_over(extra, MAX_DEPTH):  # passed on in every snapshot, as the value is
+            raise ProtocolError(f"a field of state entry {section}.{key} is nested too deep")
         return (section, key), cls(value, Version.from_list(raw.get("v")), deleted, extra)
-
-
-def _depth_over(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests lists and objects more than ``limit`` deep (no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, dict | list):
-            if depth > limit:
-                return True
-            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
-    return False
 
 
 def newer(a: Entry | None, b: Entry) -> bool:
@@ -198,6 +187,8 @@ def decode(obj: Any) -> tuple[dict[Key, Entry], dict[str, Any]]:
         if newer(entries.get(key), entry):
             entries[key] = entry
     extra = {k: v for k, v in obj.items() if k not in ("schema", "entries")}
+    if depth_over(extra, MAX_DEPTH):
+        raise ProtocolError(f"a field of the state snapshot is nested over {MAX_DEPTH} levels")
     return entries, extra
 
 
