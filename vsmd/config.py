@@ -14,6 +14,7 @@ from vsmd.errors import ConfigError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 SPAWN_STRATEGIES = ("forkserver", "exec")
+CGROUP_MODES = ("auto", "off")
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 # Environment variables and the option each one sets.
@@ -67,6 +68,8 @@ class Config:
     sample_interval: float = 1.0
     quota_violations: int = 3
     default_quota_action: str = "warn"
+    # Kernel-enforced limits per VSM: "auto" uses cgroups where the host lets us, "off" never.
+    cgroups: str = "auto"
     # Admission: token buckets (per second, burst) overall and per parent VSM.
     spawn_rate: float = 1000.0
     spawn_burst: int = 1000
@@ -129,6 +132,7 @@ class Config:
         _choice(self.default_on_parent_exit, "default_on_parent_exit", PARENT_EXIT_POLICIES)
         _choice(self.default_on_child_failure, "default_on_child_failure", CHILD_FAILURE_POLICIES)
         _choice(self.default_quota_action, "default_quota_action", QUOTA_ACTIONS)
+        _choice(self.cgroups, "cgroups", CGROUP_MODES)
         for name in ("min_available_mb", "memory_budget_mb", "default_memory_mb"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}: must be 0 or more")

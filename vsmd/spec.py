@@ -42,6 +42,8 @@ class VsmSpec:
     policy: dict[str, Any] = field(default_factory=dict)
     # Ids of its ancestors, the root first: the VSM binds its inbox to their broadcasts.
     ancestors: tuple[str, ...] = ()
+    # The cgroup.procs files the child joins before agent code runs (empty: no cgroups).
+    cgroup_procs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -51,4 +53,5 @@ class VsmSpec:
         data = dict(data)
         data["agent_modules"] = tuple(data.get("agent_modules", ()))
         data["ancestors"] = tuple(data.get("ancestors", ()))
+        data["cgroup_procs"] = tuple(data.get("cgroup_procs", ()))
         return cls(**data)

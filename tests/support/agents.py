@@ -5,9 +5,11 @@ Loaded by the daemon and fork server via ``agent_modules = ["tests.support.agent
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -129,6 +131,76 @@ class HelperHogAgent(HelperAgent):
         self.proc = subprocess.Popen([sys.executable, "-c", hold, mb])
 
 
+class ForkBombAgent(BaseAgent):
+    """Forks children that sleep ``child_seconds`` and exit, in a loop on a thread of its own,
+    as a runaway agent would (subprocesses, not VSM spawns). Bounded here too: it stops after
+    ``attempts`` forks tried (2,000), so a broken pids limit cannot take the host down.
+    Any call answers what it got so far: the pids it made and its fork errors by name."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.pids: list[int] = []
+        self.errors: dict[str, int] = {}
+        self.attempts = 0
+        self.done = False
+
+    def start(self, ctx: SyncContext) -> None:
+        threading.Thread(target=self._bomb, name="forkbomb", daemon=True).start()
+
+    def _bomb(self) -> None:
+        pause = float(self.config.get("pause", 0.005))
+        for _ in range(int(self.config.get("attempts", 2000))):
+            self.attempts += 1
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                self.errors[name] = self.errors.get(name, 0) + 1
+            else:
+                if pid == 0:
+                    try:
+                        time.sleep(float(self.config.get("child_seconds", 60)))
+                    finally:
+                        os._exit(0)
+                self.pids.append(pid)
+            time.sleep(pause)
+        self.done = True
+
+    def handle(
+        self, ctx: SyncContext, kind: str, body: dict[str, Any], sender: Sender
+    ) -> dict[str, Any]:
+        return {
+            "pids": list(self.pids),
+            "errors": dict(self.errors),
+            "attempts": self.attempts,
+            "done": self.done,
+        }
+
+
+class EscaperAgent(HelperAgent):
+    """Starts a ``sleep`` in a session of its own: out of the VSM's process group, so only its
+    cgroup still holds it."""
+
+    def start(self, ctx: SyncContext) -> None:
+        self.proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+
+
+class ForkHogAgent(BaseAgent):
+    """Forks ``children`` processes that each hold ``mb`` MiB of touched memory and sleep: each
+    stays under its own RLIMIT_AS, so only a memory cgroup (their sum) can stop them."""
+
+    def start(self, ctx: SyncContext) -> None:
+        for _ in range(int(self.config.get("children", 8))):
+            if os.fork() == 0:
+                try:
+                    block = bytearray(int(self.config.get("mb", 30)) << 20)
+                    for i in range(0, len(block), 4096):  # touch every page: resident
+                        block[i] = 1
+                    time.sleep(60)
+                finally:
+                    os._exit(0)
+
+
 def register_agents(registry: AgentRegistry) -> None:
     registry.register("spawner", SpawnerAgent)
     registry.register("bomber", BomberAgent)
@@ -137,3 +209,6 @@ def register_agents(registry: AgentRegistry) -> None:
     registry.register("helper", HelperAgent)
     registry.register("helperhog", HelperHogAgent)
     registry.register("spinner", SpinnerAgent)
+    registry.register("forkbomb", ForkBombAgent)
+    registry.register("escaper", EscaperAgent)
+    registry.register("forkhog", ForkHogAgent)

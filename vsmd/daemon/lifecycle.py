@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol
 
 from vsmd.config import Config
+from vsmd.daemon.cgroups import Cgroups
 from vsmd.daemon.events import EventLog
 from vsmd.daemon.journal import Journal
 from vsmd.daemon.policy import should_restart
@@ -64,6 +65,8 @@ class Lifecycle(abc.ABC):
         self._stop_timeout: dict[str, float] = {}
         # The subtree (leaves first) each pending terminate was asked to stop, for its answer.
         self._stop_members: dict[str, list[str]] = {}
+        # Kernel-enforced limits per VSM where the host has them; the daemon plugs them in.
+        self.cgroups: Cgroups | None = None
 
     @abc.abstractmethod
     def _start(self, rec: VsmRecord) -> None:
@@ -79,6 +82,9 @@ class Lifecycle(abc.ABC):
         rec = self.registry.find(vsm_id)
         if rec is None or (rec.pid is not None and rec.pid != pid):
             return  # an earlier incarnation, already accounted for
+        if self.cgroups is not None:
+            self.cgroups.empty(rec.id)  # nothing the agent started outlives the VSM
+            self.note_oom(rec, exited=True)
         rec.pid, rec.exit_code, rec.exit_signal = None, code, sig
         rec.last_exit = exit_text(code, sig)
         rec.metrics = {}
@@ -248,6 +254,26 @@ class Lifecycle(abc.ABC):
         elif v.action == "terminate":
             self.terminate_child_vsm(rec.id)
 
+    def note_oom(self, rec: VsmRecord, exited: bool = False) -> None:
+        """Tell of processes the kernel's OOM killer took in the VSM's memory cgroup."""
+        kills = self.cgroups.new_oom_kills(rec.id) if self.cgroups is not None else 0
+        if not kills:
+            return
+        what = "process" if kills == 1 else "processes"
+        message = f"out of memory: the kernel killed {kills} {what} in its memory cgroup"
+        if exited:
+            rec.reported = message  # the reason its exit is given
+        else:
+            rec.last_reason = message
+        self.events.emit(
+            "oom_kill",
+            f"{rec.path}: {message}",
+            rec.id,
+            rec.path,
+            level=logging.WARNING,
+            count=kills,
+        )
+
     def _fail_start(self, rec: VsmRecord, err: VsmdError) -> None:
         self.events.emit("spawn_failed", err.message, rec.id, rec.path, level=logging.WARNING)
         if rec.pid is not None:
@@ -259,6 +285,8 @@ class Lifecycle(abc.ABC):
     def _remove(self, rec: VsmRecord) -> None:
         self.registry.remove(rec.id)
         self._stop_timeout.pop(rec.id, None)
+        if self.cgroups is not None:
+            self.cgroups.remove(rec.id, self.registry)
         if self.journal is not None:
             self.journal.delete(rec.id)
         self._forget(rec)

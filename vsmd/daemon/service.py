@@ -24,6 +24,7 @@ from vsmd.bus.connection import redact
 from vsmd.bus.daemon_bus import DaemonBus
 from vsmd.bus.topology import Topology
 from vsmd.config import Config
+from vsmd.daemon import cgroups
 from vsmd.daemon.control import Control
 from vsmd.daemon.events import Event, EventLog
 from vsmd.daemon.journal import Journal
@@ -330,6 +331,8 @@ class Daemon:
         self.bus.connect()  # raises BrokerError: the caller reports it and exits 3
         self._install_signals()
         become_subreaper()
+        # Before the fork server: with cgroup v2 the daemon may first move to a leaf of its own.
+        self.manager.cgroups = cgroups.setup(self.config)
         self.pool.start()
         states = self.store.load()
         restored, _dropped = self.manager.restore()
@@ -359,6 +362,8 @@ class Daemon:
                 self._run_timers()
         finally:
             self.pool.stop()
+            if self.manager.cgroups is not None:
+                self.manager.cgroups.stop()
             self.bus.close()
             self.store.write()
             self.journal.close()

@@ -8,6 +8,7 @@ that the loop resolves, so callers on other threads may block on them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -18,6 +19,7 @@ from concurrent.futures import Future
 from vsmd.agents import AgentRegistry
 from vsmd.config import Config, check_name
 from vsmd.daemon import budget, policy_limits
+from vsmd.daemon.cgroups import leaf_limits, subtree_limits
 from vsmd.daemon.events import EventLog
 from vsmd.daemon.journal import Entry, Journal
 from vsmd.daemon.lifecycle import Lifecycle, Notify, ProcessPool
@@ -275,9 +277,19 @@ class SpawnManager(Lifecycle):
             self.config.spawn_timeout, lambda: self._start_timeout(rec.id)
         )
         try:
-            self.pool.spawn(spec)
+            self.pool.spawn(self._in_cgroup(spec, rec))
         except SpawnError as err:
             self.on_spawn_failed(rec.id, err.message)
+
+    def _in_cgroup(self, spec: VsmSpec, rec: VsmRecord) -> VsmSpec:
+        """Its cgroups made and their limits written (from the limits in force now)."""
+        if self.cgroups is None:
+            return spec
+        policy = self._limits(rec)
+        procs = self.cgroups.prepare(
+            rec.id, rec.parent, leaf_limits(policy), subtree_limits(policy)
+        )
+        return dataclasses.replace(spec, cgroup_procs=procs)
 
     def ancestors(self, rec: VsmRecord) -> tuple[str, ...]:
         """Ids above ``rec``, the root first (its inbox binds their broadcasts)."""
@@ -440,5 +452,6 @@ class SpawnManager(Lifecycle):
             rec = self.registry.find(vsm_id)
             if rec is not None:
                 rec.metrics = m
+                self.note_oom(rec)
         for v in violations:
             self.on_violation(v)

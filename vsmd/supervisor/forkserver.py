@@ -24,6 +24,7 @@ import orjson
 
 from vsmd.agents import AgentRegistry, build_registry
 from vsmd.spec import VsmSpec
+from vsmd.supervisor.cgroups import join_cgroups
 from vsmd.supervisor.oscalls import (
     OsCalls,
     RealOs,
@@ -148,7 +149,9 @@ class ForkServer:
             self.sock.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
-            apply_rlimits(spec.policy)  # hard quotas before any agent code, inherited by exec
+            # Hard quotas before any agent code, inherited by exec and every process it starts.
+            join_cgroups(spec.cgroup_procs)
+            apply_rlimits(spec.policy)
             if strategy == "exec":
                 os.execv(
                     sys.executable,
