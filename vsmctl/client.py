@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import uuid
 from collections.abc import Generator, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -56,6 +57,8 @@ from vsmd.state import decode
 
 DEFAULT_TIMEOUT = 60.0  # above the daemon's default spawn_timeout (30 s)
 MAX_REPLY = 64 << 20
+RETRY_FIRST = 0.1  # seconds before the first repeat of a request after a lost connection
+RETRY_MAX = 1.0
 SENDER = "vsmctl"  # the envelope's sender of everything this client publishes
 # What may stand in a routing key as an id; anything else cannot be a VSM's (the daemon says so).
 _KEYABLE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -77,6 +80,7 @@ class VsmClient:
         self._conn: Any = None
         self._rpc: RpcChannel | None = None
         self._publisher: ConfirmedPublisher | None = None
+        self.retried = 0  # admin requests sent again (same key) after a lost connection
 
     def _no_daemon(self, why: str = "") -> NoDaemon:
         extra = f" ({why})" if why else ""
@@ -94,16 +98,19 @@ class VsmClient:
                 raise self._no_daemon(err.message) from None
         return self._rpc
 
-    def request(self, command: Command, timeout: float | None = None) -> Any:
-        """Send one admin command; return its result or raise the daemon's error."""
+    def request(
+        self, command: Command, timeout: float | None = None, idem: str | None = None
+    ) -> Any:
+        """Send one admin command; return its result or raise the daemon's error.
+
+        The request carries an idempotency key (``idem``, a fresh one unless given): after a lost
+        connection it is sent again with the same key until ``timeout`` runs out, and the daemon
+        answers a key it has seen with the first reply instead of executing the command twice.
+        A Timeout leaves the outcome open: ask again with the same ``idem`` to learn it.
+        """
         wait = self.timeout if timeout is None else timeout
-        rpc = self._channel()
-        try:
-            raw = rpc.call_queue(self.topo.admin_queue, dumps(command.to_request()), wait)
-        except NoDaemon:
-            raise self._no_daemon() from None
-        except BrokerError as err:
-            raise self._no_daemon(err.message) from None
+        request = {**command.to_request(), "idem": idem or uuid.uuid4().hex}
+        raw = self._call_admin(dumps(request), time.monotonic() + wait)
         reply = loads_object(raw, MAX_REPLY)
         if reply.get("ok") is True:
             return reply.get("result")
@@ -111,6 +118,38 @@ class VsmClient:
         if not isinstance(error, dict):
             raise VsmdError("malformed reply from vsmd")
         raise from_dict(error)
+
+    def _call_admin(self, body: bytes, deadline: float) -> bytes:
+        """The reply to ``body``; sent again, as it is, after a lost connection.
+
+        Before any loss, no broker or no daemon is NO_DAEMON at once; after one, both are what a
+        broker or daemon on its way back looks like, so they are waited out until ``deadline``.
+        """
+        lost: str | None = None
+        pause, sent = RETRY_FIRST, 1
+        while True:
+            try:
+                return self._admin_once(body, deadline)
+            except NoDaemon:
+                if lost is None:
+                    raise
+            except BrokerError as err:
+                lost = lost or err.message
+            self.close()  # the next try opens a new connection and reply channel
+            if time.monotonic() + pause >= deadline:
+                raise self._no_daemon(f"{lost}; sent {sent} times") from None
+            time.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX)
+            sent += 1
+            self.retried += 1
+
+    def _admin_once(self, body: bytes, deadline: float) -> bytes:
+        rpc = self._channel()  # NoDaemon when no broker answers
+        left = max(deadline - time.monotonic(), 0.001)
+        try:
+            return rpc.call_queue(self.topo.admin_queue, body, left)
+        except NoDaemon:  # nobody consumes the admin queue
+            raise self._no_daemon() from None
 
     def send_raw(self, body: bytes, timeout: float | None = None) -> dict[str, Any]:
         """Send bytes as they are (for tests of the daemon's input checks); the decoded reply."""

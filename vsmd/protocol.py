@@ -1,7 +1,8 @@
 """Wire protocol shared by the daemon, the VSM runtime and vsmctl.
 
-Admin requests are ``{"v": 1, "cmd": NAME, "args": {...}}``; replies are exactly one of
-``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"code": ..., "message": ...}}``.
+Admin requests are ``{"v": 1, "cmd": NAME, "args": {...}, "idem": KEY}`` (``idem`` optional:
+a repeated key gets the first reply again instead of a second execution); replies are exactly
+one of ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"code": ..., "message": ...}}``.
 Bus messages between VSMs and the daemon use the small :class:`Envelope`.
 Only orjson and the standard library are imported here: vsmctl must start fast.
 """
@@ -290,8 +291,21 @@ COMMANDS: dict[str, type[Command]] = {
 }
 
 
+IDEM_MAX = 128  # an idempotency key is a client's token (a uuid), not a place for data
+
+
 def parse_request(body: bytes, limit: int) -> Command:
+    return parse_admin(body, limit)[0]
+
+
+def parse_admin(body: bytes, limit: int) -> tuple[Command, str | None]:
+    """The command of an admin request and its idempotency key (``idem``), if it has one."""
     data = loads_object(body, limit)
+    idem = data.get("idem")
+    if idem is not None and (not isinstance(idem, str) or not 0 < len(idem) <= IDEM_MAX):
+        raise ProtocolError(
+            f"field 'idem' must be a string of 1 to {IDEM_MAX} characters", field="idem"
+        )
     version = data.get("v", VERSION)
     if type(version) is not int or version != VERSION:  # True == 1 in Python
         raise ProtocolError(
@@ -307,7 +321,7 @@ def parse_request(body: bytes, limit: int) -> Command:
     args = data.get("args", {})
     if not isinstance(args, dict):
         raise ProtocolError("field 'args' must be an object", field="args")
-    return cls.from_args(args)
+    return cls.from_args(args), idem
 
 
 def ok_reply(result: Any) -> bytes:

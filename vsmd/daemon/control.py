@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from vsmd import __version__
 from vsmd.config import Config
+from vsmd.daemon.idempotency import ReplyCache
 from vsmd.daemon.registry import VsmRecord
 from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.daemon.state_store import StateStore
@@ -33,7 +34,7 @@ from vsmd.protocol import (
     VsmInfo,
     error_reply,
     ok_reply,
-    parse_request,
+    parse_admin,
 )
 
 log = logging.getLogger("vsmd.daemon.control")
@@ -79,15 +80,22 @@ class Control:
         self.manager = manager
         self.store = store or StateStore(manager.registry, None, lambda _k, _b: None, 1 << 20)
         self.started = time.time()
+        self.replies = ReplyCache()
 
     # --- admin requests --------------------------------------------------------------------
 
     def handle_admin(self, body: bytes, respond: Respond) -> None:
         what = "an admin request"
         try:
-            command = parse_request(body, self.config.max_message_bytes)
+            command, idem = parse_admin(body, self.config.max_message_bytes)
             what = command.cmd
             handler = HANDLERS[type(command)]
+            if idem is not None and type(command) in ONCE:
+                once = self.replies.begin(idem, respond)
+                if once is None:
+                    log.info("admin %s with a known idempotency key: not executed again", what)
+                    return
+                respond = once
             handler(self, command, respond)
         except VsmdError as err:
             log.info("admin request refused: %s %s", err.code, err.message)
@@ -107,6 +115,7 @@ class Control:
                     "pid": os.getpid(),
                     "uptime": round(time.time() - self.started, 3),
                     "vsms": len(self.manager.registry),
+                    "idempotency": {"keys": len(self.replies), **self.replies.stats.to_dict()},
                 }
             )
         )
@@ -217,6 +226,10 @@ class Control:
             # Nobody waits for an answer to an alert: it is logged and counted as refused.
             log.info("alert refused: %s %s", err.code, err.message)
 
+
+# Commands that change something: a repeat with the same idempotency key gets the first reply.
+# The others are answered afresh (a stored `list` of 1,000 VSMs would be large and stale).
+ONCE: frozenset[type[Command]] = frozenset({Spawn, Terminate, PolicySet})
 
 HANDLERS: dict[type[Command], Handler] = {
     Ping: Control.ping,
