@@ -8,6 +8,7 @@ saying why.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -16,7 +17,13 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.support.harness import new_namespace, poll_for, running_daemon
+from tests.support.harness import (
+    cleanup_namespace,
+    new_namespace,
+    poll_for,
+    running_daemon,
+    start_daemon,
+)
 from vsmctl.client import VsmClient
 from vsmd.daemon.cgroups import (
     LEAF,
@@ -61,6 +68,13 @@ def is_empty(d: Path) -> bool:
 
 def is_gone(d: Path) -> bool:
     return not d.exists()
+
+
+def is_dead(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def kinds(c: VsmClient, vsm_id: str) -> list[str]:
@@ -116,13 +130,9 @@ def test_terminate_kills_what_left_the_process_group(broker_url: str, tmp_path: 
         assert psutil.Process(helper).pid == helper
         c.terminate_child_vsm(vsm.id)
 
-        def gone() -> bool:
-            try:
-                return psutil.Process(helper).status() == psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                return True
-
-        poll_for(gone, timeout=60, what="the helper in its own session to be killed")
+        poll_for(
+            partial(is_dead, helper), timeout=60, what="the helper in its own session to be killed"
+        )
 
 
 @pytest.mark.usefixtures("usable")
@@ -184,6 +194,30 @@ def test_the_daemon_removes_its_cgroups_and_a_predecessors(broker_url: str, tmp_
         d.client().spawn_recursive_vsm(None, SpawnConfig(name="x"))
     for root in found.roots:
         poll_for(partial(is_gone, root), timeout=60, what=f"{root} to go")
+
+
+@pytest.mark.usefixtures("usable")
+def test_kill_9_of_vsmd_leaves_no_process_and_no_cgroup(broker_url: str, tmp_path: Path) -> None:
+    d = start_daemon(broker_url, tmp_path / "s")
+    found = detect(d.namespace)  # the same directories; made again, they are still ours
+    assert isinstance(found, Cgroups)
+    helper = 0
+    try:
+        c = d.client()
+        vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="esc", agent="escaper"))
+        helper = c.call(vsm.id, "pids")["helper_pid"]
+        c.close()
+        d.proc.kill()
+        d.proc.wait()
+        poll_for(partial(is_dead, helper), timeout=60, what="the helper in its own session")
+        for root in found.roots:
+            poll_for(partial(is_gone, root), timeout=60, what=f"{root} to go")
+    finally:
+        d.stop()
+        cleanup_namespace(broker_url, d.namespace, ())
+        found.stop()
+        if helper and not is_dead(helper):  # a failed run leaves nothing running
+            os.kill(helper, signal.SIGKILL)
 
 
 def test_cgroups_off_keeps_vsms_in_the_daemons_cgroup(broker_url: str, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from vsmd.daemon.cgroups import (
 from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.errors import SpawnError
 from vsmd.protocol import Policy
-from vsmd.supervisor.cgroups import join_cgroups
+from vsmd.supervisor.cgroups import join_cgroups, sweep
 
 V1_CGROUP = """\
 9:name=systemd:/
@@ -339,3 +339,15 @@ def test_the_manager_prepares_empties_and_removes(
     assert "oom_kill" in [e.kind for e in events_of(manager)]
     manager.terminate_child_vsm(info.id)
     assert fake.calls == [("prepare", info.id), ("empty", info.id), ("remove", info.id)]
+
+
+def test_an_orphaned_fork_server_sweeps_up_to_the_namespace(tmp_path: Path) -> None:
+    root = tmp_path / "pids" / "vsmd-ns"
+    leaves = [root / "p" / LEAF, root / "p" / "c" / LEAF, root / "q" / LEAF]
+    for leaf in leaves:
+        leaf.mkdir(parents=True)
+    sweep([str(leaf / "cgroup.procs") for leaf in leaves[:2]])
+    assert not (root / "p").exists()
+    assert (root / "q" / LEAF).is_dir()  # not one of ours: it and the namespace stay
+    sweep([str(leaves[2] / "cgroup.procs")])
+    assert not root.exists() and (tmp_path / "pids").is_dir()

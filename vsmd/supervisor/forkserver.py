@@ -24,7 +24,7 @@ import orjson
 
 from vsmd.agents import AgentRegistry, build_registry
 from vsmd.spec import VsmSpec
-from vsmd.supervisor.cgroups import join_cgroups
+from vsmd.supervisor.cgroups import join_cgroups, sweep
 from vsmd.supervisor.oscalls import (
     OsCalls,
     RealOs,
@@ -59,6 +59,7 @@ class ForkServer:
         self.freeze = True
         self.warm = False
         self.orphaned = False  # the daemon died: set by the death signal's handler
+        self.cgroups: dict[int, tuple[str, ...]] = {}  # pid -> the cgroups it joined
 
     def send(self, msg: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -101,6 +102,8 @@ class ForkServer:
         if pid == 0:
             self._child(spec, msg.get("strategy", "forkserver"))
         self.children[pid] = spec.vsm_id
+        if spec.cgroup_procs:
+            self.cgroups[pid] = spec.cgroup_procs
         self.send({"ev": "spawned", "vsm_id": spec.vsm_id, "pid": pid})
 
     def kill(self, pid: int, sig: int) -> None:
@@ -123,6 +126,7 @@ class ForkServer:
             if pid == 0:
                 return
             vsm_id = self.children.pop(pid, None)
+            self.cgroups.pop(pid, None)  # the daemon empties and removes it from here on
             if vsm_id is None:
                 continue  # an agent's orphaned subprocess, re-parented to us: reaped, done
             code, sig = describe_status(status)
@@ -187,7 +191,10 @@ class ForkServer:
         try:
             self._loop()
         finally:
+            left = [path for files in self.cgroups.values() for path in files]
             self.kill_all()
+            if self.orphaned:  # nobody else is left to clean the VSMs' cgroups up
+                sweep(left)
             self.reap()
 
     def _on_daemon_death(self, _signum: int, _frame: object) -> None:
@@ -206,6 +213,7 @@ class ForkServer:
             if self.sock.fileno() in readable:
                 raw = self.sock.recv(MAX_PACKET)
                 if not raw:
+                    self.orphaned = True
                     return  # the daemon is gone: our lifeline
                 if not self.handle(orjson.loads(raw)):
                     return
