@@ -13,6 +13,7 @@ from vsmd.protocol import VsmInfo
 
 _STATUS_STYLE = {
     "running": "green",
+    "unreachable": "yellow",
     "starting": "yellow",
     "backoff": "yellow",
     "stopping": "yellow",

@@ -51,6 +51,8 @@ class Config:
     max_message_bytes: int = 65536
     heartbeat: int = 30
     reconnect_max_backoff: float = 5.0
+    # Seconds between probes of every running VSM's inbox (unreachable when it is gone); 0: off.
+    probe_interval: float = 5.0
     log_level: str = "INFO"
     embedded_broker_nofile: int = 65536  # capped at the hard limit
     default_agent: str = "noop"
@@ -133,7 +135,7 @@ class Config:
         _choice(self.default_on_child_failure, "default_on_child_failure", CHILD_FAILURE_POLICIES)
         _choice(self.default_quota_action, "default_quota_action", QUOTA_ACTIONS)
         _choice(self.cgroups, "cgroups", CGROUP_MODES)
-        for name in ("min_available_mb", "memory_budget_mb", "default_memory_mb"):
+        for name in ("min_available_mb", "memory_budget_mb", "default_memory_mb", "probe_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}: must be 0 or more")
 

@@ -18,6 +18,7 @@ log = logging.getLogger("vsmd.bus")
 
 AdminHandler = Callable[[pika.spec.BasicProperties, bytes], None]
 EventHandler = Callable[[str, pika.spec.BasicProperties, bytes], None]
+ReturnHandler = Callable[[str], None]  # the correlation id of a message the broker returned
 
 
 class DaemonBus:
@@ -30,12 +31,14 @@ class DaemonBus:
         heartbeat: int,
         on_admin: AdminHandler,
         on_event: EventHandler,
+        on_return: ReturnHandler | None = None,
     ) -> None:
         self.url = url
         self.topo = topology
         self.heartbeat = heartbeat
         self._on_admin = on_admin
         self._on_event = on_event
+        self._on_return = on_return
         self._conn: pika.BlockingConnection | None = None
         self._ch: Any = None
 
@@ -61,6 +64,7 @@ class DaemonBus:
             )
             ch.basic_consume(self.topo.admin_queue, self._admin_cb)
             ch.basic_consume(self.topo.daemon_queue, self._event_cb, auto_ack=True)
+            ch.add_on_return_callback(self._return_cb)
         except CONNECTION_ERRORS as exc:
             close_quietly(conn)
             raise BrokerError(
@@ -92,6 +96,16 @@ class DaemonBus:
                 "internal error in the handler of a message on %s", method.routing_key[:200]
             )
 
+    def _return_cb(
+        self, _ch: Any, _method: Any, props: pika.spec.BasicProperties, _body: bytes
+    ) -> None:
+        if self._on_return is None:
+            return
+        try:
+            self._on_return(props.correlation_id or "")
+        except Exception:
+            log.exception("internal error in the handler of a returned message")
+
     def _lost(self, exc: BaseException) -> BrokerError:
         close_quietly(self._conn)
         self._conn, self._ch = None, None
@@ -121,8 +135,16 @@ class DaemonBus:
         self.publish("", props.reply_to, body, props.correlation_id)
 
     def publish(
-        self, exchange: str, key: str, body: bytes, correlation_id: str | None = None
+        self,
+        exchange: str,
+        key: str,
+        body: bytes,
+        correlation_id: str | None = None,
+        mandatory: bool = False,
+        expiration: str | None = None,
     ) -> None:
+        """Publish (no confirm); with ``mandatory`` an unroutable message comes back to
+        ``on_return`` with its correlation id."""
         if self._ch is None:
             log.warning("dropping a message to %s: no broker connection", key)
             return
@@ -132,8 +154,11 @@ class DaemonBus:
                 key,
                 body,
                 pika.BasicProperties(
-                    correlation_id=correlation_id, content_type="application/json"
+                    correlation_id=correlation_id,
+                    content_type="application/json",
+                    expiration=expiration,
                 ),
+                mandatory=mandatory,
             )
         except CONNECTION_ERRORS as exc:
             raise self._lost(exc) from None

@@ -83,6 +83,7 @@ class VsmRecord:
     history: RestartHistory = field(default_factory=RestartHistory)
     metrics: dict[str, Any] = field(default_factory=dict)
     reported: str | None = None  # what the VSM said about its own failure, before exiting
+    unreachable_since: float | None = None  # wall clock; running, but its inbox is gone
 
     def set_status(self, new: Status) -> None:
         self.status = transition(self.status, new)
@@ -103,7 +104,7 @@ class VsmRecord:
             path=self.path,
             depth=self.depth,
             pid=self.pid,
-            status=str(self.status),
+            status=self._shown_status(),
             agent=self.agent,
             config=self.config,
             started_at=self.started_at,
@@ -116,6 +117,12 @@ class VsmRecord:
             policy=self.policy.to_dict(),
             metrics=dict(self.metrics),
         )
+
+    def _shown_status(self) -> str:
+        # Not a lifecycle state: the process runs, only the bus cannot reach it (a partition).
+        if self.status is Status.RUNNING and self.unreachable_since is not None:
+            return "unreachable"
+        return str(self.status)
 
 
 class Registry:

@@ -28,6 +28,7 @@ from vsmd.daemon import cgroups
 from vsmd.daemon.control import Control
 from vsmd.daemon.events import Event, EventLog
 from vsmd.daemon.journal import Journal
+from vsmd.daemon.reachability import Reachability
 from vsmd.daemon.registry import VsmRecord
 from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.daemon.state_store import WRITE_EVERY, StateStore
@@ -55,7 +56,12 @@ class Daemon:
             self._post, config.agent_modules, config.spawn_strategy, config.gc_freeze
         )
         self.bus = DaemonBus(
-            config.broker_url, self.topo, config.heartbeat, self._on_admin, self._on_bus_event
+            config.broker_url,
+            self.topo,
+            config.heartbeat,
+            self._on_admin,
+            self._on_bus_event,
+            on_return=self._on_returned,
         )
         self.events_log = EventLog(config.event_buffer, self._publish_event)
         self.journal = Journal(config.state_dir / f"journal-{config.namespace}.db")
@@ -73,6 +79,9 @@ class Daemon:
             self.manager.registry, self.journal, self._publish_tree, config.max_message_bytes
         )
         self.manager.state_policy = self.store
+        self.reach = Reachability(
+            self.manager.registry, self._probe_vsm, self.events_log, self._notify_vsm
+        )
         self.control = Control(config, self.manager, self.store)
         self._signals: list[int] = []
         self._backoff = 0.2
@@ -143,6 +152,7 @@ class Daemon:
         if split is None:
             respond(error_reply(ProtocolError(f"bad routing key {key[:100]!r}")))
             return
+        self.reach.heard_from(split[0])
         self.control.handle_vsm(split[0], split[1], body, respond)
 
     def _publish_tree(self, key: str, body: bytes) -> None:
@@ -171,6 +181,26 @@ class Daemon:
             self.bus.publish(self.topo.exchange, self.topo.down_key(rec.path), env.encode())
         except BrokerError as err:
             log.warning("could not tell %s about %s: %s", rec.path, kind, err.message)
+
+    def _on_returned(self, corr: str) -> None:
+        self.reach.on_return(corr)  # the only mandatory messages the daemon sends are probes
+
+    def _probe_vsm(self, rec: VsmRecord, corr: str) -> bool:
+        if not self.bus.connected:
+            return False  # a probe never sent must not count as one that went through
+        env = Envelope(type="probe", sender="vsmd").encode()
+        expiration = str(int(self.config.probe_interval * 1000))  # never piles up in an inbox
+        try:
+            self.bus.publish(
+                self.topo.exchange, self.topo.id_key(rec.id), env, corr, True, expiration
+            )
+        except BrokerError:
+            return False
+        return True
+
+    def _probe_round(self) -> None:
+        self.timers.call_later(self.config.probe_interval, self._probe_round)
+        self.reach.probe_all()
 
     def _sample(self, part: int = 0) -> None:
         # Scheduled first: a slice that fails must not end sampling for good.
@@ -343,6 +373,8 @@ class Daemon:
         self.timers.call_later(self.config.sample_interval / SAMPLE_SLICES, self._sample)
         self.timers.call_later(JOURNAL_RETRY, self._retry_journal)
         self.timers.call_later(WRITE_EVERY, self._write_states)
+        if self.config.probe_interval > 0:
+            self.timers.call_later(self.config.probe_interval, self._probe_round)
         log.info(
             "vsmd ready: namespace %s, broker %s, strategy %s, max_total %d",
             self.config.namespace,

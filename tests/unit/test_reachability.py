@@ -1,0 +1,119 @@
+"""Reachability: a returned probe marks a running VSM unreachable; speaking or a probe that went
+through marks it reachable; the parent hears of both; other states are never flagged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.unit.fakes import FakeClock
+from vsmd.daemon.events import EventLog
+from vsmd.daemon.reachability import Reachability
+from vsmd.daemon.registry import Registry, Status, VsmRecord
+
+
+class Bus:
+    """Sends probes into a list; ``down`` holds the ids whose inbox is gone."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.down: set[str] = set()
+        self.connected = True
+
+    def __call__(self, rec: VsmRecord, corr: str) -> bool:
+        if self.connected:
+            self.sent.append(corr)
+        return self.connected
+
+    def returns(self) -> list[str]:
+        return [c for c in self.sent if c.rpartition(".")[0] in self.down]
+
+
+def record(vsm_id: str, parent: str | None = None) -> VsmRecord:
+    path = vsm_id if parent is None else f"{parent}.{vsm_id}"
+    rec = VsmRecord(vsm_id, vsm_id, parent, path, path.count(".") + 1, "noop", {})
+    rec.status = Status.RUNNING
+    return rec
+
+
+@pytest.fixture
+def world() -> tuple[Registry, Bus, EventLog, list[tuple[str, str, dict[str, Any]]], Reachability]:
+    reg = Registry()
+    reg.add(record("p"))
+    reg.add(record("k", "p"))
+    bus, events, notes = Bus(), EventLog(100), []
+    reach = Reachability(
+        reg, bus, events, lambda r, k, b: notes.append((r.id, k, dict(b))), FakeClock()
+    )
+    return reg, bus, events, notes, reach
+
+
+def round_trip(bus: Bus, reach: Reachability) -> None:
+    """One probe round, and the broker's returns for it."""
+    bus.sent.clear()
+    reach.probe_all()
+    for corr in bus.returns():
+        reach.on_return(corr)
+
+
+def test_a_returned_probe_marks_unreachable_and_a_probe_through_marks_back(world: Any) -> None:
+    reg, bus, events, notes, reach = world
+    round_trip(bus, reach)
+    assert reg.get("k").info().status == "running" and notes == []
+    bus.down.add("k")
+    round_trip(bus, reach)
+    assert reg.get("k").info().status == "unreachable"
+    assert reg.get("p").info().status == "running"
+    assert notes == [("p", "child_unreachable", {"child": "k", "path": "p.k"})]
+    round_trip(bus, reach)  # still cut off: no second notice
+    assert len(notes) == 1
+    bus.down.clear()
+    round_trip(bus, reach)  # this round's probe is sent ...
+    assert reg.get("k").info().status == "unreachable"
+    round_trip(bus, reach)  # ... and was not returned by the next
+    assert reg.get("k").info().status == "running"
+    assert notes[1][:2] == ("p", "child_reachable")
+    kinds = [e.kind for e in events.since(0, 100)]
+    assert kinds == ["unreachable", "reachable"]
+
+
+def test_speaking_again_marks_reachable_at_once(world: Any) -> None:
+    reg, bus, _events, notes, reach = world
+    bus.down.add("k")
+    round_trip(bus, reach)
+    reach.heard_from("p.k")
+    assert reg.get("k").info().status == "running"
+    assert [n[1] for n in notes] == ["child_unreachable", "child_reachable"]
+    reach.heard_from("p")  # a VSM never flagged: nothing to say
+    assert len(notes) == 2
+
+
+def test_late_returns_and_unsent_probes_say_nothing(world: Any) -> None:
+    reg, bus, _events, notes, reach = world
+    reach.probe_all()
+    old = list(bus.sent)
+    reach.probe_all()
+    for corr in old:  # returns of the round before: stale
+        reach.on_return(corr)
+    assert reg.get("k").unreachable_since is None
+    bus.down.add("k")
+    round_trip(bus, reach)
+    bus.connected = False  # the daemon lost the broker: probes are not sent ...
+    reach.probe_all()
+    reach.probe_all()
+    assert reg.get("k").info().status == "unreachable"  # ... so none counts as through
+    assert len(notes) == 1
+
+
+@pytest.mark.parametrize("status", [Status.STARTING, Status.STOPPING, Status.EXITED])
+def test_only_running_vsms_are_flagged(world: Any, status: Status) -> None:
+    reg, bus, _events, _notes, reach = world
+    bus.down.add("k")
+    round_trip(bus, reach)
+    assert reg.get("k").unreachable_since is not None
+    reg.get("k").status = status
+    round_trip(bus, reach)
+    assert reg.get("k").unreachable_since is None
+    assert reg.get("k").info().status == str(status)
+    assert not any(c.startswith("k.") for c in bus.sent)  # not probed either

@@ -1,0 +1,92 @@
+"""Which running VSMs the bus can reach, for a VSM whose process lives but whose connection is cut.
+
+A VSM's inbox is exclusive: it exists exactly while the VSM's connection does. Every
+``probe_interval`` the daemon publishes one small mandatory probe to each running VSM's inbox
+(the runtime ignores probes). The broker returns a probe that no inbox took: that VSM is
+``unreachable``. It is reachable again when it speaks (its re-sync after a reconnect, any state
+message) or when a probe of the last round was not returned. One publish per VSM per round and
+no round trip: the daemon's loop never waits for an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from vsmd.daemon.events import EventLog
+from vsmd.daemon.registry import Registry, Status, VsmRecord
+
+SendProbe = Callable[[VsmRecord, str], bool]  # (record, correlation id) -> sent
+Notify = Callable[[VsmRecord, str, dict[str, object]], None]
+
+
+class Reachability:
+    def __init__(
+        self,
+        registry: Registry,
+        send_probe: SendProbe,
+        events: EventLog,
+        notify: Notify,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self._send = send_probe
+        self._events = events
+        self._notify = notify
+        self._clock = clock
+        self._round = 0
+        self._probed: set[str] = set()  # ids probed in the current round
+        self._returned: set[str] = set()  # ids whose probe of the current round came back
+        self._flagged: dict[str, str] = {}  # path -> id of the VSMs marked unreachable
+
+    def probe_all(self) -> None:
+        """End the round (a flagged VSM whose probe went through is back) and start the next."""
+        probed, returned = self._probed, self._returned
+        self._round += 1
+        self._probed, self._returned = set(), set()
+        for rec in self._registry.all():
+            if rec.status is not Status.RUNNING:
+                rec.unreachable_since = None  # a process that is gone or going is no partition
+                self._flagged.pop(rec.path, None)
+                continue
+            if rec.unreachable_since is not None and rec.id in probed - returned:
+                self._mark(rec, reachable=True, why="its inbox took a probe")
+            if self._send(rec, f"{rec.id}.{self._round}"):
+                self._probed.add(rec.id)
+
+    def on_return(self, correlation_id: str) -> None:
+        """The broker returned a probe: no inbox is bound for that VSM now."""
+        vsm_id, _, number = correlation_id.rpartition(".")
+        if number != str(self._round):
+            return  # a late return of an earlier round says nothing about now
+        rec = self._registry.find(vsm_id)
+        if rec is None or rec.status is not Status.RUNNING:
+            return
+        self._returned.add(vsm_id)
+        if rec.unreachable_since is None:
+            self._mark(rec, reachable=False, why="its inbox is gone: no broker connection")
+
+    def heard_from(self, path: str) -> None:
+        """A message the VSM sent on its own connection: it is reachable."""
+        vsm_id = self._flagged.get(path)
+        rec = self._registry.find(vsm_id) if vsm_id is not None else None
+        if rec is not None and rec.unreachable_since is not None:
+            self._mark(rec, reachable=True, why="it spoke again")
+
+    def _mark(self, rec: VsmRecord, reachable: bool, why: str) -> None:
+        parent = self._registry.find(rec.parent) if rec.parent else None
+        details: dict[str, object] = {"child": rec.id, "path": rec.path}
+        if reachable:
+            gone = round(self._clock() - (rec.unreachable_since or self._clock()), 3)
+            rec.unreachable_since = None
+            self._flagged.pop(rec.path, None)
+            details["unreachable_for"] = gone
+            kind, text, level = "reachable", f"reachable again after {gone} s: {why}", logging.INFO
+        else:
+            rec.unreachable_since = self._clock()
+            self._flagged[rec.path] = rec.id
+            kind, text, level = "unreachable", f"unreachable: {why}", logging.WARNING
+        self._events.emit(kind, f"{rec.path}: {text}", rec.id, rec.path, level=level, pid=rec.pid)
+        if parent is not None and parent.status is Status.RUNNING:
+            self._notify(parent, f"child_{kind}", details)
