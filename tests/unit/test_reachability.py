@@ -106,6 +106,20 @@ def test_late_returns_and_unsent_probes_say_nothing(world: Any) -> None:
     assert len(notes) == 1
 
 
+def test_nobody_is_flagged_while_all_reconnect_after_an_outage(world: Any) -> None:
+    reg, bus, _events, notes, reach = world
+    clock = reach._clock
+    reach.hold(10.0)
+    bus.down.update({"p", "k"})  # they have not reconnected yet
+    round_trip(bus, reach)
+    assert reg.get("k").unreachable_since is None and notes == []
+    clock.advance(10.0)
+    bus.down.discard("p")  # p is back, k is not: now k is cut off on its own
+    round_trip(bus, reach)
+    assert reg.get("k").info().status == "unreachable"
+    assert reg.get("p").info().status == "running"
+
+
 @pytest.mark.parametrize("status", [Status.STARTING, Status.STOPPING, Status.EXITED])
 def test_only_running_vsms_are_flagged(world: Any, status: Status) -> None:
     reg, bus, _events, _notes, reach = world

@@ -19,6 +19,9 @@ from vsmd.daemon.registry import Registry, Status, VsmRecord
 
 SendProbe = Callable[[VsmRecord, str], bool]  # (record, correlation id) -> sent
 Notify = Callable[[VsmRecord, str, dict[str, object]], None]
+# After the daemon's own reconnect, every VSM is reconnecting too (within its backoff, at most
+# 5 s): a missing inbox then is the broker outage's, not a partition of that VSM.
+RECONNECT_GRACE = 10.0
 
 
 class Reachability:
@@ -39,6 +42,11 @@ class Reachability:
         self._probed: set[str] = set()  # ids probed in the current round
         self._returned: set[str] = set()  # ids whose probe of the current round came back
         self._flagged: dict[str, str] = {}  # path -> id of the VSMs marked unreachable
+        self._quiet_until = 0.0
+
+    def hold(self, seconds: float = RECONNECT_GRACE) -> None:
+        """Mark nobody unreachable for ``seconds`` (the daemon has just reconnected)."""
+        self._quiet_until = self._clock() + seconds
 
     def probe_all(self) -> None:
         """End the round (a flagged VSM whose probe went through is back) and start the next."""
@@ -64,7 +72,7 @@ class Reachability:
         if rec is None or rec.status is not Status.RUNNING:
             return
         self._returned.add(vsm_id)
-        if rec.unreachable_since is None:
+        if rec.unreachable_since is None and self._clock() >= self._quiet_until:
             self._mark(rec, reachable=False, why="its inbox is gone: no broker connection")
 
     def heard_from(self, path: str) -> None:

@@ -346,6 +346,7 @@ class Daemon:
         if time.monotonic() >= self._next_connect:
             try:
                 self.bus.connect()
+                self.reach.hold()  # the VSMs are reconnecting too
                 log.info("broker is back; answering again")
                 return
             except BrokerError as err:
