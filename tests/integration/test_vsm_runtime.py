@@ -162,3 +162,17 @@ def test_prewarm_runs_the_start_path_and_never_raises(
         AgentRegistry(),
     )
     assert "prewarm skipped" in caplog.text
+
+
+def test_a_spawn_that_takes_seconds_spawns_one_child(daemon: DaemonProc) -> None:
+    c = daemon.client()
+    cfg = {"children": ["kid"], "child_agent": "slowborn", "child_config": {"born_after": 3}}
+    parent = c.spawn_recursive_vsm(None, SpawnConfig(name="p", agent="spawner", settings=cfg))
+
+    def kid_running() -> bool:
+        kids = c.list_child_vsms(parent.id, recursive=False)
+        return any(k.name == "kid" and k.status == "running" for k in kids)
+
+    poll_for(kid_running, timeout=60, what="the slow child to be running")
+    # While the parent waited 3 s for its answer, nothing it sent was taken as another spawn.
+    assert [k.name for k in c.list_child_vsms(parent.id, recursive=False)] == ["kid"]

@@ -113,7 +113,16 @@ class FailingAgent(AsyncAgent):
         raise RuntimeError("the agent's own bug")
 
 
+class SlowbornAgent(AsyncAgent):
+    """Takes ``born_after`` seconds (default 2) to construct: its VSM reports ready that late."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        time.sleep(float(config.get("born_after", 2)))
+
+
 def register_agents(registry: AgentRegistry) -> None:
+    registry.register("slowborn", SlowbornAgent)
     registry.register("recorder", RecorderAgent)
     registry.register("blocker", BlockerAgent)
     registry.register("failing", FailingAgent)

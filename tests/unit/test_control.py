@@ -439,3 +439,15 @@ def test_a_bug_in_a_vsm_request_costs_one_internal_reply(
     from_vsm(control, replies, alpha.id, "alpha", kind, **body)
     assert_internal(replies.only(), f"{kind} from VSM alpha")
     assert_logged_traceback(caplog, f"{kind} from VSM alpha")
+
+
+def test_an_envelope_whose_type_is_not_its_keys_kind_is_refused(
+    control: Control, replies: Replies, tree: Tree, pool: FakePool
+) -> None:
+    alpha = tree.start(name="alpha")
+    spawned = len(pool.spawned)
+    # A requester's liveness probe that reached the daemon's spawn key must not spawn.
+    env = Envelope(type="probe", sender=alpha.id, path="alpha")
+    control.handle_vsm("alpha", "spawn", env.encode(), replies)
+    assert error_code(replies.only()) == "BAD_REQUEST"
+    assert len(pool.spawned) == spawned

@@ -159,6 +159,8 @@ class Control:
             # The routing key carries the sender's path; it must be the VSM it claims to be.
             if sender is None or sender.path != path:
                 raise Unauthorized(f"message from {env.sender[:64]!r} does not match path {path!r}")
+            if env.type != kind:  # e.g. a probe sent to the daemon's key must not spawn
+                raise ProtocolError(f"a {env.type[:32]!r} envelope on a {kind[:32]!r} key")
             if kind == "ready":
                 pid = env.body.get("pid")
                 self.manager.on_ready(sender.id, pid if isinstance(pid, int) else 0)

@@ -192,7 +192,7 @@ class VsmBus:
         headers = {"x-reason": reason[:500], "x-vsm": self.spec.vsm_id}
         await self.publish(self.topo.dead_queue, body, exchange="", headers=headers)
 
-    async def request(self, key: str, body: bytes, timeout: float, probe: bytes) -> Incoming:
+    async def request(self, key: str, body: bytes, timeout: float, probe: bytes | None) -> Incoming:
         """Publish a request to ``key`` and wait for its reply.
 
         Unreachable when nothing is bound to ``key`` or the target's inbox goes away while we
@@ -217,8 +217,11 @@ class VsmBus:
                 left = deadline - loop.time()
                 if left <= 0:
                     raise Timeout(f"no answer from {key.split('.', 1)[-1]!r} within {timeout:g} s")
+                every = PROBE_EVERY if probe is not None else left
                 with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(fut), min(left, PROBE_EVERY))
+                    return await asyncio.wait_for(asyncio.shield(fut), min(left, every))
+                if probe is None:
+                    continue
                 try:
                     await self.publish(key, probe, mandatory=True, expiration=PROBE_EVERY)
                 except Unreachable:

@@ -60,7 +60,11 @@ class VsmRuntime:
 
     async def call(self, key: str, body: bytes, timeout: float) -> Any:
         """A request to another VSM or the daemon: its result, or its error raised."""
-        probe = Envelope(type="probe", sender=self.spec.vsm_id, path=self.spec.path).encode()
+        probe = None
+        if not key.startswith("up."):
+            # A VSM's inbox may vanish while we wait; the daemon's queue does not, and a probe
+            # on an up.<path>.<kind> key would reach the daemon as another such request.
+            probe = Envelope(type="probe", sender=self.spec.vsm_id, path=self.spec.path).encode()
         reply = await self.bus.request(key, body, timeout, probe)
         return unpack_reply(reply.body)
 
