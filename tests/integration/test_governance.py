@@ -166,7 +166,7 @@ def test_fork_bomb_is_held_to_its_limits(broker_url: str, tmp_path: Path) -> Non
             SpawnConfig(
                 name="bomb",
                 agent="bomber",
-                settings={"burst_seconds": 0.5},
+                settings={"burst": 10},
                 policy=Policy(max_children=8),
             ),
         )
@@ -175,7 +175,8 @@ def test_fork_bomb_is_held_to_its_limits(broker_url: str, tmp_path: Path) -> Non
             stats: dict[str, object] = c.call(bomb.id, "stats", timeout=10)
             refused = stats["refused"]
             assert isinstance(refused, dict)
-            return stats if {"THROTTLED", "QUOTA_EXCEEDED"} <= set(refused) else None
+            limits_hit = {"THROTTLED", "QUOTA_EXCEEDED"} <= set(refused)
+            return stats if limits_hit and stats["spawned"] == 8 else None
 
         for _ in range(3):  # the daemon keeps answering the operator throughout
             ping = d.vsmctl("ping", "--timeout", "10")

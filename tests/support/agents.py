@@ -5,6 +5,7 @@ Loaded by the daemon and fork server via ``agent_modules = ["tests.support.agent
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import subprocess
@@ -13,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from vsmd.agents import AgentRegistry, BaseAgent, Sender, SyncContext
+from vsmd.agents import AgentContext, AgentRegistry, AsyncAgent, BaseAgent, Sender, SyncContext
 from vsmd.errors import VsmdError
 
 
@@ -33,25 +34,30 @@ class SpawnerAgent(BaseAgent):
                 print(f"spawner {ctx.path}: {err.code} {err.message}", file=sys.stderr)
 
 
-class BomberAgent(BaseAgent):
-    """Asks for children in a tight loop, as a runaway agent would; counts refusals."""
+class BomberAgent(AsyncAgent):
+    """Asks for ``burst`` children at once on every tick, as a runaway agent would; counts
+    what it got and what was refused. At once, so a rate limit is hit however slow spawns are."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self.spawned = 0
         self.refused: dict[str, int] = {}
 
-    def tick(self, ctx: SyncContext) -> None:
-        deadline = time.monotonic() + float(self.config.get("burst_seconds", 0.5))
-        while time.monotonic() < deadline:
-            try:
-                ctx.spawn_child()
+    async def tick(self, ctx: AgentContext) -> None:
+        burst = int(self.config.get("burst", 10))
+        results = await asyncio.gather(
+            *(ctx.spawn_child() for _ in range(burst)), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, VsmdError):
+                self.refused[result.code] = self.refused.get(result.code, 0) + 1
+            elif isinstance(result, BaseException):
+                raise result
+            else:
                 self.spawned += 1
-            except VsmdError as err:
-                self.refused[err.code] = self.refused.get(err.code, 0) + 1
 
-    def handle(
-        self, ctx: SyncContext, kind: str, body: dict[str, Any], sender: Sender
+    async def handle(
+        self, ctx: AgentContext, kind: str, body: dict[str, Any], sender: Sender
     ) -> dict[str, Any]:
         return {"spawned": self.spawned, "refused": self.refused}
 
