@@ -78,11 +78,13 @@ class VsmRuntime:
         """A delta of our state to our parent's replica and the daemon's."""
         key, raw = self._up("state", delta)
         # The daemon first: then its replica of us is never behind what our parent, and the
-        # parent's own updates to the daemon, already say about us.
-        await self.bus.publish(key, raw)
+        # parent's own updates to the daemon, already say about us. Both go out before either
+        # confirm is awaited; the channel keeps their order.
+        sends = [self.bus.publish(key, raw)]
         if self.ctx.parent_id is not None:
             to_parent = self.topo.to_parent_key(self.ctx.parent_id, self.spec.vsm_id)
-            await self.bus.publish(to_parent, raw)
+            sends.append(self.bus.publish(to_parent, raw))
+        await asyncio.gather(*sends)
 
     async def _flush_state(self) -> None:
         await self.call(*self._up("flush"), 30.0)
