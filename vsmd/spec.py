@@ -42,6 +42,11 @@ class VsmSpec:
     policy: dict[str, Any] = field(default_factory=dict)
     # Ids of its ancestors, the root first: the VSM binds its inbox to their broadcasts.
     ancestors: tuple[str, ...] = ()
+    # Its state as the daemon last had it (own entries, ancestors' policy), so a VSM starts
+    # with it without asking; ``sync``: ask anyway (its children's states, or a state too big
+    # for the spec).
+    state: dict[str, Any] = field(default_factory=dict)
+    sync: bool = False
     # The cgroup.procs files the child joins before agent code runs (empty: no cgroups).
     cgroup_procs: tuple[str, ...] = ()
 

@@ -16,6 +16,8 @@ class StatePolicy(Protocol):
 
     def own(self, rec: VsmRecord) -> dict[str, Any]: ...
 
+    def initial_state(self, rec: VsmRecord) -> tuple[dict[str, Any], bool]: ...
+
 
 def check_spawn(
     registry: Registry, state: StatePolicy, parent: VsmRecord | None, depth: int

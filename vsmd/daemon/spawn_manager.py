@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
 from vsmd.agents import AgentRegistry
 from vsmd.config import Config, check_name
@@ -254,6 +255,10 @@ class SpawnManager(Lifecycle):
     # --- starting --------------------------------------------------------------------------
 
     def _start(self, rec: VsmRecord) -> None:
+        state: dict[str, Any] = {}
+        sync = False
+        if self.state_policy is not None:
+            state, sync = self.state_policy.initial_state(rec)
         spec = VsmSpec(
             vsm_id=rec.id,
             name=rec.name,
@@ -270,6 +275,8 @@ class SpawnManager(Lifecycle):
             policy=rec.policy.to_dict(),
             reconnect_max_backoff=self.config.reconnect_max_backoff,
             ancestors=self.ancestors(rec),
+            state=state,
+            sync=sync,
         )
         rec.forking, rec.term_sent = True, False
         rec.start_requested = time.monotonic()

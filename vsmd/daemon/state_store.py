@@ -15,12 +15,13 @@ from typing import Any
 from vsmd.daemon.journal import Journal
 from vsmd.daemon.registry import Registry, VsmRecord
 from vsmd.errors import JournalUnavailable, ProtocolError, VsmdError
-from vsmd.protocol import Envelope, check_policy_value, loads_object, ok_reply
+from vsmd.protocol import Envelope, check_policy_value, dumps, loads_object, ok_reply
 from vsmd.state import Clock, Entry, StateMap, decode, effective_policy, encode, to_bytes
 
 log = logging.getLogger("vsmd.state")
 
 WRITE_EVERY = 0.1  # seconds: how far the journal may be behind the VSMs
+SPEC_STATE_MAX = 64 << 10  # bytes of state carried in a spawn spec (the fork server's packet)
 Publish = Callable[[str, bytes], None]  # routing key, body (on the tree's exchange)
 Respond = Callable[[bytes], None]
 
@@ -74,7 +75,7 @@ class StateStore:
         else:
             respond(ok_reply({"flushed": True}))
 
-    def snapshot_for(self, rec: VsmRecord) -> dict[str, Any]:
+    def snapshot_for(self, rec: VsmRecord, children: bool = True) -> dict[str, Any]:
         """What a (re)started VSM needs: its own state, its ancestors' policy, its children's."""
         layers = {}
         node = rec
@@ -82,8 +83,43 @@ class StateStore:
             node = self.registry.get(node.parent)
             policy = {k: e for k, e in self.of(node.id).entries.items() if k[0] == "policy"}
             layers[node.id] = encode(policy)
-        children = {c: encode(self.of(c).entries) for c in rec.children if c in self.states}
-        return {"own": encode(self.of(rec.id).entries), "layers": layers, "children": children}
+        out = {"own": encode(self.of(rec.id).entries), "layers": layers}
+        if children:
+            out["children"] = {
+                c: encode(self.of(c).entries) for c in rec.children if c in self.states
+            }
+        return out
+
+    def initial_state(self, rec: VsmRecord) -> tuple[dict[str, Any], bool]:
+        """The state a VSM is started with (in its spec), and whether it must still sync.
+
+        The daemon writes the identity itself, so a new VSM has nothing to send at start: no
+        request and no publish on the spawn path. Children's states are fetched by the VSM
+        (a restarted parent), and so is a state too big to travel in the spec."""
+        self._identity(rec)
+        snapshot = self.snapshot_for(rec, children=False)
+        if len(dumps(snapshot)) > SPEC_STATE_MAX:
+            return {}, True
+        return snapshot, bool(rec.children)
+
+    def _identity(self, rec: VsmRecord) -> None:
+        ident = {
+            "id": rec.id,
+            "name": rec.name,
+            "path": rec.path,
+            "depth": rec.depth,
+            "parent": rec.parent,
+            "purpose": str(rec.config.get("purpose", "")),
+        }
+        state = self.of(rec.id)
+        have = state.section("identity")
+        delta = {
+            ("identity", k): Entry(v, self.clock.tick())
+            for k, v in ident.items()
+            if have.get(k, ...) != v
+        }
+        if state.apply(delta):
+            self._dirty.add(rec.id)
 
     def write(self) -> None:
         """Journal what changed since the last write; answer the flushes waiting for it."""

@@ -10,6 +10,7 @@ subprocesses included), and a VSM dies with it (death signal), so nothing outliv
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import gc
 import logging
@@ -157,6 +158,8 @@ class ForkServer:
             join_cgroups(spec.cgroup_procs)
             apply_rlimits(spec.policy)
             if strategy == "exec":
+                # The state stays off argv (ps shows argv): the VSM asks the daemon for it.
+                spec = dataclasses.replace(spec, state={}, sync=True)
                 os.execv(
                     sys.executable,
                     [

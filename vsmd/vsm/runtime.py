@@ -89,6 +89,13 @@ class VsmRuntime:
     async def _flush_state(self) -> None:
         await self.call(*self._up("flush"), 30.0)
 
+    async def _initial_state(self) -> None:
+        """The state the daemon put in our spec; a sync only when it says so."""
+        if self.spec.state:
+            self.state.restore(self.spec.state)
+        if self.spec.sync:
+            await self._sync_state()
+
     async def _sync_state(self) -> None:
         """Anti-entropy on every (re)connect: take what the daemon journaled, send ours."""
         try:
@@ -207,7 +214,7 @@ class VsmRuntime:
         """start, then tick every tick_interval if the agent has a tick of its own."""
         assert self._started is not None
         try:
-            await self._sync_state()  # the agent starts with its state back
+            await self._initial_state()  # the agent starts with its state back
             if overrides(self.agent, "start"):
                 await self._agent("start")
         finally:
