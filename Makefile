@@ -32,10 +32,11 @@ run: $(STAMP)
 	@mkdir -p $(STATE_DIR)
 	$(BIN)/vsmd run --broker $(BROKER) --namespace $(NAMESPACE) --state-dir $(STATE_DIR) --demo
 
+# The fast loop: everything but the stress tests (make test-stress runs those).
 test: $(STAMP) broker
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not stress"
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
@@ -43,7 +44,8 @@ test-unit: $(STAMP)
 test-integration: $(STAMP) broker
 	$(BIN)/pytest -q tests/integration
 
-test-stress: $(STAMP)
+# The slow ones: 1,000 VSMs, chaos and a daemon restart at scale (private RabbitMQ nodes), fuzz.
+test-stress: $(STAMP) broker
 	$(BIN)/pytest -q -m stress tests/stress
 
 lint: $(STAMP)
