@@ -93,33 +93,13 @@ class StateStore:
     def initial_state(self, rec: VsmRecord) -> tuple[dict[str, Any], bool]:
         """The state a VSM is started with (in its spec), and whether it must still sync.
 
-        The daemon writes the identity itself, so a new VSM has nothing to send at start: no
-        request and no publish on the spawn path. Children's states are fetched by the VSM
-        (a restarted parent), and so is a state too big to travel in the spec."""
-        self._identity(rec)
+        So a new VSM has nothing to ask or send at start: no request and no publish on the
+        spawn path. Children's states are fetched by the VSM (a restarted parent), and so is a
+        state too big to travel in the spec."""
         snapshot = self.snapshot_for(rec, children=False)
         if len(dumps(snapshot)) > SPEC_STATE_MAX:
             return {}, True
         return snapshot, bool(rec.children)
-
-    def _identity(self, rec: VsmRecord) -> None:
-        ident = {
-            "id": rec.id,
-            "name": rec.name,
-            "path": rec.path,
-            "depth": rec.depth,
-            "parent": rec.parent,
-            "purpose": str(rec.config.get("purpose", "")),
-        }
-        state = self.of(rec.id)
-        have = state.section("identity")
-        delta = {
-            ("identity", k): Entry(v, self.clock.tick())
-            for k, v in ident.items()
-            if have.get(k, ...) != v
-        }
-        if state.apply(delta):
-            self._dirty.add(rec.id)
 
     def write(self) -> None:
         """Journal what changed since the last write; answer the flushes waiting for it."""
@@ -152,6 +132,15 @@ class StateStore:
 
     def view(self, rec: VsmRecord) -> dict[str, Any]:
         state = self.of(rec.id).view()
+        # Who it is comes from the registry, the authority on it: not replicated state.
+        state["identity"] = {
+            "id": rec.id,
+            "name": rec.name,
+            "path": rec.path,
+            "depth": rec.depth,
+            "parent": rec.parent,
+            "purpose": str(rec.config.get("purpose", "")),
+        }
         return {
             "id": rec.id,
             "path": rec.path,

@@ -41,7 +41,7 @@ async def _cycle(runtime: VsmRuntime) -> None:
         await runtime.call(runtime.topo.id_key(spec.vsm_id), ping, 5.0)
         # State writes and their encoding, sent nowhere: the daemon does not know this VSM.
         replica = StateReplica(spec, _nowhere, _nothing)
-        replica.set_identity()
+        replica.set("warm", {"path": spec.path})
         replica.count("warm")
         await replica.flush()
     finally:

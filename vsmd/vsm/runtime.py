@@ -104,7 +104,6 @@ class VsmRuntime:
                 self.state.restore(snapshot)
         except VsmdError as err:
             log.warning("vsm %s: no state from the daemon: %s", self.spec.vsm_id, err.message)
-        self.state.set_identity()
         self.state.publish_all()
 
     def request_stop(self, code: int = 0) -> None:

@@ -138,20 +138,6 @@ class StateReplica:
         """Send the whole own state (after a (re)connect: anti-entropy)."""
         self._queue(dict(self.own.entries))
 
-    def set_identity(self) -> None:
-        spec = self.spec
-        ident = {
-            "id": spec.vsm_id,
-            "name": spec.name,
-            "path": spec.path,
-            "depth": spec.depth,
-            "parent": spec.parent_id,
-            "purpose": spec.config.get("purpose", ""),
-        }
-        for key, value in ident.items():
-            if self.own.section("identity").get(key, ...) != value:
-                self._write("identity", key, value)
-
     # --- what arrives ----------------------------------------------------------------------
 
     def restore(self, snapshot: dict[str, Any]) -> None:
