@@ -82,6 +82,10 @@ class Config:
     # What a VSM under a memory budget that declares no memory_mb gets (0: refuse it).
     default_memory_mb: int = 128
     event_buffer: int = 1000
+    # Prometheus endpoint, "host:port"; empty: none (nothing listens unless asked).
+    metrics_listen: str = ""
+    # Per-VSM rss and cpu series for this many of the largest VSMs only (bounded cardinality).
+    metrics_top_n: int = 10
 
     def __post_init__(self) -> None:
         check_name(self.namespace, "namespace")
@@ -135,9 +139,27 @@ class Config:
         _choice(self.default_on_child_failure, "default_on_child_failure", CHILD_FAILURE_POLICIES)
         _choice(self.default_quota_action, "default_quota_action", QUOTA_ACTIONS)
         _choice(self.cgroups, "cgroups", CGROUP_MODES)
-        for name in ("min_available_mb", "memory_budget_mb", "default_memory_mb", "probe_interval"):
+        parse_listen(self.metrics_listen)
+        for name in (
+            "min_available_mb",
+            "memory_budget_mb",
+            "default_memory_mb",
+            "probe_interval",
+            "metrics_top_n",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}: must be 0 or more")
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``host:port`` (``[::1]:port`` for IPv6) or empty for no endpoint."""
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"invalid metrics_listen {value!r}: use host:port, e.g. 127.0.0.1:9464")
+    return host, int(port)
 
 
 def _choice(value: str, name: str, allowed: tuple[str, ...]) -> None:

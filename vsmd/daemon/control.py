@@ -5,6 +5,7 @@ Every request gets exactly one reply, an error reply for anything malformed or r
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 from vsmd import __version__
 from vsmd.config import Config
 from vsmd.daemon.idempotency import ReplyCache
+from vsmd.daemon.metrics import ADMIN_BUCKETS, Histogram
 from vsmd.daemon.registry import VsmRecord
 from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.daemon.state_store import StateStore
@@ -81,10 +83,22 @@ class Control:
         self.store = store or StateStore(manager.registry, None, lambda _k, _b: None, 1 << 20)
         self.started = time.time()
         self.replies = ReplyCache()
+        # For the metrics endpoint, kept on the loop thread: time to answer, refused spawns.
+        self.latency: dict[str, Histogram] = {}
+        self.refusals: collections.Counter[str] = collections.Counter()
 
     # --- admin requests --------------------------------------------------------------------
 
     def handle_admin(self, body: bytes, respond: Respond) -> None:
+        started = time.monotonic()
+        what = self._handle_admin(body, respond)
+        # Synchronous answers only: a spawn's wait for its VSM is in vsmd_spawn_ready_seconds.
+        if what not in self.latency:
+            self.latency[what] = Histogram(ADMIN_BUCKETS)
+        self.latency[what].observe(time.monotonic() - started)
+
+    def _handle_admin(self, body: bytes, respond: Respond) -> str:
+        """Handle one request; the command's name (or "invalid") for the metrics."""
         what = "an admin request"
         try:
             command, idem = parse_admin(body, self.config.max_message_bytes)
@@ -94,7 +108,7 @@ class Control:
                 once = self.replies.begin(idem, respond)
                 if once is None:
                     log.info("admin %s with a known idempotency key: not executed again", what)
-                    return
+                    return what
                 respond = once
             handler(self, command, respond)
         except VsmdError as err:
@@ -104,6 +118,8 @@ class Control:
             # A bug met by one request costs that request, never the daemon and its VSMs.
             log.exception("internal error while handling %s", what)
             respond(error_reply(internal(what)))
+        # Bounded label values: a known command, or one word for everything unparsable.
+        return what if what != "an admin request" else "invalid"
 
     def ping(self, _cmd: Ping, respond: Respond) -> None:
         respond(
@@ -121,8 +137,19 @@ class Control:
         )
 
     def spawn(self, cmd: Spawn, respond: Respond) -> None:
-        fut = self.manager.spawn_recursive_vsm(cmd.parent, cmd.spawn_config())
+        fut = self._spawn(cmd.parent, cmd)
         _answer_when_done(fut, respond, VsmInfo.to_dict, "spawn")
+
+    def _spawn(self, parent: str | None, cmd: Spawn) -> Future[VsmInfo]:
+        fut = self.manager.spawn_recursive_vsm(parent, cmd.spawn_config())
+
+        def count_refusal(f: Future[VsmInfo]) -> None:
+            exc = f.exception()
+            if isinstance(exc, VsmdError):
+                self.refusals[exc.code] += 1
+
+        fut.add_done_callback(count_refusal)
+        return fut
 
     def list(self, cmd: ListVsms, respond: Respond) -> None:
         infos = self.manager.list_child_vsms(cmd.parent, cmd.recursive)
@@ -171,7 +198,7 @@ class Control:
             elif kind == "spawn":
                 cmd = Spawn.from_args(env.body)
                 # A VSM may only create children of its own: its authority is its subtree.
-                fut = self.manager.spawn_recursive_vsm(sender.id, cmd.spawn_config())
+                fut = self._spawn(sender.id, cmd)
                 _answer_when_done(fut, respond, VsmInfo.to_dict, f"spawn from VSM {path}")
             else:
                 raise ProtocolError(f"unknown message kind {kind[:64]!r}")

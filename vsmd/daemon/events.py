@@ -38,6 +38,8 @@ class EventLog:
         self._buffer: collections.deque[Event] = collections.deque(maxlen=size)
         self._seq = 0
         self._publish = publish
+        # Events of each kind since the start, for the metrics endpoint.
+        self.counts: collections.Counter[str] = collections.Counter()
 
     def emit(
         self,
@@ -51,6 +53,7 @@ class EventLog:
         self._seq += 1
         event = Event(self._seq, kind, vsm_id, path, message, details)
         self._buffer.append(event)
+        self.counts[kind] += 1
         log.log(level, "%s: %s", kind, message)
         if self._publish is not None:
             self._publish(event)

@@ -24,7 +24,7 @@ from vsmd.bus.connection import redact
 from vsmd.bus.daemon_bus import DaemonBus
 from vsmd.bus.topology import Topology
 from vsmd.config import Config
-from vsmd.daemon import cgroups
+from vsmd.daemon import cgroups, metrics, notify
 from vsmd.daemon.control import Control
 from vsmd.daemon.events import Event, EventLog
 from vsmd.daemon.journal import Journal
@@ -89,6 +89,9 @@ class Daemon:
         self._stop_deadline: float | None = None
         self._stop_futures: list[Any] = []
         self._ready_hooks: list[Callable[[Daemon], None]] = []
+        self.reconnects = 0  # for the metrics endpoint
+        self.notifier = notify.Notifier()
+        self.metrics: metrics.MetricsServer | None = None
 
     def on_ready(self, hook: Callable[[Daemon], None]) -> None:
         """Run ``hook(self)`` on the loop thread once the daemon answers."""
@@ -322,6 +325,7 @@ class Daemon:
             self._stop_deadline = 0.0
             return
         log.info("stopping: terminating every VSM, leaves first")
+        self.notifier.send("STOPPING=1", "STATUS=stopping: terminating every VSM")
         self.store.write()  # their last states, before they are removed one by one
         self._stop_futures = self.manager.shutdown()
         budget = self.config.stop_timeout * (self.config.max_depth + 1) + 5.0
@@ -347,6 +351,7 @@ class Daemon:
             try:
                 self.bus.connect()
                 self.reach.hold()  # the VSMs are reconnecting too
+                self.reconnects += 1
                 log.info("broker is back; answering again")
                 return
             except BrokerError as err:
@@ -360,6 +365,7 @@ class Daemon:
 
     def run(self) -> int:
         self.bus.connect()  # raises BrokerError: the caller reports it and exits 3
+        self.metrics = metrics.start(self)  # a port in use stops the start here, nothing forked
         self._install_signals()
         become_subreaper()
         # Before the fork server: with cgroup v2 the daemon may first move to a leaf of its own.
@@ -383,6 +389,7 @@ class Daemon:
             self.config.spawn_strategy,
             self.config.max_total,
         )
+        notify.start(self.notifier, self.timers, lambda: len(self.manager.registry))
         for hook in self._ready_hooks:
             hook(self)
         try:
@@ -394,6 +401,8 @@ class Daemon:
                 self._drain()
                 self._run_timers()
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             self.pool.stop()
             if self.manager.cgroups is not None:
                 self.manager.cgroups.stop()
@@ -401,4 +410,5 @@ class Daemon:
             self.store.write()
             self.journal.close()
         log.info("vsmd stopped")
+        self.notifier.close()
         return 0

@@ -24,6 +24,7 @@ from vsmd.daemon.cgroups import leaf_limits, subtree_limits
 from vsmd.daemon.events import EventLog
 from vsmd.daemon.journal import Entry, Journal
 from vsmd.daemon.lifecycle import Lifecycle, Notify, ProcessPool
+from vsmd.daemon.metrics import SPAWN_BUCKETS, Histogram
 from vsmd.daemon.quotas import Sample, Sampler
 from vsmd.daemon.registry import Status, VsmRecord
 from vsmd.daemon.throttle import Admission
@@ -66,6 +67,9 @@ class SpawnManager(Lifecycle):
         self.shutting_down = False
         # Limits set at run time (vsmctl policy set); the daemon plugs in its state store.
         self.state_policy: policy_limits.StatePolicy | None = None
+        # For the metrics endpoint: fork request to ready report, and new VSMs that got there.
+        self.spawn_ready = Histogram(SPAWN_BUCKETS)
+        self.spawned = 0
 
     # --- the API ---------------------------------------------------------------------------
 
@@ -351,6 +355,9 @@ class SpawnManager(Lifecycle):
         rec.started_at = time.time()
         rec.ready_at = time.monotonic()
         log.debug("%s ready after %.1f ms", rec.path, (rec.ready_at - rec.start_requested) * 1000)
+        self.spawn_ready.observe(rec.ready_at - rec.start_requested)
+        if not rec.restarts and not rec.ever_ready:
+            self.spawned += 1
         if rec.timer:
             rec.timer.cancel()
         if rec.restarts:
