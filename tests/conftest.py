@@ -7,10 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.harness import DaemonProc, running_daemon
 from vsmd.broker.probe import broker_answers
 from vsmd.config import DEFAULT_BROKER_URL
+
+# Property tests draw the same examples on every run, so a run that passes passes again (CI);
+# HYPOTHESIS_PROFILE=explore draws new ones each time, to hunt for more.
+settings.register_profile("repeatable", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(scope="session")

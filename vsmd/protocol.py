@@ -78,11 +78,16 @@ def _check_field(cmd: str, f: dataclasses.Field[Any], value: Any) -> Any:
             f"{cmd}: field {f.name!r} must be {f.type}, got {type(value).__name__}",
             field=f.name,
         )
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        # JSON carries such an integer in, but the encoder of every reply refuses it.
+        raise ProtocolError(f"{cmd}: field {f.name!r} is out of range", field=f.name)
     if isinstance(value, dict) and depth_over(value, MAX_DEPTH):
         # What could not be written again must not get in: every reply carrying it would fail.
         raise ProtocolError(
             f"{cmd}: field {f.name!r} is nested over {MAX_DEPTH} levels", field=f.name
         )
+    if isinstance(value, dict) and not encodable(value):
+        raise ProtocolError(f"{cmd}: field {f.name!r} cannot be sent back as JSON", field=f.name)
     return (
         float(value)
         if isinstance(value, int) and float in allowed and bool not in allowed
@@ -268,6 +273,8 @@ def check_policy_value(key: str, value: Any) -> Any:
             raise ProtocolError(f"policy {key}: a string, number, boolean or list", field=key)
         if depth_over(value, MAX_DEPTH):
             raise ProtocolError(f"policy {key} is nested over {MAX_DEPTH} levels", field=key)
+        if not encodable(value):
+            raise ProtocolError(f"policy {key} cannot be sent on as JSON", field=key)
         return value
     kinds = POLICY_KEYS.get(key)
     if kinds is None:
@@ -280,9 +287,18 @@ def check_policy_value(key: str, value: Any) -> Any:
         return None  # deletes the key
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ProtocolError(f"policy {key} must be a number of 0 or more", field=key)
-    if not isinstance(value, kinds):
+    if not isinstance(value, kinds) or not encodable(value):
         raise ProtocolError(f"policy {key} must be a number of 0 or more", field=key)
     return value
+
+
+def encodable(value: Any) -> bool:
+    """Whether JSON can carry ``value`` on (orjson refuses integers past 64 bits, for one)."""
+    try:
+        dumps(value)
+    except TypeError:  # orjson.JSONEncodeError
+        return False
+    return True
 
 
 COMMANDS: dict[str, type[Command]] = {

@@ -25,6 +25,7 @@ from vsmd.protocol import (
     Spawn,
     Terminate,
     VsmInfo,
+    check_policy_value,
     error_reply,
     ok_reply,
     parse_request,
@@ -395,3 +396,24 @@ def test_vsm_info_from_dict_fills_defaults() -> None:
         del data[key]
     info = VsmInfo.from_dict(data)
     assert (info.restarts, info.last_exit, info.last_reason) == (0, None, None)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"budget_descendants": -(2**63) - 1},
+        {"memory_mb": 2**64},
+        {"config": {"n": 2**64}},
+    ],
+)
+def test_values_json_cannot_send_back_are_refused(args: dict[str, object]) -> None:
+    # From Python (the client API) such a value got in, then broke every reply that carried it.
+    with pytest.raises(ProtocolError):
+        Spawn.from_args(args)
+
+
+def test_policy_values_json_cannot_send_on_are_refused() -> None:
+    with pytest.raises(ProtocolError):
+        check_policy_value("x-big", [2**70])
+    with pytest.raises(ProtocolError):
+        check_policy_value("max_children", 2**64)
