@@ -77,6 +77,13 @@ def vsm_processes(ids: set[str]) -> dict[str, list[int]]:
     return dict(found)
 
 
+def title(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""  # gone meanwhile
+
+
 def family(d: DaemonProc) -> list[psutil.Process]:
     return psutil.Process(d.proc.pid).children(recursive=True)
 
@@ -93,14 +100,7 @@ def zombies(d: DaemonProc) -> list[int]:
 
 
 def fork_servers(d: DaemonProc) -> list[psutil.Process]:
-    found = []
-    for p in psutil.Process(d.proc.pid).children():
-        try:
-            if "forkserver" in " ".join(p.cmdline()):
-                found.append(p)
-        except psutil.NoSuchProcess:
-            continue
-    return found
+    return [p for p in psutil.Process(d.proc.pid).children() if "forkserver" in title(p)]
 
 
 def inbox_queues(broker: EmbeddedBroker, namespace: str) -> set[str]:
@@ -177,7 +177,7 @@ def kill_vsm(vsm_id: str, pid: int) -> bool:
     """kill -9 the VSM's process, if ``pid`` still is it."""
     try:
         p = psutil.Process(pid)
-        if not " ".join(p.cmdline()).startswith(f"vsm {vsm_id} "):
+        if not title(p).startswith(f"vsm {vsm_id} "):
             return False
         p.kill()  # psutil refuses if the pid now names another process
     except psutil.Error:
@@ -230,27 +230,27 @@ class Chaos:
                 self.killed(v, time.monotonic(), "vsm")
                 self.kills[depth] += 1
 
-    def kill_fork_server(self, d: DaemonProc, vsms: list[VsmInfo]) -> int:
+    def kill_fork_server(self, d: DaemonProc, vsms: list[VsmInfo]) -> psutil.Process:
         [fs] = fork_servers(d)
         at = time.monotonic()
         fs.kill()
         for v in vsms:
             if v.status == "running":
                 self.killed(v, at, "forkserver")
-        return fs.pid
+        return fs
 
-    def run(self, d: DaemonProc) -> int:
-        """The 60 s of chaos; the killed fork server's pid."""
+    def run(self, d: DaemonProc) -> psutil.Process | None:
+        """The 60 s of chaos; the fork server it killed."""
         start = time.monotonic()
-        fs_pid = 0
+        killed_fs = None
         while (now := time.monotonic()) < start + CHAOS_SECONDS:
             vsms = self.observe()
             due = int((now - start) * KILLS_PER_SECOND) - sum(self.kills.values())
             self.kill_some(vsms, min(due, 5))
-            if not fs_pid and now - start >= FORKSERVER_AT:
-                fs_pid = self.kill_fork_server(d, vsms)
+            if killed_fs is None and now - start >= FORKSERVER_AT:
+                killed_fs = self.kill_fork_server(d, vsms)
             time.sleep(0.2)  # the pace of the killer, not a wait for a result
-        return fs_pid
+        return killed_fs
 
     def settled(self) -> bool:
         vsms = self.observe()
@@ -270,7 +270,7 @@ def check_statuses(vsms: list[VsmInfo], restart: dict[str, str]) -> None:
     assert len(vsms) == N and {v.id for v in vsms} == set(restart)
 
 
-def check_processes(d: DaemonProc, c: VsmClient, killed_fs: int) -> list[VsmInfo]:
+def check_processes(d: DaemonProc, c: VsmClient, killed_fs: psutil.Process) -> list[VsmInfo]:
     """The registry equals the processes (no orphan, no extra), no zombie, one new fork server."""
     ids = {v.id for v in c.list_child_vsms()}
 
@@ -281,10 +281,8 @@ def check_processes(d: DaemonProc, c: VsmClient, killed_fs: int) -> list[VsmInfo
     poll_for(exact, timeout=60, interval=0.5, what="registry == processes")
     poll_for(lambda: not zombies(d), timeout=60, interval=0.5, what="no zombie")
     [fs] = fork_servers(d)
-    assert fs.pid != killed_fs and not psutil.pid_exists(killed_fs)
-    strays = [
-        p.pid for p in family(d) if p.pid != fs.pid and not " ".join(p.cmdline()).startswith("vsm ")
-    ]
+    assert not killed_fs.is_running(), "the killed fork server is reaped"
+    strays = [p.pid for p in family(d) if p.pid != fs.pid and not title(p).startswith("vsm ")]
     assert strays == [], "the daemon's family: the fork server and VSMs only"
     return c.list_child_vsms()
 
@@ -336,6 +334,7 @@ def test_chaos(node: EmbeddedBroker, tmp_path: Path) -> None:
         chaos = Chaos(c, restart)
         begin = time.monotonic()
         killed_fs = chaos.run(d)
+        assert killed_fs is not None
         chaos_s = time.monotonic() - begin
         poll_for(chaos.settled, timeout=300, interval=0.5, what="the tree to settle")
         settle_s = time.monotonic() - begin - chaos_s
