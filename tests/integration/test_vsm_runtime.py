@@ -176,3 +176,14 @@ def test_a_spawn_that_takes_seconds_spawns_one_child(daemon: DaemonProc) -> None
     poll_for(kid_running, timeout=60, what="the slow child to be running")
     # While the parent waited 3 s for its answer, nothing it sent was taken as another spawn.
     assert [k.name for k in c.list_child_vsms(parent.id, recursive=False)] == ["kid"]
+
+
+def test_first_requests_made_at_once_all_get_answers(daemon: DaemonProc) -> None:
+    # They used to race to start the VSM's reply consumer; the second start closed its channel
+    # and left the VSM deaf on a live connection.
+    c = daemon.client()
+    asker = c.spawn_recursive_vsm(None, SpawnConfig(name="asker", agent="recorder")).id
+    kid = c.spawn_recursive_vsm(asker, SpawnConfig(name="kid", agent="recorder")).id
+    answer = c.call(asker, "do", {"op": "parallel", "target": kid, "n": 10}, timeout=60)
+    assert answer == {"result": ["ask"] * 10}
+    assert c.call(asker, "log", timeout=30) == {"got": []}  # and it still hears its inbox

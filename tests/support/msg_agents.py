@@ -5,6 +5,7 @@ Loaded with ``agent_modules = ["tests.support.agents", "tests.support.msg_agents
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -61,7 +62,19 @@ async def _alert(ctx: AgentContext, cmd: dict[str, Any]) -> Any:
     await ctx.alert(cmd.get("severity", "critical"), cmd.get("text", ""), cmd.get("body") or {})
 
 
-OPS = {"send": _send, "request": _request, "broadcast": _broadcast, "alert": _alert}
+async def _parallel(ctx: AgentContext, cmd: dict[str, Any]) -> Any:
+    """``n`` requests to ``target`` at once (the first ones this VSM makes, in the test)."""
+    asks = (ctx.request(cmd["target"], "ask", {"i": i}) for i in range(int(cmd["n"])))
+    return [answer["kind"] for answer in await asyncio.gather(*asks)]
+
+
+OPS = {
+    "send": _send,
+    "request": _request,
+    "broadcast": _broadcast,
+    "alert": _alert,
+    "parallel": _parallel,
+}
 
 
 async def _set(ctx: AgentContext, cmd: dict[str, Any]) -> Any:

@@ -67,6 +67,8 @@ class VsmBus:
         self._exchange: aio_pika.abc.AbstractExchange | None = None
         self._inbox: aio_pika.abc.AbstractQueue | None = None
         self._replies_on = False
+        self._replies_lock = asyncio.Lock()
+        self._up = False  # open() finished and close() not begun
         self._pending: dict[str, asyncio.Future[Incoming]] = {}
         self.lost = asyncio.Event()
 
@@ -82,7 +84,7 @@ class VsmBus:
         try:
             self._conn = await aio_pika.connect(amqp_url(self.spec), timeout=5.0)
             self._conn.close_callbacks.add(self._on_close)
-            self._ch = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+            self._ch = await self._open_channel()
             await self._ch.set_qos(prefetch_count=PREFETCH)
             self._exchange = await self._ch.get_exchange(self.topo.exchange, ensure=False)
             self._inbox = await self._declare_inbox()
@@ -92,6 +94,7 @@ class VsmBus:
             # consume-ok comes after every bind above (AMQP keeps a channel's order), and a bind
             # that failed has closed the channel by then: so the inbox is bound when we are ready.
             await self._inbox.consume(self._on_message)
+            self._up = True
         except _LOST as exc:
             await self.close()
             raise BrokerError(f"cannot set up the inbox: {_describe(exc)}") from None
@@ -113,7 +116,7 @@ class VsmBus:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-            self._ch = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+            self._ch = await self._open_channel()
             await self._ch.set_qos(prefetch_count=PREFETCH)
             self._exchange = await self._ch.get_exchange(self.topo.exchange, ensure=False)
 
@@ -128,6 +131,19 @@ class VsmBus:
             else:
                 await raw.queue_bind(queue, self.topo.exchange, key, nowait=True)
 
+    async def _open_channel(self) -> aio_pika.abc.AbstractChannel:
+        assert self._conn is not None
+        ch = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+        # A channel the broker closes (an error of ours) leaves the VSM deaf on a live
+        # connection: treat it as a lost broker, so the VSM reconnects and is bound again.
+        ch.close_callbacks.add(self._on_channel_close)
+        return ch
+
+    def _on_channel_close(self, channel: Any, *_args: Any) -> None:
+        # Only once set up: during open() a closed channel is retried or fails open() itself.
+        if self._up and channel is self._ch:
+            self._on_close()
+
     def _on_close(self, *_args: Any) -> None:
         self.lost.set()
         self._replies_on = False
@@ -136,6 +152,7 @@ class VsmBus:
                 fut.set_exception(BrokerError("lost the broker before the answer came"))
 
     async def close(self) -> None:
+        self._up = False
         conn, self._conn = self._conn, None
         self._ch = self._exchange = self._inbox = None
         self._replies_on = False
@@ -233,6 +250,12 @@ class VsmBus:
 
     async def _replies(self) -> None:
         """Consume direct reply-to on our channel, once per connection (not at start-up)."""
+        # Requests made at once all come here first: one consume only, a second on the same
+        # channel is an error that closes it.
+        async with self._replies_lock:
+            await self._consume_replies()
+
+    async def _consume_replies(self) -> None:
         if self._replies_on:
             return
         if self._ch is None:
