@@ -143,7 +143,7 @@ class SilentPool(ForkServerPool):
     """Starts a "fork server" that never says hello (hung in its imports, say)."""
 
     def _command(self, fd: int) -> list[str]:
-        return [sys.executable, "-c", "import time; time.sleep(300)"]
+        return [sys.executable, "-c", "import signal; signal.pause()"]
 
 
 class DyingPool(ForkServerPool):

@@ -132,7 +132,8 @@ class HelperHogAgent(HelperAgent):
     """Its subprocess holds ``mb`` MiB of touched memory; the agent itself holds none."""
 
     def start(self, ctx: SyncContext) -> None:
-        hold = "import sys, time; block = b'x' * (int(sys.argv[1]) << 20); time.sleep(300)"
+        # Holds the memory until it is killed (with its VSM, or by the test).
+        hold = "import signal, sys; block = b'x' * (int(sys.argv[1]) << 20); signal.pause()"
         mb = str(int(self.config.get("mb", 100)))
         self.proc = subprocess.Popen([sys.executable, "-c", hold, mb])
 

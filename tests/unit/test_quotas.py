@@ -107,8 +107,8 @@ def test_a_gone_process_is_skipped() -> None:
 
 # A process that holds MiB of touched memory (argv[1]) and says so, then waits to be killed.
 HOG = (
-    "import sys, time; b = b'x' * (int(sys.argv[1]) << 20); print('ready', flush=True); "
-    "time.sleep(300)"
+    "import signal, sys; b = b'x' * (int(sys.argv[1]) << 20); print('ready', flush=True); "
+    "signal.pause()"
 )
 SPIN = "print('ready', flush=True)\nwhile True: pass"
 
