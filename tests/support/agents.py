@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -203,7 +204,7 @@ class ForkHogAgent(BaseAgent):
                     block = bytearray(int(self.config.get("mb", 30)) << 20)
                     for i in range(0, len(block), 4096):  # touch every page: resident
                         block[i] = 1
-                    time.sleep(60)
+                    signal.pause()  # until the OOM killer or the cgroup's emptying ends it
                 finally:
                     os._exit(0)
 
