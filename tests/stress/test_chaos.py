@@ -13,7 +13,6 @@ import sqlite3
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,16 +48,6 @@ CONFIG = {
 UNSETTLED = {"starting", "backoff", "stopping"}
 LIST_QUEUES = ("list_queues", "-q", "--no-table-headers", "name")
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(tmp_path_factory.mktemp("rabbit"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 # --- what the machine and the broker hold ------------------------------------------------------

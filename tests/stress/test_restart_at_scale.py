@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,16 +32,6 @@ CHILDREN = 99
 N = ROOTS * (1 + CHILDREN)
 THREADS = 8
 CONFIG = {"max_total": 1200, "spawn_timeout": 120.0, "sample_interval": 5.0}
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(tmp_path_factory.mktemp("rabbit"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def spawn_all(d: DaemonProc, wanted: list[tuple[str | None, str]]) -> list[VsmInfo]:

@@ -4,7 +4,6 @@ open-files limit would not survive 1,000 connections). Nothing may be left behin
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,16 +20,6 @@ pytestmark = pytest.mark.stress
 
 N = 1000
 CONFIG = {"max_total": 1200, "max_children": 1000, "spawn_timeout": 120.0, "sample_interval": 5.0}
-
-
-@pytest.fixture(scope="module")
-def big_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    node = EmbeddedBroker(tmp_path_factory.mktemp("rabbit"))
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def vsm_pids(d: DaemonProc) -> set[int]:
@@ -59,8 +48,8 @@ def spawn_flat(d: DaemonProc, n: int) -> list[str]:
         return [i for ids in pool.map(worker, chunks) for i in ids]
 
 
-def test_thousand_flat(big_broker: EmbeddedBroker, tmp_path: Path) -> None:
-    with running_daemon(big_broker.url, tmp_path / "state", config=CONFIG) as d:
+def test_thousand_flat(node: EmbeddedBroker, tmp_path: Path) -> None:
+    with running_daemon(node.url, tmp_path / "state", config=CONFIG) as d:
         ids = spawn_flat(d, N)
         c = d.client(timeout=120)
         listed = c.list_child_vsms()
@@ -78,8 +67,8 @@ def test_thousand_flat(big_broker: EmbeddedBroker, tmp_path: Path) -> None:
         assert leftovers(d, ids) == []
 
 
-def test_thousand_as_a_tree(big_broker: EmbeddedBroker, tmp_path: Path) -> None:
-    with running_daemon(big_broker.url, tmp_path / "state", config=CONFIG) as d:
+def test_thousand_as_a_tree(node: EmbeddedBroker, tmp_path: Path) -> None:
+    with running_daemon(node.url, tmp_path / "state", config=CONFIG) as d:
         c = d.client(timeout=120)
         roots = [
             c.spawn_recursive_vsm(
