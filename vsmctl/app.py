@@ -15,8 +15,9 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from vsmctl import messaging, state_cmds
+from vsmctl import messaging, state_cmds, top
 from vsmctl.client import DEFAULT_TIMEOUT, VsmClient
+from vsmctl.complete import complete_vsm_id
 from vsmctl.options import Broker, Json, Namespace, Timeout
 from vsmctl.options import call as _call
 from vsmctl.options import print_json as _json
@@ -24,7 +25,6 @@ from vsmd.errors import VsmdError
 from vsmd.protocol import ListVsms, Policy, SpawnConfig, VsmInfo
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     help="Control a running vsmd: spawn, list, show and terminate VSMs, message them, and read "
     "and set their state and policy.",
@@ -53,11 +53,32 @@ def _settings(pairs: list[str], config_file: Path | None) -> dict[str, Any]:
 
 
 Opt = typer.Option
+Id = Annotated[str, typer.Argument(metavar="ID", autocompletion=complete_vsm_id)]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from vsmd import __version__
+
+        typer.echo(f"vsmctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        Opt("--version", is_eager=True, callback=_print_version, help="Print the version."),
+    ] = False,
+) -> None:
+    """The options every command shares come after the command's name."""
 
 
 @app.command()
 def spawn(
-    parent: Annotated[str | None, Opt(help="Id of the parent VSM.")] = None,
+    parent: Annotated[
+        str | None, Opt(help="Id of the parent VSM.", autocompletion=complete_vsm_id)
+    ] = None,
     name: Annotated[str | None, Opt(help="Name, unique among siblings.")] = None,
     agent: Annotated[str | None, Opt(help="Agent type.")] = None,
     set_: Annotated[list[str] | None, Opt("--set", help="Agent setting KEY=VALUE.")] = None,
@@ -149,7 +170,9 @@ def events(
 
 @app.command("list")
 def list_(
-    parent: Annotated[str | None, typer.Option(help="Only below this VSM.")] = None,
+    parent: Annotated[
+        str | None, Opt(help="Only below this VSM.", autocompletion=complete_vsm_id)
+    ] = None,
     tree: Annotated[bool, typer.Option("--tree", help="Draw the hierarchy.")] = False,
     json: Json = False,
     broker: Broker = None,
@@ -178,7 +201,7 @@ def list_(
 
 @app.command()
 def show(
-    vsm_id: Annotated[str, typer.Argument(metavar="ID")],
+    vsm_id: Id,
     json: Json = False,
     broker: Broker = None,
     namespace: Namespace = None,
@@ -196,7 +219,7 @@ def show(
 
 @app.command()
 def terminate(
-    vsm_id: Annotated[str, typer.Argument(metavar="ID")],
+    vsm_id: Id,
     timeout: Annotated[
         float | None,
         typer.Option(
@@ -242,6 +265,7 @@ def ping(
 # After the commands above, so that help lists them first.
 messaging.register(app)
 state_cmds.register(app)
+top.register(app)
 
 
 def main() -> None:

@@ -9,11 +9,14 @@ import orjson
 import typer
 
 from vsmctl.client import DEFAULT_TIMEOUT
+from vsmctl.complete import complete_vsm_id
 from vsmctl.options import Broker, Json, Namespace, Timeout, call, print_json, refuse
 from vsmd.errors import BadJson, ProtocolError
 
 Opt = typer.Option
-Id = Annotated[str, typer.Argument(metavar="ID", help="Id of the VSM.")]
+Id = Annotated[
+    str, typer.Argument(metavar="ID", help="Id of the VSM.", autocompletion=complete_vsm_id)
+]
 Kind = Annotated[str, typer.Argument(metavar="KIND", help="What the agent's handle gets as kind.")]
 Body = Annotated[
     str | None, Opt("--body", help="A JSON object: what the agent's handle gets as body.")

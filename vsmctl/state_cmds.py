@@ -10,11 +10,14 @@ import orjson
 import typer
 
 from vsmctl.client import DEFAULT_TIMEOUT, VsmClient
+from vsmctl.complete import complete_vsm_id
 from vsmctl.options import Broker, Json, Namespace, Timeout, call, print_json, refuse
 from vsmd.errors import ProtocolError
 
 Opt = typer.Option
-Id = Annotated[str, typer.Argument(metavar="ID", help="Id of the VSM.")]
+Id = Annotated[
+    str, typer.Argument(metavar="ID", help="Id of the VSM.", autocompletion=complete_vsm_id)
+]
 Pairs = Annotated[
     list[str],
     typer.Argument(

@@ -1,0 +1,154 @@
+"""vsmctl top as a person sees it: run in a terminal (tmux), read off the screen, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+
+from tests.support.harness import BIN, DaemonProc, poll_for
+from vsmd.protocol import Policy, SpawnConfig
+
+TMUX = shutil.which("tmux") or "/usr/bin/tmux"
+
+
+class Terminal:
+    """A tmux pane of its own (a private tmux server), read with capture-pane."""
+
+    def __init__(self, env: dict[str, str], command: str) -> None:
+        self.socket = f"vsmd-test-{uuid.uuid4().hex[:8]}"
+        # A new server inherits this environment: the daemon's namespace and broker.
+        self._tmux("new-session", "-d", "-s", "top", "-x", "150", "-y", "40", command, env=env)
+
+    def _tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
+        res = subprocess.run(
+            [TMUX, "-L", self.socket, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        assert res.returncode == 0, f"tmux {args[0]}: {res.stderr}"
+        return res.stdout
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-t", "top")
+
+    def keys(self, *keys: str) -> None:
+        self._tmux("send-keys", "-t", "top", *keys)
+
+    def wait_for(self, check: object, what: str, timeout: float = 20.0) -> str:
+        """The screen once ``check(screen)`` holds; fails with the last screen."""
+        assert callable(check)
+        last = [""]
+
+        def seen() -> str | None:
+            last[0] = self.screen()
+            return last[0] if check(last[0]) else None
+
+        try:
+            return poll_for(seen, timeout, 0.1, what)
+        except AssertionError:
+            raise AssertionError(f"{what} never showed; the screen:\n{last[0]}") from None
+
+    def close(self) -> None:
+        subprocess.run(
+            [TMUX, "-L", self.socket, "kill-session", "-t", "top"], capture_output=True, check=False
+        )
+        subprocess.run([TMUX, "-L", self.socket, "kill-server"], capture_output=True, check=False)
+
+
+def _row(screen: str, vsm_id: str) -> list[str]:
+    lines = [line.split() for line in screen.splitlines() if line.startswith(vsm_id)]
+    return lines[0] if lines else []
+
+
+def test_top_shows_the_tree_live_and_quits_on_ctrl_c(daemon: DaemonProc) -> None:
+    c = daemon.client()
+    root = c.spawn_recursive_vsm(None, SpawnConfig(name="shop"))
+    worker = c.spawn_recursive_vsm(
+        root.id, SpawnConfig(name="worker", policy=Policy(restart="permanent"))
+    )
+    spare = c.spawn_recursive_vsm(root.id, SpawnConfig(name="spare"))
+    top = shlex.quote(str(BIN / "vsmctl"))
+    # The shell line after top shows how it ended, then waits so the pane stays readable.
+    term = Terminal(daemon.env, f'{top} top; echo "top exited with $?"; read')
+    try:
+
+        def tree_shown(screen: str) -> bool:
+            return f"namespace {daemon.namespace}" in screen and all(
+                _row(screen, i.id)[2:4] == [str(i.pid), "running"] for i in (root, worker, spare)
+            )
+
+        screen = term.wait_for(tree_shown, "the three VSMs, running")
+        assert "3 VSMs: 3 running" in screen and "sorted by tree" in screen
+        assert "Alerts: none" in screen
+        lines = screen.splitlines()
+        # Tree order, children indented under their parent.
+        order = [n for n, line in enumerate(lines) if line.startswith((root.id, worker.id))]
+        assert _row(screen, root.id)[1] == "shop" and "  worker" in lines[order[1]]
+
+        # A crash shows up by itself: a new pid, a restart, and the alert.
+        os.kill(worker.pid or 0, signal.SIGKILL)
+
+        def restarted(screen: str) -> bool:
+            row = _row(screen, worker.id)
+            return (
+                len(row) >= 8
+                and row[2] != str(worker.pid)
+                and row[3:5] == ["running", "1"]
+                and row[7] == "restart_scheduled"
+            )
+
+        screen = term.wait_for(restarted, "the worker's restart and its alert")
+        assert "restart_scheduled" in screen.split("Alerts", 1)[1]
+
+        term.keys("C-c")
+        screen = term.wait_for(lambda s: "top exited with" in s, "top to exit on Ctrl-C")
+        assert "top exited with 0" in screen
+        assert "Traceback" not in screen and "KeyboardInterrupt" not in screen
+        # The alternate screen is gone: the terminal shows what it showed before top.
+        assert "vsmd top" not in screen
+    finally:
+        term.close()
+
+
+def test_top_once_prints_one_frame_sorted(daemon: DaemonProc) -> None:
+    c = daemon.client()
+    root = c.spawn_recursive_vsm(None, SpawnConfig(name="m"))
+    kids = [c.spawn_recursive_vsm(root.id, SpawnConfig(name=n)) for n in ("zeta", "alpha", "kilo")]
+
+    def order(*args: str) -> list[str]:
+        res = daemon.vsmctl("top", "--once", *args)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.count("vsmd top - namespace") == 1
+        ids = {i.id for i in (root, *kids)}
+        return [line.split()[1] for line in res.stdout.splitlines() if line[:12] in ids]
+
+    assert order() == ["m", "zeta", "alpha", "kilo"]
+    assert order("--sort", "name") == ["m.alpha", "m.kilo", "m", "m.zeta"]
+    assert order("--sort", "name", "--reverse") == ["m.zeta", "m", "m.kilo", "m.alpha"]
+    assert order("--parent", root.id, "--sort", "path") == ["m.alpha", "m.kilo", "m.zeta"]
+
+
+def test_top_without_a_daemon_exits_3_before_drawing(daemon: DaemonProc) -> None:
+    env = dict(daemon.env, VSM_NAMESPACE=f"nobody{uuid.uuid4().hex[:8]}")
+    for args in (["top", "--once"], ["top"]):
+        started = time.monotonic()
+        res = subprocess.run(
+            [str(BIN / "vsmctl"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert res.returncode == 3, res.stderr
+        assert res.stderr.startswith("vsmctl: no vsmd answering on namespace nobody")
+        assert res.stdout == ""
+        assert time.monotonic() - started < 10
