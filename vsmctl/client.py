@@ -32,6 +32,7 @@ from vsmd.errors import (
     NoDaemon,
     ProtocolError,
     Throttled,
+    Unauthorized,
     Unreachable,
     VsmdError,
     from_dict,
@@ -53,12 +54,16 @@ from vsmd.protocol import (
     dumps,
     loads_object,
 )
+from vsmd.security.credentials import ENV as CRED_ENV
+from vsmd.security.credentials import find as find_credentials
 from vsmd.state import decode
 
 DEFAULT_TIMEOUT = 60.0  # above the daemon's default spawn_timeout (30 s)
 MAX_REPLY = 64 << 20
 RETRY_FIRST = 0.1  # seconds before the first repeat of a request after a lost connection
 RETRY_MAX = 1.0
+# How vsmd.bus.connection.describe ends a refused login or vhost.
+_REFUSED = ("the broker refused the credentials", "the broker denied access to the virtual host")
 SENDER = "vsmctl"  # the envelope's sender of everything this client publishes
 # What may stand in a routing key as an id; anything else cannot be a VSM's (the daemon says so).
 _KEYABLE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -71,10 +76,24 @@ class VsmClient:
         namespace: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         env: Mapping[str, str] | None = None,
+        credentials_path: str | None = None,
     ) -> None:
         env = os.environ if env is None else env
-        self.broker_url = broker_url or env.get("VSM_BROKER_URL") or DEFAULT_BROKER_URL
         self.namespace = namespace or env.get("VSM_NAMESPACE") or "vsm"
+        # A secure daemon wants an operator's or viewer's login: from credentials when no URL
+        # is given (ConfigError, one line, when named credentials cannot be read). Named
+        # credentials also name the namespace, unless one is given.
+        creds = None
+        if not (broker_url or env.get("VSM_BROKER_URL")) or credentials_path or env.get(CRED_ENV):
+            creds = find_credentials(env, credentials_path, self.namespace)
+            if creds is not None and not (namespace or env.get("VSM_NAMESPACE")):
+                self.namespace = creds.namespace
+        self.credentials = creds
+        self.broker_url = (
+            broker_url
+            or env.get("VSM_BROKER_URL")
+            or (creds.broker_url if creds else DEFAULT_BROKER_URL)
+        )
         self.timeout = timeout
         self.topo = Topology(self.namespace)
         self._conn: Any = None
@@ -95,6 +114,12 @@ class VsmClient:
                 self._conn = connect(self.broker_url, heartbeat=0, timeout=min(self.timeout, 5.0))
                 self._rpc = RpcChannel(self._conn)
             except BrokerError as err:
+                if err.message.endswith(_REFUSED):
+                    who = self.credentials.source if self.credentials else "no credentials"
+                    raise Unauthorized(
+                        f"the broker at {redact(self.broker_url)} refused the login ({who}); "
+                        f"give operator or viewer credentials with --credentials or {CRED_ENV}"
+                    ) from None
                 raise self._no_daemon(err.message) from None
         return self._rpc
 

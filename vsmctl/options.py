@@ -10,9 +10,9 @@ import orjson
 import typer
 
 from vsmctl.client import VsmClient
-from vsmd.errors import NoDaemon, VsmdError
+from vsmd.errors import NoDaemon, Unauthorized, VsmdError
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON, EXIT_UNAUTHORIZED = 0, 1, 2, 3, 4
 
 Broker = Annotated[
     str | None, typer.Option("--broker", envvar="VSM_BROKER_URL", help="AMQP URL of the broker.")
@@ -31,9 +31,10 @@ T = TypeVar("T")
 
 
 def refuse(err: VsmdError) -> NoReturn:
-    """A refusal or error reply: ``vsmctl: CODE: message`` on stderr, exit code 1."""
+    """A refusal or error reply: ``vsmctl: CODE: message`` on stderr, exit code 1 (4 when the
+    credentials do not allow it, so scripts can tell a missing right from a failure)."""
     typer.echo(f"vsmctl: {err.code}: {err.message}", err=True)
-    raise typer.Exit(EXIT_REFUSED)
+    raise typer.Exit(EXIT_UNAUTHORIZED if isinstance(err, Unauthorized) else EXIT_REFUSED)
 
 
 def call(

@@ -23,6 +23,7 @@ ENV_VARS = {
     "VSM_NAMESPACE": "namespace",
     "VSM_STATE_DIR": "state_dir",
     "VSM_SPAWN_STRATEGY": "spawn_strategy",
+    "VSM_TRUST": "trust",
 }
 
 
@@ -86,6 +87,14 @@ class Config:
     metrics_listen: str = ""
     # Per-VSM rss and cpu series for this many of the largest VSMs only (bounded cardinality).
     metrics_top_n: int = 10
+    # "secure": every VSM its own broker identity, operators need credentials (docs/security.md);
+    # "cooperative": every VSM uses the daemon's broker account; only for trusted agent code.
+    trust: str = "secure"
+    # Lifetime of a VSM's broker token (seconds); VSMs refresh at half of it.
+    token_ttl: float = 600.0
+    # Secure mode as root: VSM n runs as uid vsm_uid_base + n (n below max_total * 2);
+    # 0 keeps VSMs under the daemon's uid.
+    vsm_uid_base: int = 2_000_000
 
     def __post_init__(self) -> None:
         check_name(self.namespace, "namespace")
@@ -139,6 +148,9 @@ class Config:
         _choice(self.default_on_child_failure, "default_on_child_failure", CHILD_FAILURE_POLICIES)
         _choice(self.default_quota_action, "default_quota_action", QUOTA_ACTIONS)
         _choice(self.cgroups, "cgroups", CGROUP_MODES)
+        _choice(self.trust, "trust", TRUST_MODES)
+        if not self.token_ttl >= 60:
+            raise ConfigError(f"invalid token_ttl {self.token_ttl!r}: must be at least 60 s")
         parse_listen(self.metrics_listen)
         for name in (
             "min_available_mb",
@@ -146,9 +158,13 @@ class Config:
             "default_memory_mb",
             "probe_interval",
             "metrics_top_n",
+            "vsm_uid_base",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}: must be 0 or more")
+
+
+TRUST_MODES = ("secure", "cooperative")
 
 
 def parse_listen(value: str) -> tuple[str, int] | None:

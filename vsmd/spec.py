@@ -49,6 +49,10 @@ class VsmSpec:
     sync: bool = False
     # The cgroup.procs files the child joins before agent code runs (empty: no cgroups).
     cgroup_procs: tuple[str, ...] = ()
+    # Secure mode: where the VSM gets its broker token (broker_url then carries no
+    # credentials), and the uid it drops to before agent code (0: stays as it is).
+    token_socket: str = ""
+    uid: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

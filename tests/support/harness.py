@@ -129,7 +129,14 @@ def start_daemon(
 ) -> DaemonProc:
     ns = namespace or new_namespace()
     state_dir.mkdir(parents=True, exist_ok=True)
-    cfg = {"agent_modules": ["tests.support.agents"], "stop_timeout": 5.0, **(config or {})}
+    # The shared broker is not set up for the trust boundary: tests of secure mode start an
+    # embedded node of their own (tests/integration/test_security.py).
+    cfg = {
+        "agent_modules": ["tests.support.agents"],
+        "stop_timeout": 5.0,
+        "trust": "cooperative",
+        **(config or {}),
+    }
     lines = ["[vsmd]"]
     for key, value in cfg.items():
         if isinstance(value, list):

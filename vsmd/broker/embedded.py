@@ -8,6 +8,7 @@ root-owned private directories. We therefore run the real scripts from /usr/lib/
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import secrets
@@ -20,12 +21,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import psutil
 
+from vsmd.broker import secure
 from vsmd.broker.probe import broker_answers, tcp_answers
+from vsmd.broker.secure import SecureSetup
 from vsmd.errors import BrokerError
 
+log = logging.getLogger("vsmd.broker")
 _RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 _HOST = "127.0.0.1"
 _POLL = 0.1
@@ -76,6 +81,7 @@ class EmbeddedBroker:
         port: int | None = None,
         start_timeout: float = 60.0,
         nofile: int = 65536,
+        secure: SecureSetup | None = None,
     ) -> None:
         node = name or f"vsmd-{secrets.token_hex(4)}"
         # Without a host part RabbitMQ appends the short hostname, which need not resolve.
@@ -88,10 +94,16 @@ class EmbeddedBroker:
         self._start_timeout = start_timeout
         self._nofile = nofile
         self._proc: subprocess.Popen[bytes] | None = None
+        self._secure = secure
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@{_HOST}:{self._spec.port}/%2F"
+        """The daemon's URL: guest on an open node, the first user of a secure one."""
+        if self._secure is None:
+            return f"amqp://guest:guest@{_HOST}:{self._spec.port}/%2F"
+        user = self._secure.users[0]
+        vhost = quote(self._secure.vhost, safe="")
+        return f"amqp://{quote(user.name)}:{quote(user.password)}@{_HOST}:{self._spec.port}/{vhost}"
 
     @property
     def spec(self) -> NodeSpec:
@@ -129,6 +141,7 @@ class EmbeddedBroker:
             RABBITMQ_LOG_BASE=str(base / "log"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(base / "enabled_plugins"),
             RABBITMQ_CONFIG_FILE=str(base / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(base / "advanced.config"),
             # /etc/rabbitmq/rabbitmq-env.conf names the shared node; it must never be read.
             RABBITMQ_CONF_ENV_FILE=str(base / "rabbitmq-env.conf"),
             RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
@@ -140,9 +153,22 @@ class EmbeddedBroker:
         s, base = self._spec, self._spec.base_dir
         for sub in ("mnesia", "log", "home"):
             (base / sub).mkdir(parents=True, exist_ok=True)
-        (base / "enabled_plugins").write_text("[].\n")
+        # Secrets go into these files: the node's directory is its user's alone.
+        base.chmod(0o700)
+        conf = [f"listeners.tcp.default = {_HOST}:{s.port}"]
+        plugins = "[]"
+        if self._secure is not None:
+            plugins = f"[{secure.PLUGIN}]"
+            conf += secure.conf_lines(self._secure)
+            conf.append(f"load_definitions = {base / 'definitions.json'}")
+            _write_private(base / "advanced.config", secure.advanced_config(self._secure).encode())
+            _write_private(base / "definitions.json", secure.definitions(self._secure))
+        else:
+            (base / "advanced.config").unlink(missing_ok=True)
+            (base / "definitions.json").unlink(missing_ok=True)
+        (base / "enabled_plugins").write_text(f"{plugins}.\n")
         (base / "rabbitmq-env.conf").write_text("# private vsmd node: nothing to add\n")
-        (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = {_HOST}:{s.port}\n")
+        (base / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
 
     def _registered(self) -> bool:
         """Whether epmd knows a node of our name (one left over from a killed daemon)."""
@@ -208,12 +234,20 @@ class EmbeddedBroker:
             if tcp_answers(_HOST, s.port, 0.2) and broker_answers(
                 self.url, timeout=min(2.0, max(0.5, remaining))
             ):
+                if self._secure is not None:
+                    self._drop_guest()
                 return
             if remaining <= 0:
                 self._terminate(self._proc, time.monotonic() + 10.0)
                 self._proc = None
                 raise self._start_failure(f"no AMQP answer within {self._start_timeout:g}s")
             time.sleep(_POLL)
+
+    def _drop_guest(self) -> None:
+        # RabbitMQ seeds `guest` (an administrator) on a fresh node: an account nobody had to
+        # steal. A secure node has no use for it.
+        if not self._rabbitmqctl("delete_user", "guest", timeout=30.0):
+            log.debug("guest was already gone from %s", self._spec.name)
 
     def _start_failure(self, what: str) -> BrokerError:
         s = self._spec
@@ -284,6 +318,13 @@ class EmbeddedBroker:
             raise BrokerError(f"RabbitMQ node {self._spec.name} (pid {proc.pid}) survived SIGKILL")
         for p in family:
             _kill_quietly(p)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o600)
+        f.write(data)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -79,6 +79,14 @@ def connect(url: str, heartbeat: int = 30, timeout: float = 5.0) -> pika.Blockin
         ) from None
 
 
+def login_of(conn: pika.BlockingConnection) -> str | None:
+    """The user this connection logged in as: every publish carries it as ``user_id``, which
+    the broker checks, so receivers know who sent a message without trusting its body."""
+    creds = getattr(getattr(conn, "_impl", None), "params", None)
+    user = getattr(getattr(creds, "credentials", None), "username", None)
+    return user if isinstance(user, str) and user else None
+
+
 def close_quietly(conn: pika.BlockingConnection | None) -> None:
     if conn is None:
         return

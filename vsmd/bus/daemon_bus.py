@@ -10,7 +10,14 @@ from typing import Any
 import pika
 import pika.spec
 
-from vsmd.bus.connection import CONNECTION_ERRORS, close_quietly, connect, describe, redact
+from vsmd.bus.connection import (
+    CONNECTION_ERRORS,
+    close_quietly,
+    connect,
+    describe,
+    login_of,
+    redact,
+)
 from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError
 
@@ -41,6 +48,7 @@ class DaemonBus:
         self._on_return = on_return
         self._conn: pika.BlockingConnection | None = None
         self._ch: Any = None
+        self._user: str | None = None
 
     @property
     def connected(self) -> bool:
@@ -71,6 +79,7 @@ class DaemonBus:
                 f"cannot set up topology on {redact(self.url)}: {describe(exc)}"
             ) from None
         self._conn, self._ch = conn, ch
+        self._user = login_of(conn)
         log.info("connected to %s, namespace %s", redact(self.url), self.topo.namespace)
 
     # The handlers are called inside pika's process_data_events: an exception of theirs would
@@ -154,6 +163,7 @@ class DaemonBus:
                 key,
                 body,
                 pika.BasicProperties(
+                    user_id=self._user,
                     correlation_id=correlation_id,
                     content_type="application/json",
                     expiration=expiration,

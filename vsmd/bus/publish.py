@@ -13,7 +13,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from vsmd.bus.connection import CONNECTION_ERRORS, describe
+from vsmd.bus.connection import CONNECTION_ERRORS, describe, login_of
 from vsmd.errors import BrokerError, Unreachable
 
 
@@ -43,7 +43,7 @@ class ConfirmedPublisher:
         the broker refused the message or the connection is gone.
         """
         ch = self._channel()
-        props = pika.BasicProperties(content_type="application/json")
+        props = pika.BasicProperties(content_type="application/json", user_id=login_of(self._conn))
         try:
             ch.basic_publish(exchange, routing_key, body, props, mandatory=mandatory)
         except pika.exceptions.UnroutableError:

@@ -10,7 +10,7 @@ import pika
 import pika.exceptions
 import pika.spec
 
-from vsmd.bus.connection import CONNECTION_ERRORS, describe
+from vsmd.bus.connection import CONNECTION_ERRORS, describe, login_of
 from vsmd.errors import BrokerError, NoDaemon, Timeout, Unreachable
 
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -30,6 +30,7 @@ class RpcChannel:
 
     def __init__(self, connection: pika.BlockingConnection, channel: Any = None) -> None:
         self._conn = connection
+        self._user = login_of(connection)
         try:
             # Sharing a caller's channel saves a round trip (one VSM spawn's critical path).
             self._ch = channel if channel is not None else connection.channel()
@@ -100,6 +101,7 @@ class RpcChannel:
         Unreachable (the broker returns it on this channel)."""
         corr = uuid.uuid4().hex
         props = pika.BasicProperties(
+            user_id=self._user,
             reply_to=REPLY_TO,
             correlation_id=corr,
             content_type="application/json",
@@ -139,6 +141,7 @@ class RpcChannel:
     def _probe(self, corr: str, probe: Probe) -> None:
         exchange, key, body = probe
         props = pika.BasicProperties(
+            user_id=self._user,
             correlation_id=corr + _PROBE,
             content_type="application/json",
             expiration=str(int(PROBE_EVERY * 1000)),  # never piles up behind a busy receiver

@@ -108,9 +108,15 @@ def _run(config: Config, demo: bool) -> int:
     from vsmd.daemon.service import Daemon
 
     node: EmbeddedBroker | None = None
+    trust = None
     try:
-        config, node = _resolve_broker(config)
-        daemon = Daemon(config)
+        if config.trust == "secure":
+            from vsmd.daemon.secure_start import start_secure
+
+            config, node, trust = start_secure(config)
+        else:
+            config, node = _resolve_broker(config)
+        daemon = Daemon(config, trust)
         if demo:
             daemon.on_ready(_spawn_demo)
         return daemon.run()

@@ -20,6 +20,7 @@ from vsmd.daemon.metrics import ADMIN_BUCKETS, Histogram
 from vsmd.daemon.registry import VsmRecord
 from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.daemon.state_store import StateStore
+from vsmd.daemon.trust import Trust
 from vsmd.errors import Internal, ProtocolError, Unauthorized, VsmdError
 from vsmd.protocol import (
     Command,
@@ -86,23 +87,26 @@ class Control:
         # For the metrics endpoint, kept on the loop thread: time to answer, refused spawns.
         self.latency: dict[str, Histogram] = {}
         self.refusals: collections.Counter[str] = collections.Counter()
+        self.trust: Trust | None = None  # secure mode
 
     # --- admin requests --------------------------------------------------------------------
 
-    def handle_admin(self, body: bytes, respond: Respond) -> None:
+    def handle_admin(self, body: bytes, respond: Respond, user: str | None = None) -> None:
         started = time.monotonic()
-        what = self._handle_admin(body, respond)
+        what = self._handle_admin(body, respond, user)
         # Synchronous answers only: a spawn's wait for its VSM is in vsmd_spawn_ready_seconds.
         if what not in self.latency:
             self.latency[what] = Histogram(ADMIN_BUCKETS)
         self.latency[what].observe(time.monotonic() - started)
 
-    def _handle_admin(self, body: bytes, respond: Respond) -> str:
+    def _handle_admin(self, body: bytes, respond: Respond, user: str | None) -> str:
         """Handle one request; the command's name (or "invalid") for the metrics."""
         what = "an admin request"
         try:
             command, idem = parse_admin(body, self.config.max_message_bytes)
             what = command.cmd
+            if self.trust is not None:  # ``user`` is the broker-checked user_id
+                self.trust.check_admin(user, what)
             handler = HANDLERS[type(command)]
             if idem is not None and type(command) in ONCE:
                 once = self.replies.begin(idem, respond)
@@ -179,9 +183,13 @@ class Control:
 
     # --- requests from VSMs over the tree's exchange ---------------------------------------
 
-    def handle_vsm(self, path: str, kind: str, body: bytes, respond: Respond) -> None:
+    def handle_vsm(
+        self, path: str, kind: str, body: bytes, respond: Respond, user: str | None = None
+    ) -> None:
         try:
             env = Envelope.decode(body, self.config.max_message_bytes)
+            if self.trust is not None:
+                self.trust.check_vsm(user, env.sender)
             sender = self.manager.registry.find(env.sender)
             # The routing key carries the sender's path; it must be the VSM it claims to be.
             if sender is None or sender.path != path:
@@ -229,10 +237,12 @@ class Control:
     def policy_show(self, cmd: PolicyShow, respond: Respond) -> None:
         respond(ok_reply(self.store.policy_view(self.manager.registry.get(cmd.id))))
 
-    def handle_alert(self, sender_id: str, body: bytes) -> None:
+    def handle_alert(self, sender_id: str, body: bytes, user: str | None = None) -> None:
         """An algedonic alert from a VSM (key ``alg.<root>.<sender>``): an ``alert`` event."""
         try:
             env = Envelope.decode(body, self.config.max_message_bytes)
+            if self.trust is not None:
+                self.trust.check_vsm(user, env.sender)
             sender = self.manager.registry.find(env.sender)
             if sender is None or sender.id != sender_id:
                 raise Unauthorized(f"alert from {env.sender[:64]!r} under key of {sender_id!r}")

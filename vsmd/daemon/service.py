@@ -33,9 +33,10 @@ from vsmd.daemon.registry import VsmRecord
 from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.daemon.state_store import WRITE_EVERY, StateStore
 from vsmd.daemon.timers import Timers
+from vsmd.daemon.trust import Trust
 from vsmd.errors import BrokerError, ProtocolError, SpawnError
 from vsmd.protocol import Envelope, dumps, error_reply
-from vsmd.supervisor.oscalls import become_subreaper
+from vsmd.supervisor.oscalls import become_subreaper, hide_memory
 from vsmd.supervisor.pool import ForkServerPool
 
 log = logging.getLogger("vsmd")
@@ -46,8 +47,9 @@ JOURNAL_RETRY = 5.0  # seconds between replays of journal writes that failed
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, trust: Trust | None = None) -> None:
         self.config = config
+        self.trust = trust  # secure mode; None: cooperative
         self.topo = Topology(config.namespace)
         self.timers = Timers()
         self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
@@ -83,6 +85,9 @@ class Daemon:
             self.manager.registry, self._probe_vsm, self.events_log, self._notify_vsm
         )
         self.control = Control(config, self.manager, self.store)
+        self.control.trust = trust
+        if trust is not None:
+            self.manager.prepare_spec = trust.prepare
         self._signals: list[int] = []
         self._backoff = 0.2
         self._next_connect = 0.0
@@ -100,6 +105,12 @@ class Daemon:
     # --- cross-thread plumbing -------------------------------------------------------------
 
     def _post(self, event: dict[str, Any]) -> None:
+        if self.trust is not None:
+            # Here, not on the loop: the new VSM asks for its token at once.
+            if event.get("ev") == "spawned":
+                self.trust.spawned(event["vsm_id"], event["pid"])
+            elif event.get("ev") == "exited":
+                self.trust.exited(event["pid"])
         self.events.put(event)
         self.bus.wake()
 
@@ -129,7 +140,7 @@ class Daemon:
     # --- events ----------------------------------------------------------------------------
 
     def _on_admin(self, props: pika.spec.BasicProperties, body: bytes) -> None:
-        self.control.handle_admin(body, self._responder(props))
+        self.control.handle_admin(body, self._responder(props), props.user_id)
 
     def _responder(self, props: pika.spec.BasicProperties) -> Callable[[bytes], None]:
         sent = False
@@ -148,7 +159,7 @@ class Daemon:
 
     def _on_bus_event(self, key: str, props: pika.spec.BasicProperties, body: bytes) -> None:
         if key.startswith("alg."):
-            self.control.handle_alert(key.rsplit(".", 1)[-1], body)
+            self.control.handle_alert(key.rsplit(".", 1)[-1], body, props.user_id)
             return
         split = self.topo.path_of_up_key(key)
         respond = self._responder(props)
@@ -156,7 +167,7 @@ class Daemon:
             respond(error_reply(ProtocolError(f"bad routing key {key[:100]!r}")))
             return
         self.reach.heard_from(split[0])
-        self.control.handle_vsm(split[0], split[1], body, respond)
+        self.control.handle_vsm(split[0], split[1], body, respond, props.user_id)
 
     def _publish_tree(self, key: str, body: bytes) -> None:
         try:
@@ -178,6 +189,8 @@ class Daemon:
         """A message for a VSM's agent (its ``handle(kind, args)``), e.g. child_failed."""
         if kind == "reparent":  # for the runtime itself, not its agent
             env = Envelope(type="reparent", sender="vsmd", body=body)
+            if self.trust is not None:
+                self.trust.moved(rec.id, rec.path, tuple(body["ancestors"]))
         else:
             env = Envelope(type="call", sender="vsmd", body={"kind": kind, "args": body})
         try:
@@ -240,6 +253,8 @@ class Daemon:
 
     def _on_removed(self, rec: VsmRecord) -> None:
         self.store.forget(rec.id)
+        if self.trust is not None:
+            self.trust.removed(rec.id)
         parent = self.manager.registry.find(rec.parent) if rec.parent else None
         if parent is not None:  # its replica of the child, and the subtree summary, shrink
             env = Envelope(type="forget", sender="vsmd", body={"child": rec.id})
@@ -363,11 +378,22 @@ class Daemon:
             wait = max(0.0, min(timeout, self._next_connect - time.monotonic()))
             self._handle_event(self.events.get(timeout=wait))
 
+    def _start_trust(self) -> None:
+        if self.trust is not None:
+            hide_memory()  # VSMs under our uid cannot read the key out of /proc/<pid>/mem
+            self.trust.start()
+            return
+        log.warning(
+            'trust = "cooperative": every VSM uses the daemon\'s broker account; agent code '
+            "can act anywhere in the namespace (docs/security.md)"
+        )
+
     def run(self) -> int:
         self.bus.connect()  # raises BrokerError: the caller reports it and exits 3
         self.metrics = metrics.start(self)  # a port in use stops the start here, nothing forked
         self._install_signals()
         become_subreaper()
+        self._start_trust()
         # Before the fork server: with cgroup v2 the daemon may first move to a leaf of its own.
         self.manager.cgroups = cgroups.setup(self.config)
         self.pool.start()
@@ -404,6 +430,8 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.stop()
             self.pool.stop()
+            if self.trust is not None:
+                self.trust.stop()
             if self.manager.cgroups is not None:
                 self.manager.cgroups.stop()
             self.bus.close()

@@ -67,6 +67,8 @@ class SpawnManager(Lifecycle):
         self.shutting_down = False
         # Limits set at run time (vsmctl policy set); the daemon plugs in its state store.
         self.state_policy: policy_limits.StatePolicy | None = None
+        # Secure mode: no credentials in the spec, where to get a token instead (daemon/trust.py).
+        self.prepare_spec: Callable[[VsmSpec], VsmSpec] | None = None
         # For the metrics endpoint: fork request to ready report, and new VSMs that got there.
         self.spawn_ready = Histogram(SPAWN_BUCKETS)
         self.spawned = 0
@@ -288,7 +290,10 @@ class SpawnManager(Lifecycle):
             self.config.spawn_timeout, lambda: self._start_timeout(rec.id)
         )
         try:
-            self.pool.spawn(self._in_cgroup(spec, rec))
+            spec = self._in_cgroup(spec, rec)
+            if self.prepare_spec is not None:
+                spec = self.prepare_spec(spec)
+            self.pool.spawn(spec)
         except SpawnError as err:
             self.on_spawn_failed(rec.id, err.message)
 

@@ -32,6 +32,8 @@ from vsmd.supervisor.oscalls import (
     become_subreaper,
     describe_status,
     die_with_parent,
+    drop_to,
+    hide_memory,
 )
 from vsmd.supervisor.rlimits import apply_rlimits
 from vsmd.vsm.prewarm import prewarm
@@ -157,6 +159,10 @@ class ForkServer:
             # Hard quotas before any agent code, inherited by exec and every process it starts.
             join_cgroups(spec.cgroup_procs)
             apply_rlimits(spec.policy)
+            if spec.uid:
+                drop_to(spec.uid, self.pid)  # its own uid: no other VSM's files, signals, memory
+            elif spec.token_socket:
+                hide_memory()  # same uid as its siblings: at least keep its token to itself
             if strategy == "exec":
                 # The state stays off argv (ps shows argv): the VSM asks the daemon for it.
                 spec = dataclasses.replace(spec, state={}, sync=True)

@@ -9,6 +9,7 @@ import signal
 from typing import Protocol
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 EXIT_PARENT_GONE = 71  # our parent died before we asked to die with it
 
@@ -62,6 +63,23 @@ def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> Non
     _prctl(PR_SET_PDEATHSIG, sig)
     if parent is not None and os.getppid() != parent:
         os._exit(EXIT_PARENT_GONE)
+
+
+def hide_memory() -> None:
+    """PR_SET_DUMPABLE 0: other processes of our uid can no longer read /proc/<pid>/mem or
+    environ, nor ptrace us (only CAP_SYS_PTRACE can). Holds our secrets in, not theirs out."""
+    _prctl(PR_SET_DUMPABLE, 0)
+
+
+def drop_to(uid: int, parent: int) -> None:
+    """Become ``uid`` (group ``uid``, no supplementary groups) for good.
+
+    The kernel clears the death signal on a change of credentials: set it again.
+    """
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    die_with_parent(signal.SIGKILL, parent)
 
 
 def become_subreaper() -> None:

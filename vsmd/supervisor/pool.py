@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -26,6 +26,15 @@ log = logging.getLogger("vsmd.pool")
 HELLO_TIMEOUT = 30.0
 
 EventSink = Callable[[dict[str, Any]], None]
+
+
+def fork_server_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The daemon's environment minus what may carry a secret (a broker URL with its password,
+    credentials): every VSM inherits the fork server's environment."""
+    return {k: v for k, v in env.items() if not k.startswith(_SECRET_PREFIXES)}
+
+
+_SECRET_PREFIXES = ("VSM_BROKER", "VSM_CREDENTIALS", "VSM_TEST_BROKER", "RABBITMQ_", "AMQP_")
 
 
 class ForkServerPool:
@@ -78,6 +87,7 @@ class ForkServerPool:
                 self._command(theirs.fileno()),
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                env=fork_server_env(os.environ),
             )
         except OSError as exc:
             ours.close()

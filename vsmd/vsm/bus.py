@@ -19,6 +19,7 @@ import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
 import aiormq.exceptions
+import orjson
 from yarl import URL
 
 from vsmd.bus.topology import Topology
@@ -48,12 +49,31 @@ _LOST: tuple[type[BaseException], ...] = (
 )
 
 
-def amqp_url(spec: VsmSpec) -> str:
+def amqp_url(spec: VsmSpec, user: str | None = None, token: str | None = None) -> str:
     url = URL(spec.broker_url)
     if url.host == "localhost":
         # A numeric address: resolving a name costs the VSM a resolver thread of the loop.
         url = url.with_host("127.0.0.1")
+    if user is not None:
+        url = url.with_user(user).with_password(token)
     return str(url.update_query(heartbeat=spec.heartbeat))
+
+
+async def fetch_token(path: str, timeout: float = 15.0) -> tuple[str, str, float]:
+    """(user, token, ttl) from the daemon's token socket; BrokerError when it says no."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+        try:
+            raw = await asyncio.wait_for(reader.read(), timeout)
+        finally:
+            writer.close()
+        reply = orjson.loads(raw)
+    except (OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+        raise BrokerError(f"cannot get a broker token from the daemon: {exc!r}") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("token"), str):
+        why = reply.get("error") if isinstance(reply, dict) else None
+        raise BrokerError(f"the daemon gave no broker token: {why or 'bad answer'}")
+    return str(reply["user"]), reply["token"], float(reply.get("ttl", 600.0))
 
 
 class VsmBus:
@@ -71,6 +91,9 @@ class VsmBus:
         self._up = False  # open() finished and close() not begun
         self._pending: dict[str, asyncio.Future[Incoming]] = {}
         self.lost = asyncio.Event()
+        # Secure mode: the broker identity (user_id on every publish) and its token's life.
+        self.user: str | None = None
+        self.token_ttl = 0.0
 
     @property
     def connected(self) -> bool:
@@ -81,8 +104,11 @@ class VsmBus:
     async def open(self) -> None:
         """Connect, declare and bind the inbox, consume it. BrokerError when it cannot."""
         self.lost.clear()
+        token = None
+        if self.spec.token_socket:  # a fresh token for every connection
+            self.user, token, self.token_ttl = await fetch_token(self.spec.token_socket)
         try:
-            self._conn = await aio_pika.connect(amqp_url(self.spec), timeout=5.0)
+            self._conn = await aio_pika.connect(amqp_url(self.spec, self.user, token), timeout=5.0)
             self._conn.close_callbacks.add(self._on_close)
             self._ch = await self._open_channel()
             await self._ch.set_qos(prefetch_count=PREFETCH)
@@ -160,6 +186,16 @@ class VsmBus:
             with contextlib.suppress(*_LOST, RuntimeError):
                 await conn.close()
 
+    async def refresh_token(self) -> None:
+        """A new token on the open connection, before the old one expires."""
+        if not self.spec.token_socket or self._conn is None:
+            return
+        _user, token, self.token_ttl = await fetch_token(self.spec.token_socket)
+        try:
+            await self._conn.update_secret(token, reason="refresh")
+        except _LOST as exc:
+            raise BrokerError(f"cannot refresh the broker token: {_describe(exc)}") from None
+
     async def rebind(self, ancestors: tuple[str, ...]) -> None:
         """After a re-parenting: bind the keys of the new place, drop the old ones."""
         old = set(self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, self.ancestors))
@@ -193,6 +229,8 @@ class VsmBus:
         target = self._exchange
         if exchange is not None:
             target = self._ch.default_exchange if exchange == "" else target
+        if self.user is not None:
+            props["user_id"] = self.user  # the broker checks it: receivers trust only this
         message = aio_pika.Message(body, content_type="application/json", **props)
         try:
             await target.publish(message, key, mandatory=mandatory)

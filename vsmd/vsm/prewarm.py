@@ -49,7 +49,13 @@ async def _cycle(runtime: VsmRuntime) -> None:
 
 
 def prewarm(template: VsmSpec, registry: AgentRegistry) -> None:
-    """Run the cycle with a throwaway identity on the broker of ``template``; never raises."""
+    """Run the cycle with a throwaway identity on the broker of ``template``; never raises.
+
+    Not in secure mode: the cycle would need a broker token in the fork server, whose memory
+    every VSM inherits (docs/security.md); VSMs there start without the warm-up.
+    """
+    if template.token_socket:
+        return
     name = f"prewarm-{secrets.token_hex(4)}"
     spec = dataclasses.replace(
         template,

@@ -20,8 +20,9 @@ from setproctitle import setproctitle
 
 from vsmd.agents import AgentRegistry, AsyncAgent, Sender, build_registry, overrides
 from vsmd.bus.topology import Topology
-from vsmd.errors import AgentError, BrokerError, ProtocolError, VsmdError
+from vsmd.errors import AgentError, BrokerError, ProtocolError, Unauthorized, VsmdError
 from vsmd.protocol import Envelope, error_reply, loads_object, ok_reply
+from vsmd.security.identity import DAEMON_USER, OPERATOR_USER, VIEWER_USER, vsm_id_of
 from vsmd.spec import EXIT_AGENT, EXIT_BROKER, EXIT_OK, EXIT_SPEC, VsmSpec
 from vsmd.vsm.bus import Incoming, VsmBus
 from vsmd.vsm.context import Context, ThreadContext, unpack_reply
@@ -128,7 +129,13 @@ class VsmRuntime:
     async def _handle(self, msg: Incoming) -> bytes | None:
         try:
             env = Envelope.decode(msg.body, self.spec.max_message_bytes)
+            if self.spec.token_socket:
+                self._admit(msg, env)
             return await self._dispatch(env)
+        except Unauthorized as err:
+            self.refused += 1
+            log.warning("vsm %s refused: %s", self.spec.vsm_id, err.message)
+            return error_reply(err) if msg.reply_to else None
         except ProtocolError as err:
             # Bad input: answered where someone asks, else kept with its reason for operators.
             self.refused += 1
@@ -140,6 +147,34 @@ class VsmRuntime:
             if not msg.reply_to:
                 log.warning("vsm %s: a message nobody waits for failed: %s", self.spec.vsm_id, err)
             return error_reply(err)
+
+    def _admit(self, msg: Incoming, env: Envelope) -> None:
+        """Secure mode: who may say this to us, judged by the broker-checked user_id.
+
+        The daemon anything; operators calls and pings, viewers pings; ourselves and our
+        ancestors anything a VSM may send; a child only on its own upward key, and any VSM of
+        our tree only its alert to us as its root.
+        """
+        user, me = msg.user_id, self.spec.vsm_id
+        if user == DAEMON_USER:
+            return
+        if env.sender == "vsmd":
+            raise Unauthorized(f"{user or 'an unnamed sender'} spoke as the daemon")
+        if user == OPERATOR_USER or (user == VIEWER_USER and env.type in ("ping", "probe")):
+            return
+        sender = vsm_id_of(user)
+        if sender is None or sender != env.sender:
+            raise Unauthorized(
+                f"{user or 'an unnamed sender'} may not send {env.type[:32]!r} to {self.spec.path}"
+            )
+        if sender == me or sender in self.bus.ancestors:
+            return
+        if msg.exchange == self.topo.exchange and msg.routing_key in (
+            f"toparent.{me}.{sender}",
+            f"alg.{me}.{sender}",
+        ):
+            return
+        raise Unauthorized(f"{user} is outside the authority over {self.spec.path}")
 
     async def _dispatch(self, env: Envelope) -> bytes | None:
         if env.type == "probe":
@@ -160,6 +195,7 @@ class VsmRuntime:
             ancestors = env.body.get("ancestors")
             if not isinstance(ancestors, list) or not all(isinstance(a, str) for a in ancestors):
                 raise ProtocolError("reparent: 'ancestors' must be a list of ids")
+            await self.bus.refresh_token()  # its scopes cover the new place's keys
             await self.bus.rebind(tuple(ancestors))
             self.ctx.parent_id = ancestors[-1] if ancestors else None
             return ok_reply({"ancestors": ancestors})
@@ -224,6 +260,18 @@ class VsmRuntime:
             await asyncio.sleep(self.spec.tick_interval)
             await self._agent("tick")
 
+    async def _refresh_tokens(self) -> None:
+        """Secure mode: a new token at half its life; the broker does not end a connection
+        whose token expired, it refuses what the connection does next."""
+        if not self.spec.token_socket:
+            return
+        while True:
+            await asyncio.sleep(max(1.0, self.bus.token_ttl / 2))
+            try:
+                await self.bus.refresh_token()
+            except BrokerError as err:
+                log.warning("vsm %s: %s", self.spec.vsm_id, err.message)
+
     async def _reconnect(self) -> None:
         await self.bus.close()
         backoff = 0.1
@@ -283,8 +331,10 @@ class VsmRuntime:
             await self.bus.close()
             return EXIT_BROKER
         agent = asyncio.create_task(self._run_agent())
+        refresh = asyncio.create_task(self._refresh_tokens())
         code = await self._supervise(agent)
         agent.cancel()
+        refresh.cancel()
         if code != EXIT_AGENT and overrides(self.agent, "stop"):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._agent("stop"), 5.0)

@@ -1,0 +1,101 @@
+"""Starting in secure mode: a broker set up for the boundary, checked before anything forks."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+
+import pika
+import pika.exceptions
+
+from vsmd.broker.embedded import EmbeddedBroker
+from vsmd.broker.secure import BrokerUser, SecureSetup
+from vsmd.bus.connection import CONNECTION_ERRORS, close_quietly
+from vsmd.bus.topology import Topology
+from vsmd.config import Config
+from vsmd.daemon.trust import Trust, without_credentials
+from vsmd.errors import ConfigError
+from vsmd.security import credentials
+from vsmd.security.identity import (
+    DAEMON_USER,
+    OPERATOR_PERMS,
+    OPERATOR_USER,
+    RESOURCE_SERVER_ID,
+    VHOST,
+    VIEWER_USER,
+)
+from vsmd.security.tokens import TokenMinter
+
+log = logging.getLogger("vsmd")
+ALL = (".*", ".*", ".*")
+
+
+def start_secure(config: Config) -> tuple[Config, EmbeddedBroker, Trust]:
+    """Start a private node set up for the boundary; ConfigError on any other broker."""
+    if config.broker_url not in ("auto", "embedded"):
+        raise ConfigError(
+            'trust = "secure" needs a broker that vsmd sets up itself: use --broker embedded '
+            '(or auto), or set trust = "cooperative" for a broker of your own '
+            "(docs/security.md)"
+        )
+    ns, state = config.namespace, config.state_dir
+    operator_pw = credentials.password_for(state, "operator", ns)
+    viewer_pw = credentials.password_for(state, "viewer", ns)
+    # New at every start, and only in this process and the node's private files.
+    key = secrets.token_bytes(32)
+    setup = SecureSetup(
+        key,
+        RESOURCE_SERVER_ID,
+        VHOST,
+        (
+            BrokerUser(DAEMON_USER, secrets.token_urlsafe(24), ALL),
+            BrokerUser(OPERATOR_USER, operator_pw, OPERATOR_PERMS),
+            BrokerUser(VIEWER_USER, viewer_pw, OPERATOR_PERMS),
+        ),
+    )
+    node = EmbeddedBroker(
+        state / "broker", name=f"vsmd-{ns}", nofile=config.embedded_broker_nofile, secure=setup
+    )
+    log.info("starting an embedded RabbitMQ node set up for secure mode (about 5 s)")
+    node.start()
+    try:
+        check_boundary(node.url, TokenMinter(key, RESOURCE_SERVER_ID, VHOST))
+    except ConfigError:
+        node.stop()
+        raise
+    config = dataclasses.replace(config, broker_url=node.url)
+    for role, user, pw in (
+        ("operator", OPERATOR_USER, operator_pw),
+        ("viewer", VIEWER_USER, viewer_pw),
+    ):
+        path = credentials.write(state, role, ns, user, pw, node.url)
+        log.info("%s credentials for vsmctl: %s", role, path)
+    return config, node, Trust(config, Topology(ns), key)
+
+
+def check_boundary(daemon_url: str, minter: TokenMinter) -> None:
+    """Refuse to start unless `guest` is shut out and the broker takes vsmd's tokens."""
+    base = without_credentials(daemon_url)
+    params = pika.URLParameters(base)
+    params.credentials = pika.PlainCredentials("guest", "guest")
+    params.socket_timeout = params.blocked_connection_timeout = 5.0
+    try:
+        close_quietly(pika.BlockingConnection(params))
+    except CONNECTION_ERRORS:
+        pass  # refused: as it must be
+    else:
+        raise ConfigError(
+            f"the broker at {base} lets `guest` into vhost {VHOST!r}: the trust boundary "
+            "does not hold; refusing to start"
+        )
+    # One scope on a name nothing uses: without any the vhost itself is refused.
+    probe = minter.mint("vsmd-check", [minter.scope("read", "vsmd-check")], 60)
+    params.credentials = pika.PlainCredentials("vsmd-check", probe)
+    try:
+        close_quietly(pika.BlockingConnection(params))
+    except CONNECTION_ERRORS as exc:
+        raise ConfigError(
+            f"the broker at {base} does not accept vsmd's tokens ({type(exc).__name__}): "
+            "its oauth2 backend or signing key is missing; refusing to start"
+        ) from None

@@ -1,0 +1,122 @@
+"""Secure mode on the daemon's side: a token and a uid for every VSM, roles for operators.
+
+The daemon is the only holder of the signing key. A VSM gets its token from the token socket
+(vsmd/security/token_service.py), never from its spec, so the fork server, whose memory
+every later VSM inherits, holds no secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+from urllib.parse import urlsplit, urlunsplit
+
+from vsmd.bus.topology import Topology
+from vsmd.config import Config
+from vsmd.errors import Unauthorized
+from vsmd.security.identity import (
+    RESOURCE_SERVER_ID,
+    ROLES,
+    VHOST,
+    VIEWER_COMMANDS,
+    Place,
+    vsm_id_of,
+)
+from vsmd.security.token_service import TokenService
+from vsmd.security.tokens import TokenMinter
+from vsmd.spec import VsmSpec
+
+log = logging.getLogger("vsmd.trust")
+
+
+def without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+class Trust:
+    def __init__(self, config: Config, topo: Topology, key: bytes) -> None:
+        self.minter = TokenMinter(key, RESOURCE_SERVER_ID, VHOST)
+        # A fresh name at every start; who connects is decided by SO_PEERCRED, not by the name.
+        address = f"\0vsmd-tokens-{config.namespace}-{secrets.token_hex(8)}"
+        self.tokens = TokenService(self.minter, topo, address, config.token_ttl)
+        self.vsm_broker_url = without_credentials(config.broker_url)
+        self._uid_base = config.vsm_uid_base if os.geteuid() == 0 else 0
+        self._uid_slots = config.max_total * 2
+        self._uids: dict[str, int] = {}
+
+    def start(self) -> None:
+        self.tokens.start()
+
+    def stop(self) -> None:
+        self.tokens.stop()
+
+    # --- VSMs ------------------------------------------------------------------------------
+
+    def prepare(self, spec: VsmSpec) -> VsmSpec:
+        """The spec as a VSM of secure mode gets it: no credentials, where to ask for them."""
+        place = Place(spec.vsm_id, spec.path, spec.parent_id, spec.ancestors)
+        self.tokens.register(place)
+        return dataclasses.replace(
+            spec,
+            broker_url=self.vsm_broker_url,
+            token_socket=self.tokens.path,
+            uid=self._uid(spec.vsm_id),
+        )
+
+    def _uid(self, vsm_id: str) -> int:
+        if not self._uid_base:
+            return 0
+        if vsm_id not in self._uids:
+            taken = set(self._uids.values())
+            free = next(
+                n
+                for n in range(self._uid_slots + len(taken) + 1)
+                if self._uid_base + n not in taken
+            )
+            self._uids[vsm_id] = self._uid_base + free
+        return self._uids[vsm_id]
+
+    def spawned(self, vsm_id: str, pid: int) -> None:
+        """From the fork-server reader thread, so a VSM asking at once is answered at once."""
+        self.tokens.bind_pid(vsm_id, pid)
+
+    def exited(self, pid: int) -> None:
+        self.tokens.forget_pid(pid)
+
+    def moved(self, vsm_id: str, path: str, ancestors: tuple[str, ...]) -> None:
+        """Re-parented: its next token covers the keys of its new place."""
+        parent = ancestors[-1] if ancestors else None
+        self.tokens.register(Place(vsm_id, path, parent, ancestors))
+
+    def removed(self, vsm_id: str) -> None:
+        self.tokens.forget(vsm_id)
+        self._uids.pop(vsm_id, None)
+
+    # --- who may ask what ------------------------------------------------------------------
+
+    @staticmethod
+    def check_admin(user: str | None, command: str) -> None:
+        role = ROLES.get(user or "")
+        if role is None:
+            raise Unauthorized(
+                f"admin requests need operator or viewer credentials; "
+                f"{user or 'an unnamed client'} has neither"
+            )
+        if role == "viewer" and command not in VIEWER_COMMANDS:
+            raise Unauthorized(
+                f"{command!r} needs the operator role; a viewer may "
+                f"{', '.join(sorted(VIEWER_COMMANDS))}"
+            )
+
+    @staticmethod
+    def check_vsm(user: str | None, claimed: str) -> None:
+        """A VSM's message to the daemon is from the VSM the broker says it is."""
+        if vsm_id_of(user) != claimed:
+            raise Unauthorized(
+                f"a message naming {claimed[:64]!r} as sender came from {user or 'nobody named'}"
+            )
