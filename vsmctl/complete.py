@@ -42,7 +42,7 @@ def vsm_candidates(
     incomplete: str,
     timeout: float = COMPLETION_TIMEOUT,
 ) -> list[tuple[str, str]]:
-    """``(id, path)`` of the VSMs whose id or path starts with ``incomplete``, in tree order.
+    """``(id, path)`` of the VSMs whose id starts with ``incomplete``, in tree order.
 
     The lookup runs on a daemon thread that is given up after ``timeout``: pika's own timeouts
     cover the usual cases, but a completion must not hang on one they miss (a DNS lookup...).
@@ -59,11 +59,13 @@ def vsm_candidates(
         worker.join(timeout)
     if not found:
         return []
-    return [(i, p) for i, p in found[0] if i.startswith(incomplete) or p.startswith(incomplete)]
+    # Only ids: typer drops any candidate that does not start with what was typed.
+    return [(i, p) for i, p in found[0] if i.startswith(incomplete)]
 
 
 def complete_vsm_id(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
-    """Typer autocompletion for an ID: the daemon's VSMs, described by their paths.
+    """Typer autocompletion for an ID: the daemon's VSMs, described by their paths (which zsh
+    and fish show next to the ids).
 
     It asks the daemon named by the command line's --broker/--namespace, else by the
     environment, as the command itself would.

@@ -4,63 +4,14 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import time
 import uuid
 
-from tests.support.harness import BIN, DaemonProc, poll_for
+from tests.support.harness import BIN, DaemonProc
+from tests.support.terminal import Terminal
 from vsmd.protocol import Policy, SpawnConfig
-
-TMUX = shutil.which("tmux") or "/usr/bin/tmux"
-
-
-class Terminal:
-    """A tmux pane of its own (a private tmux server), read with capture-pane."""
-
-    def __init__(self, env: dict[str, str], command: str) -> None:
-        self.socket = f"vsmd-test-{uuid.uuid4().hex[:8]}"
-        # A new server inherits this environment: the daemon's namespace and broker.
-        self._tmux("new-session", "-d", "-s", "top", "-x", "150", "-y", "40", command, env=env)
-
-    def _tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
-        res = subprocess.run(
-            [TMUX, "-L", self.socket, *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        assert res.returncode == 0, f"tmux {args[0]}: {res.stderr}"
-        return res.stdout
-
-    def screen(self) -> str:
-        return self._tmux("capture-pane", "-p", "-t", "top")
-
-    def keys(self, *keys: str) -> None:
-        self._tmux("send-keys", "-t", "top", *keys)
-
-    def wait_for(self, check: object, what: str, timeout: float = 20.0) -> str:
-        """The screen once ``check(screen)`` holds; fails with the last screen."""
-        assert callable(check)
-        last = [""]
-
-        def seen() -> str | None:
-            last[0] = self.screen()
-            return last[0] if check(last[0]) else None
-
-        try:
-            return poll_for(seen, timeout, 0.1, what)
-        except AssertionError:
-            raise AssertionError(f"{what} never showed; the screen:\n{last[0]}") from None
-
-    def close(self) -> None:
-        subprocess.run(
-            [TMUX, "-L", self.socket, "kill-session", "-t", "top"], capture_output=True, check=False
-        )
-        subprocess.run([TMUX, "-L", self.socket, "kill-server"], capture_output=True, check=False)
 
 
 def _row(screen: str, vsm_id: str) -> list[str]:
