@@ -8,7 +8,7 @@ NAMESPACE ?= vsm
 BROKER ?= auto
 
 .PHONY: all venv run demo test test-unit test-integration test-stress lint format typecheck \
-        bench bench-quick broker clean
+        bench bench-quick broker dist clean
 
 all: lint typecheck test
 
@@ -67,5 +67,9 @@ bench-quick: $(STAMP) broker
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench --quick
 
+# The wheel and the sdist, built in an isolated environment as pip would.
+dist: $(STAMP)
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf dist $(VENV) .state .pytest_cache .mypy_cache .ruff_cache *.egg-info

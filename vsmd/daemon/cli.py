@@ -25,8 +25,23 @@ EXIT_NO_BROKER = 3
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The vsmd daemon.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from vsmd import __version__
+
+        typer.echo(f"vsmd {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
+) -> None:
     """Host recursive trees of VSM processes."""
 
 
