@@ -1,5 +1,7 @@
 # Every target sets up what it needs: a fresh machine needs only `make run` or `make test`.
-PY ?= python3
+# A Python every user can read: in secure mode VSMs run under uids of their own and must still
+# load the interpreter and its standard library (one under /root, a pyenv say, they cannot).
+PY ?= $(firstword $(wildcard /usr/bin/python3.13 /usr/bin/python3.12 /usr/bin/python3.11) python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -205,8 +205,8 @@ class Control:
                 self._state_request(kind, sender, env, respond)
             elif kind == "spawn":
                 cmd = Spawn.from_args(env.body)
-                # A VSM may only create children of its own: its authority is its subtree.
-                fut = self._spawn(sender.id, cmd)
+                # A VSM's authority is its subtree: children of its own, or of a descendant.
+                fut = self._spawn(self._within(sender, cmd.parent), cmd)
                 _answer_when_done(fut, respond, VsmInfo.to_dict, f"spawn from VSM {path}")
             else:
                 raise ProtocolError(f"unknown message kind {kind[:64]!r}")
@@ -217,6 +217,17 @@ class Control:
             what = f"{kind[:64]} from VSM {path}"
             log.exception("internal error while handling %s", what)
             respond(error_reply(internal(what)))
+
+    def _within(self, sender: VsmRecord, target: str | None) -> str:
+        """``target`` (default: the sender) if it is the sender or below it, else Unauthorized."""
+        if target is None or target == sender.id:
+            return sender.id
+        node = self.manager.registry.find(target)
+        while node is not None and node.parent is not None:
+            if node.parent == sender.id:
+                return target
+            node = self.manager.registry.find(node.parent)
+        raise Unauthorized(f"VSM {sender.path} may not act on {target[:64]!r}: not in its subtree")
 
     def _state_request(self, kind: str, sender: VsmRecord, env: Envelope, respond: Respond) -> None:
         if kind == "state":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import secrets
 
 import pika
@@ -17,6 +18,7 @@ from vsmd.config import Config
 from vsmd.daemon.trust import Trust, without_credentials
 from vsmd.errors import ConfigError
 from vsmd.security import credentials
+from vsmd.security.fs_check import closed_to_others
 from vsmd.security.identity import (
     DAEMON_USER,
     OPERATOR_PERMS,
@@ -39,6 +41,7 @@ def start_secure(config: Config) -> tuple[Config, EmbeddedBroker, Trust]:
             '(or auto), or set trust = "cooperative" for a broker of your own '
             "(docs/security.md)"
         )
+    _check_os_boundary(config)
     ns, state = config.namespace, config.state_dir
     operator_pw = credentials.password_for(state, "operator", ns)
     viewer_pw = credentials.password_for(state, "viewer", ns)
@@ -72,6 +75,33 @@ def start_secure(config: Config) -> tuple[Config, EmbeddedBroker, Trust]:
         path = credentials.write(state, role, ns, user, pw, node.url)
         log.info("%s credentials for vsmctl: %s", role, path)
     return config, node, Trust(config, Topology(ns), key)
+
+
+def _check_os_boundary(config: Config) -> None:
+    """The file and process side: VSMs under uids of their own need root and a Python that
+    every user can read; anything less is said at every start."""
+    if os.geteuid() != 0:
+        log.warning(
+            "secure mode without root: VSMs run under the daemon's uid, so agent code can read "
+            "the files of that user (the state directory with the operator credentials "
+            "included); run vsmd as root for a uid per VSM (docs/security.md)"
+        )
+        return
+    if not config.vsm_uid_base:
+        log.warning(
+            "vsm_uid_base = 0: VSMs run as root; agent code can read every file and process "
+            "memory of this machine (docs/security.md)"
+        )
+        return
+    closed = closed_to_others()
+    if closed:
+        more = f" and {len(closed) - 1} more" if len(closed) > 1 else ""
+        raise ConfigError(
+            f"secure mode runs each VSM under a uid of its own, but other users cannot read "
+            f"{closed[0]}{more}: install vsmd with a Python every user can read (the Makefile "
+            f"prefers /usr/bin/python3), or set vsm_uid_base = 0 to keep VSMs as root "
+            f"(docs/security.md)"
+        )
 
 
 def check_boundary(daemon_url: str, minter: TokenMinter) -> None:

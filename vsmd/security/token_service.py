@@ -23,7 +23,7 @@ from vsmd.security.identity import Place, vsm_scopes, vsm_user
 from vsmd.security.tokens import TokenMinter
 
 log = logging.getLogger("vsmd.tokens")
-PID_WAIT = 10.0  # a child may ask before the daemon heard its pid from the fork server
+PID_WAIT = 5.0  # a child may ask before the daemon heard its pid from the fork server
 # Askers answered at once at most: each may wait PID_WAIT for its pid, and a hostile VSM
 # connecting in a loop must not make the daemon start threads without end.
 MAX_WAITING = 64

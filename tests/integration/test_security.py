@@ -1,0 +1,259 @@
+"""The trust boundary on a real secure daemon: its own embedded RabbitMQ node, VSMs with broker
+identities of their own, a hostile agent trying every attack of docs/security.md."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import pytest
+
+from tests.support.harness import BIN, REPO, DaemonProc, new_namespace, poll_for, run_tool
+from vsmctl.client import VsmClient
+from vsmd.errors import Unauthorized
+from vsmd.security import credentials
+
+AGENTS = ["tests.support.agents", "tests.support.msg_agents", "tests.support.hostile_agents"]
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    state = tmp_path_factory.mktemp("secure")
+    ns = new_namespace()
+    cfg = state / "vsmd.toml"
+    modules = ", ".join(f'"{m}"' for m in AGENTS)
+    cfg.write_text(f"[vsmd]\nagent_modules = [{modules}]\nstop_timeout = 5.0\nprobe_interval = 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VSM_")}
+    env["PYTHONPATH"] = str(REPO)
+    log_path = state / "vsmd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "vsmd"),
+                "run",
+                "--config",
+                str(cfg),
+                "--state-dir",
+                str(state),
+                "--namespace",
+                ns,
+                "--broker",
+                "embedded",
+                "--log-level",
+                "DEBUG",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    op_file = credentials.credentials_file(state, "operator", ns)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"vsmd exited:\n{log_path.read_text()}")
+        return op_file.exists() and "vsmd ready" in log_path.read_text()
+
+    poll_for(up, 90.0, 0.2, "the secure daemon to start")
+    d = DaemonProc(ns, credentials.read(op_file).broker_url, state, proc, log_path)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def _viewer(d: DaemonProc) -> str:
+    return credentials.read(
+        credentials.credentials_file(d.state_dir, "viewer", d.namespace)
+    ).broker_url
+
+
+def _secret(name: str, value: bytes) -> dict[str, Any]:
+    return {
+        "name": name,
+        "prefix": value[:4].hex(),
+        "len": len(value),
+        "sha256": hashlib.sha256(value).hexdigest(),
+    }
+
+
+def _secrets(d: DaemonProc) -> list[dict[str, Any]]:
+    """What no VSM may hold: operator and viewer passwords, the signing key (both forms)."""
+    out = [
+        _secret(
+            "operator password",
+            credentials.read(
+                credentials.credentials_file(d.state_dir, "operator", d.namespace)
+            ).password.encode(),
+        ),
+        _secret(
+            "viewer password",
+            credentials.read(
+                credentials.credentials_file(d.state_dir, "viewer", d.namespace)
+            ).password.encode(),
+        ),
+    ]
+    advanced = (d.state_dir / "broker" / "advanced.config").read_text()
+    k = re.search(r'<<"k">> => <<"([A-Za-z0-9_-]+)">>', advanced)
+    assert k is not None
+    out.append(_secret("signing key (base64url)", k.group(1).encode()))
+    out.append(
+        _secret("signing key", base64.urlsafe_b64decode(k.group(1) + "=" * (-len(k.group(1)) % 4)))
+    )
+    return out
+
+
+def test_a_tree_runs_with_an_identity_and_a_uid_per_vsm(secure: DaemonProc) -> None:
+    c = secure.client()
+    root = c.spawn_recursive_vsm(None, _cfg("tree", name="t1", fanout=2, levels=2))
+
+    def tree() -> list[Any] | None:
+        infos = [root, *c.list_child_vsms(root.id, True)]
+        return infos if len(infos) == 7 and all(i.status == "running" for i in infos) else None
+
+    infos = poll_for(tree, 30.0, 0.1, "the tree of 7 to run")
+    uids = {psutil.Process(i.pid).uids().real for i in infos if i.pid}
+    assert len(uids) == 7 and all(u >= 2_000_000 for u in uids)  # each its own, none root
+    # Messages between VSMs and from an operator still flow, each judged by its user_id.
+    assert c.call(root.id, "ping", {}, 10.0) is not None
+
+
+def _cfg(agent: str, name: str, **settings: Any) -> Any:
+    from vsmd.protocol import SpawnConfig
+
+    return SpawnConfig(name=name, agent=agent, settings=settings)
+
+
+def test_a_hostile_agent_is_refused_everything(secure: DaemonProc) -> None:
+    c = secure.client()
+    parent = c.spawn_recursive_vsm(None, _cfg("recorder", name="victims"))
+    sibling = c.spawn_recursive_vsm(parent.id, _cfg("recorder", name="sibling"))
+    hostile = c.spawn_recursive_vsm(parent.id, _cfg("hostile", name="hostile"))
+    before = sorted((i.id, i.path, i.status) for i in c.list_child_vsms(None, True))
+    files = [
+        str(credentials.credentials_file(secure.state_dir, "operator", secure.namespace)),
+        str(secure.state_dir / "broker" / "advanced.config"),
+        str(secure.state_dir / "broker" / "home" / ".erlang.cookie"),
+        str(secure.state_dir / f"journal-{secure.namespace}.db"),
+    ]
+    body = {
+        "sibling": sibling.id,
+        "sibling_path": sibling.path,
+        "parent": parent.id,
+        "parent_path": parent.path,
+        "secrets": _secrets(secure),
+        "files": files,
+        "queues": 10_000,
+    }
+    result = c.call(hostile.id, "attack", body, 300.0)
+    outcomes: dict[str, str] = result["outcomes"]
+    allowed = {
+        k: v for k, v in outcomes.items() if not v.startswith("refused") and k != "own_token"
+    }
+    assert allowed == {}, allowed
+    assert outcomes["own_token"].startswith(f"allowed (its own identity): vsm-{hostile.id}")
+    # The broker, not only vsmd, said no where it can: permissions, topics, user_id.
+    for name in (
+        "bind_up_all",
+        "bind_everything",
+        "bind_sibling",
+        "consume_sibling_inbox",
+        "purge_sibling_inbox",
+        "delete_sibling_inbox",
+        "declare_exchange",
+        "up_as_sibling",
+        "state_of_parent",
+        "toparent_as_sibling",
+        "down_sibling",
+    ):
+        assert outcomes[name].startswith("refused by the broker: 403"), (name, outcomes[name])
+    assert outcomes["as_daemon_user"].startswith("refused by the broker: 406")
+    for name in (
+        "admin_queue",
+        "admin_terminate_parent",
+        "admin_policy_parent",
+        "call_sibling",
+        "call_parent",
+        "policy_as_vsmd",
+        "spawn_under_sibling",
+    ):
+        assert outcomes[name].startswith("refused by the receiver: UNAUTHORIZED"), (
+            name,
+            outcomes[name],
+        )
+    assert outcomes["guest"] == "refused by the broker: login refused"
+    assert outcomes["declare_queues"] == "refused by the broker: 0 declared, 10000 refused"
+    # Nothing changed: the same VSMs, the sibling alive and reachable, its inbox in place.
+    after = sorted((i.id, i.path, i.status) for i in c.list_child_vsms(None, True))
+    assert after == before
+    assert c.call(sibling.id, "log", {}, 10.0)["got"] == []
+    log = secure.log()
+    assert f"vsm-{hostile.id}" in log  # the daemon logged who tried
+
+
+def test_viewer_lists_but_cannot_spawn_and_no_credentials_get_unauthorized(
+    secure: DaemonProc,
+) -> None:
+    viewer = VsmClient(_viewer(secure), secure.namespace, 10.0)
+    with viewer:
+        assert viewer.ping()["pong"]
+        viewer.list_child_vsms(None, True)
+        with pytest.raises(Unauthorized, match="needs the operator role"):
+            viewer.spawn_recursive_vsm(None, _cfg("noop", name="nope"))
+    done = run_tool(
+        "vsmctl", "spawn", "--name", "nope2", namespace=secure.namespace, broker_url=_viewer(secure)
+    )
+    assert done.returncode == 4 and done.stderr.count("\n") == 1, done.stderr
+    assert "UNAUTHORIZED" in done.stderr
+    guest = re.sub(r"//[^@]*@", "//guest:guest@", secure.broker_url)
+    done = run_tool("vsmctl", "list", namespace=secure.namespace, broker_url=guest)
+    assert done.returncode == 4 and done.stderr.startswith("vsmctl: UNAUTHORIZED: the broker"), (
+        done.stderr
+    )
+    assert done.stderr.count("\n") == 1
+    missing = subprocess.run(
+        [str(BIN / "vsmctl"), "list"],
+        env={**os.environ, "VSM_CREDENTIALS": "/nonexistent/creds.json"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (
+        missing.returncode != 0
+        and "cannot read credentials /nonexistent/creds.json" in missing.stderr
+    )
+    assert missing.stderr.count("\n") == 1
+
+
+def test_secrets_appear_in_no_process_list_log_show_or_event(secure: DaemonProc) -> None:
+    c = secure.client()
+    vsm = c.spawn_recursive_vsm(None, _cfg("noop", name="plain"))
+    op = credentials.read(
+        credentials.credentials_file(secure.state_dir, "operator", secure.namespace)
+    )
+    advanced = (secure.state_dir / "broker" / "advanced.config").read_text()
+    key = re.search(r'<<"k">> => <<"([A-Za-z0-9_-]+)">>', advanced)
+    assert key is not None
+    words = [op.password, key.group(1)]
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    show = run_tool(
+        "vsmctl", "show", vsm.id, "--json", namespace=secure.namespace, broker_url=secure.broker_url
+    )
+    assert show.returncode == 0, show.stderr
+    events = orjson.dumps(c.events(0, 1000)[1])
+    for text in (ps, secure.log(), show.stdout, events.decode()):
+        assert not any(w in text for w in words)
+    # The daemon's own password is made at start and known to nobody else: any URL of its
+    # user that is printed must be redacted.
+    assert re.search(r"vsmd-daemon:(?!\*\*\*@)", secure.log() + ps) is None
+    env_of_vsm = Path(f"/proc/{vsm.pid}/environ").read_bytes()
+    assert b"VSM_BROKER" not in env_of_vsm and b"amqp://" not in env_of_vsm
