@@ -15,6 +15,7 @@ from vsmd.errors import BrokerError, ConfigError, VsmdError
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from vsmd.broker.container import DockerBroker
     from vsmd.broker.embedded import EmbeddedBroker
     from vsmd.daemon.service import Daemon
     from vsmd.protocol import VsmInfo
@@ -45,14 +46,22 @@ def _root(
     """Host recursive trees of VSM processes."""
 
 
-def _resolve_broker(config: Config) -> tuple[Config, EmbeddedBroker | None]:
-    """Turn ``embedded`` / ``auto`` into a URL, starting a private node when asked to."""
+def _resolve_broker(config: Config) -> tuple[Config, EmbeddedBroker | DockerBroker | None]:
+    """Turn ``embedded`` / ``auto`` / ``docker`` into a URL, starting a private broker when
+    asked to."""
     import dataclasses
 
     from vsmd.broker.embedded import EmbeddedBroker
     from vsmd.broker.probe import broker_answers
 
     url = config.broker_url
+    if url == "docker":
+        from vsmd.broker.container import DockerBroker
+
+        box = DockerBroker(config.namespace)
+        logging.getLogger("vsmd").info("starting a RabbitMQ container (docker)")
+        box.start()
+        return dataclasses.replace(config, broker_url=box.url), box
     if url == "auto":
         if broker_answers(DEFAULT_BROKER_URL):
             return dataclasses.replace(config, broker_url=DEFAULT_BROKER_URL), None
@@ -77,8 +86,8 @@ def run(
     broker: Annotated[
         str | None,
         typer.Option(
-            help="AMQP URL, 'embedded' (private RabbitMQ node) or 'auto' "
-            "(the default URL if it answers, else embedded). Env: VSM_BROKER_URL."
+            help="AMQP URL, 'embedded' (private RabbitMQ node), 'docker' (a RabbitMQ container) "
+            "or 'auto' (the default URL if it answers, else embedded). Env: VSM_BROKER_URL."
         ),
     ] = None,
     namespace: Annotated[
@@ -122,7 +131,7 @@ def run(
 def _run(config: Config, demo: bool) -> int:
     from vsmd.daemon.service import Daemon
 
-    node: EmbeddedBroker | None = None
+    node: EmbeddedBroker | DockerBroker | None = None
     trust = None
     try:
         if config.trust == "secure":
