@@ -138,7 +138,8 @@ def start_vsmd(
     ns = new_namespace(tag)
     state_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = state_dir / "vsmd.toml"
-    cfg_file.write_text(_toml({"state_dir": str(state_dir), **config}))
+    # The shared broker is not set up for secure mode: runs that want it say so in ``config``.
+    cfg_file.write_text(_toml({"state_dir": str(state_dir), "trust": "cooperative", **config}))
     cmd = [str(BIN / "vsmd"), "run", "--config", str(cfg_file)]
     log_path = state_dir / "vsmd.log"
     with log_path.open("wb") as log:

@@ -95,6 +95,10 @@ class Config:
     # Secure mode as root: VSM n runs as uid vsm_uid_base + n (n below max_total * 2);
     # 0 keeps VSMs under the daemon's uid.
     vsm_uid_base: int = 2_000_000
+    # A VSM with more than violation_limit refused requests in a minute: "warn" (event and
+    # log only) or "terminate" (it and its subtree).
+    on_violation: str = "warn"
+    violation_limit: int = 10
 
     def __post_init__(self) -> None:
         check_name(self.namespace, "namespace")
@@ -114,6 +118,7 @@ class Config:
             "spawn_burst",
             "parent_spawn_burst",
             "event_buffer",
+            "violation_limit",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}: must be at least 1")
@@ -149,6 +154,7 @@ class Config:
         _choice(self.default_quota_action, "default_quota_action", QUOTA_ACTIONS)
         _choice(self.cgroups, "cgroups", CGROUP_MODES)
         _choice(self.trust, "trust", TRUST_MODES)
+        _choice(self.on_violation, "on_violation", ("warn", "terminate"))
         if not self.token_ttl >= 60:
             raise ConfigError(f"invalid token_ttl {self.token_ttl!r}: must be at least 60 s")
         parse_listen(self.metrics_listen)

@@ -433,6 +433,7 @@ class VsmInfo:
     next_restart: float | None = None
     policy: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    refused: int = 0  # requests of this VSM refused as outside its authority (secure mode)
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow: the values are plain JSON already, and asdict's deep copy dominated `list`.

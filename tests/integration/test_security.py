@@ -4,6 +4,7 @@ identities of their own, a hostile agent trying every attack of docs/security.md
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -18,7 +19,7 @@ import pytest
 
 from tests.support.harness import BIN, REPO, DaemonProc, new_namespace, poll_for, run_tool
 from vsmctl.client import VsmClient
-from vsmd.errors import Unauthorized
+from vsmd.errors import Unauthorized, Unreachable
 from vsmd.security import credentials
 
 AGENTS = ["tests.support.agents", "tests.support.msg_agents", "tests.support.hostile_agents"]
@@ -30,7 +31,10 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
     ns = new_namespace()
     cfg = state / "vsmd.toml"
     modules = ", ".join(f'"{m}"' for m in AGENTS)
-    cfg.write_text(f"[vsmd]\nagent_modules = [{modules}]\nstop_timeout = 5.0\nprobe_interval = 0\n")
+    cfg.write_text(
+        f"[vsmd]\nagent_modules = [{modules}]\nstop_timeout = 5.0\nprobe_interval = 0\n"
+        'on_violation = "terminate"\nviolation_limit = 10\n'
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("VSM_")}
     env["PYTHONPATH"] = str(REPO)
     log_path = state / "vsmd.log"
@@ -195,8 +199,31 @@ def test_a_hostile_agent_is_refused_everything(secure: DaemonProc) -> None:
     after = sorted((i.id, i.path, i.status) for i in c.list_child_vsms(None, True))
     assert after == before
     assert c.call(sibling.id, "log", {}, 10.0)["got"] == []
-    log = secure.log()
-    assert f"vsm-{hostile.id}" in log  # the daemon logged who tried
+    # Counted on the VSM, logged and raised as events with who tried what: the four the
+    # daemon judged (the admin queue three times, the spawn under its sibling).
+    assert c.show(hostile.id).refused == 4
+    _, events = c.events(0, 1000)
+    tried = [e for e in events if e["kind"] == "unauthorized" and e["vsm_id"] == hostile.id]
+    assert len(tried) == 4 and all(e["details"]["user"] == f"vsm-{hostile.id}" for e in tried)
+    assert f"vsm-{hostile.id}) tried admin terminate" in secure.log()
+
+
+def test_a_vsm_that_keeps_trying_is_terminated_by_policy(secure: DaemonProc) -> None:
+    c = secure.client()
+    hostile = c.spawn_recursive_vsm(None, _cfg("hostile", name="persistent"))
+    # The 11th refusal ends it, often before it can answer this call.
+    with contextlib.suppress(Unreachable):
+        answers = c.call(hostile.id, "flood", {"n": 11}, 120.0)["answers"]
+        assert all(a.startswith("refused by the receiver: UNAUTHORIZED") for a in answers)
+
+    def gone() -> bool:
+        return all(i.id != hostile.id for i in c.list_child_vsms(None, True))
+
+    poll_for(gone, 30.0, 0.1, "the VSM to be terminated for its violations")
+    _, events = c.events(0, 1000)
+    ended = [e for e in events if e["vsm_id"] == hostile.id and e["kind"] == "terminated"]
+    assert ended, [e["kind"] for e in events if e["vsm_id"] == hostile.id]
+    assert "terminated: 11 refused requests within 60 s" in secure.log()
 
 
 def test_viewer_lists_but_cannot_spawn_and_no_credentials_get_unauthorized(

@@ -52,6 +52,9 @@ def vsm_env(namespace: str, broker_url: str) -> dict[str, str]:
     env.update(
         VSM_NAMESPACE=namespace,
         VSM_BROKER_URL=broker_url,
+        # The shared broker is not set up for secure mode (tests/integration/test_security.py
+        # runs that on a node of its own).
+        VSM_TRUST="cooperative",
         PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
     )
     env.pop("VSM_CONFIG", None)

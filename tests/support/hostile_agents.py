@@ -91,9 +91,11 @@ class HostileAgent(AsyncAgent):
     async def handle(
         self, ctx: AgentContext, kind: str, body: dict[str, Any], sender: Sender
     ) -> dict[str, Any]:
+        spec = find_spec(ctx)
+        if kind == "flood":  # admin requests, one after the other, each refused
+            return await asyncio.to_thread(Attacks(spec, body).flood, int(body["n"]))
         if kind != "attack":
             return {"echo": body}
-        spec = find_spec(ctx)
         return await asyncio.to_thread(Attacks(spec, body).run_all)
 
 
@@ -107,6 +109,10 @@ class Attacks:
         self.ns = spec.namespace
         self.user = ""
         self.token = ""
+
+    def flood(self, n: int) -> dict[str, Any]:
+        self.own_token()
+        return {"answers": [self.rpc("", f"{self.ns}.admin", self.admin("list")) for _ in range(n)]}
 
     def run_all(self) -> dict[str, Any]:
         out: Outcome = {}

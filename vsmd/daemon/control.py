@@ -21,6 +21,7 @@ from vsmd.daemon.registry import VsmRecord
 from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.daemon.state_store import StateStore
 from vsmd.daemon.trust import Trust
+from vsmd.daemon.violations import Violations
 from vsmd.errors import Internal, ProtocolError, Unauthorized, VsmdError
 from vsmd.protocol import (
     Command,
@@ -88,6 +89,7 @@ class Control:
         self.latency: dict[str, Histogram] = {}
         self.refusals: collections.Counter[str] = collections.Counter()
         self.trust: Trust | None = None  # secure mode
+        self.violations: Violations | None = None
 
     # --- admin requests --------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class Control:
             handler(self, command, respond)
         except VsmdError as err:
             log.info("admin request refused: %s %s", err.code, err.message)
+            self._count(err, user, f"admin {what}")
             respond(error_reply(err))
         except Exception:
             # A bug met by one request costs that request, never the daemon and its VSMs.
@@ -212,11 +215,16 @@ class Control:
                 raise ProtocolError(f"unknown message kind {kind[:64]!r}")
         except VsmdError as err:
             log.info("request from VSM %s refused: %s %s", path, err.code, err.message)
+            self._count(err, user, f"{kind[:32]} as {path[:100]}")
             respond(error_reply(err))
         except Exception:
             what = f"{kind[:64]} from VSM {path}"
             log.exception("internal error while handling %s", what)
             respond(error_reply(internal(what)))
+
+    def _count(self, err: VsmdError, user: str | None, what: str) -> None:
+        if isinstance(err, Unauthorized) and self.violations is not None:
+            self.violations.refused(user, what, err.message)
 
     def _within(self, sender: VsmRecord, target: str | None) -> str:
         """``target`` (default: the sender) if it is the sender or below it, else Unauthorized."""
@@ -275,6 +283,7 @@ class Control:
         except VsmdError as err:
             # Nobody waits for an answer to an alert: it is logged and counted as refused.
             log.info("alert refused: %s %s", err.code, err.message)
+            self._count(err, user, "an alert")
 
 
 # Commands that change something: a repeat with the same idempotency key gets the first reply.

@@ -74,6 +74,7 @@ def build_snapshot(daemon: Daemon) -> dict[str, Any]:
         "vsms": dict(by_status),
         "events": kinds,
         "refusals": dict(daemon.control.refusals),
+        "unauthorized": dict(daemon.control.violations.total if daemon.control.violations else {}),
         "spawn_ready": daemon.manager.spawn_ready.frozen(),
         "admin": {cmd: h.frozen() for cmd, h in daemon.control.latency.items()},
         "reconnects": daemon.reconnects,
@@ -116,6 +117,14 @@ class DaemonCollector(Collector):
         yield CounterMetricFamily(
             "vsmd_bus_reconnects", "Reconnects of the daemon to the broker", snap["reconnects"]
         )
+        unauthorized = CounterMetricFamily(
+            "vsmd_unauthorized",
+            "Requests refused as outside the sender's authority, by sender (vsm or client)",
+            labels=["sender"],
+        )
+        for sender, n in sorted(snap["unauthorized"].items()):
+            unauthorized.add_metric([sender], n)
+        yield unauthorized
         yield from _top(snap["top"])
 
 

@@ -84,6 +84,7 @@ class VsmRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     reported: str | None = None  # what the VSM said about its own failure, before exiting
     unreachable_since: float | None = None  # wall clock; running, but its inbox is gone
+    refused: int = 0  # its requests the daemon refused as outside its authority
 
     def set_status(self, new: Status) -> None:
         self.status = transition(self.status, new)
@@ -116,6 +117,7 @@ class VsmRecord:
             next_restart=self.next_restart,
             policy=self.policy.to_dict(),
             metrics=dict(self.metrics),
+            refused=self.refused,
         )
 
     def _shown_status(self) -> str:

@@ -34,6 +34,7 @@ from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.daemon.state_store import WRITE_EVERY, StateStore
 from vsmd.daemon.timers import Timers
 from vsmd.daemon.trust import Trust
+from vsmd.daemon.violations import Violations
 from vsmd.errors import BrokerError, ProtocolError, SpawnError
 from vsmd.protocol import Envelope, dumps, error_reply
 from vsmd.supervisor.oscalls import become_subreaper, hide_memory
@@ -86,6 +87,13 @@ class Daemon:
         )
         self.control = Control(config, self.manager, self.store)
         self.control.trust = trust
+        self.control.violations = Violations(
+            self.manager.registry,
+            self.events_log,
+            config.violation_limit,
+            config.on_violation,
+            self._end_violator,
+        )
         if trust is not None:
             self.manager.prepare_spec = trust.prepare
         self._signals: list[int] = []
@@ -251,8 +259,14 @@ class Daemon:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(info.si_pid, 0)
 
+    def _end_violator(self, vsm_id: str, reason: str) -> None:
+        self.manager.registry.get(vsm_id).last_reason = reason
+        self.manager.terminate_child_vsm(vsm_id)
+
     def _on_removed(self, rec: VsmRecord) -> None:
         self.store.forget(rec.id)
+        if self.control.violations is not None:
+            self.control.violations.forget(rec.id)
         if self.trust is not None:
             self.trust.removed(rec.id)
         parent = self.manager.registry.find(rec.parent) if rec.parent else None
