@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import uuid
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.support.harness import poll_for
 
@@ -16,13 +17,16 @@ class Terminal:
     """A tmux pane of its own (a private tmux server), read with capture-pane."""
 
     def __init__(self, env: dict[str, str], command: str) -> None:
-        self.socket = f"vsmd-test-{uuid.uuid4().hex[:8]}"
+        # The server's socket in a directory of our own, removed with it (tmux leaves its
+        # socket file behind when the server is killed).
+        self._dir = Path(tempfile.mkdtemp(prefix="vsmd-tmux-"))
+        self.socket = str(self._dir / "socket")
         # A new server inherits this environment: the daemon's namespace and broker.
         self._tmux("new-session", "-d", "-s", "main", "-x", "150", "-y", "40", command, env=env)
 
     def _tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
         res = subprocess.run(
-            [TMUX, "-L", self.socket, *args],
+            [TMUX, "-S", self.socket, *args],
             env=env,
             capture_output=True,
             text=True,
@@ -52,9 +56,6 @@ class Terminal:
             raise AssertionError(f"{what} never showed; the screen:\n{last[0]}") from None
 
     def close(self) -> None:
-        subprocess.run(
-            [TMUX, "-L", self.socket, "kill-session", "-t", "main"],
-            capture_output=True,
-            check=False,
-        )
-        subprocess.run([TMUX, "-L", self.socket, "kill-server"], capture_output=True, check=False)
+        for args in (["kill-session", "-t", "main"], ["kill-server"]):
+            subprocess.run([TMUX, "-S", self.socket, *args], capture_output=True, check=False)
+        shutil.rmtree(self._dir, ignore_errors=True)
