@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.harness import BIN, REPO, DaemonProc, new_namespace, poll_for, run_tool
 from vsmctl.client import VsmClient
-from vsmd.errors import Unauthorized, Unreachable
+from vsmd.errors import NotFound, Unauthorized, Unreachable
 from vsmd.security import credentials
 
 AGENTS = ["tests.support.agents", "tests.support.msg_agents", "tests.support.hostile_agents"]
@@ -33,7 +33,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
     modules = ", ".join(f'"{m}"' for m in AGENTS)
     cfg.write_text(
         f"[vsmd]\nagent_modules = [{modules}]\nstop_timeout = 5.0\nprobe_interval = 0\n"
-        'on_violation = "terminate"\nviolation_limit = 10\n'
+        'on_violation = "terminate"\nviolation_limit = 10\nmax_total = 20\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("VSM_")}
     env["PYTHONPATH"] = str(REPO)
@@ -156,6 +156,7 @@ def test_a_hostile_agent_is_refused_everything(secure: DaemonProc) -> None:
         "secrets": _secrets(secure),
         "files": files,
         "queues": 10_000,
+        "connections": 1000,
     }
     result = c.call(hostile.id, "attack", body, 300.0)
     outcomes: dict[str, str] = result["outcomes"]
@@ -195,6 +196,9 @@ def test_a_hostile_agent_is_refused_everything(secure: DaemonProc) -> None:
         )
     assert outcomes["guest"] == "refused by the broker: login refused"
     assert outcomes["declare_queues"] == "refused by the broker: 0 declared, 10000 refused"
+    # The vhost's cap (max_total * 2 + 100 = 140) less what the tree and clients hold.
+    held = int(re.findall(r"after (\d+)", outcomes["connections"])[0])
+    assert 100 < held < 140, outcomes["connections"]
     # Nothing changed: the same VSMs, the sibling alive and reachable, its inbox in place.
     after = sorted((i.id, i.path, i.status) for i in c.list_child_vsms(None, True))
     assert after == before
@@ -212,7 +216,7 @@ def test_a_vsm_that_keeps_trying_is_terminated_by_policy(secure: DaemonProc) -> 
     c = secure.client()
     hostile = c.spawn_recursive_vsm(None, _cfg("hostile", name="persistent"))
     # The 11th refusal ends it, often before it can answer this call.
-    with contextlib.suppress(Unreachable):
+    with contextlib.suppress(Unreachable, NotFound):  # NotFound: gone before the client looked
         answers = c.call(hostile.id, "flood", {"n": 11}, 120.0)["answers"]
         assert all(a.startswith("refused by the receiver: UNAUTHORIZED") for a in answers)
 

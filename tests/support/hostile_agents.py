@@ -144,6 +144,7 @@ class Attacks:
             ("policy_as_vsmd", self.policy_as_vsmd),
             ("spawn_under_sibling", self.spawn_under_sibling),
             ("declare_queues", self.declare_queues),
+            ("connections", self.connections),
         ]
         for name, step in steps:
             try:
@@ -367,6 +368,21 @@ class Attacks:
                 conn.close()
         verdict = "ALLOWED" if made else "refused by the broker"
         return f"{verdict}: {made} declared, {refused} refused"
+
+    def connections(self) -> str:
+        """Its own token on as many connections as the broker takes, up to ``connections``."""
+        held: list[pika.BlockingConnection] = []
+        try:
+            for _ in range(int(self.b["connections"])):
+                try:
+                    held.append(self._connect(self.user, self.token))
+                except pika.exceptions.AMQPConnectionError as exc:
+                    return f"refused by the broker after {len(held)}: {type(exc).__name__}"
+            return f"ALLOWED: {len(held)} connections"
+        finally:
+            for conn in held:
+                with contextlib.suppress(Exception):
+                    conn.close()
 
 
 def register_agents(registry: AgentRegistry) -> None:

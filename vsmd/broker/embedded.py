@@ -8,6 +8,7 @@ root-owned private directories. We therefore run the real scripts from /usr/lib/
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -236,6 +237,7 @@ class EmbeddedBroker:
             ):
                 if self._secure is not None:
                     self._drop_guest()
+                    self._limit_vhost(self._secure)
                 return
             if remaining <= 0:
                 self._terminate(self._proc, time.monotonic() + 10.0)
@@ -248,6 +250,16 @@ class EmbeddedBroker:
         # steal. A secure node has no use for it.
         if not self._rabbitmqctl("delete_user", "guest", timeout=30.0):
             log.debug("guest was already gone from %s", self._spec.name)
+
+    def _limit_vhost(self, setup: SecureSetup) -> None:
+        limits = {"max-connections": setup.max_connections, "max-queues": setup.max_queues}
+        wanted = {k: v for k, v in limits.items() if v > 0}
+        if wanted and not self._rabbitmqctl(
+            "set_vhost_limits", "-p", setup.vhost, json.dumps(wanted), timeout=30.0
+        ):
+            raise BrokerError(
+                f"could not set the limits of vhost {setup.vhost} on {self._spec.name}"
+            )
 
     def _start_failure(self, what: str) -> BrokerError:
         s = self._spec

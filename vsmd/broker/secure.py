@@ -32,6 +32,10 @@ class SecureSetup:
     resource_server_id: str
     vhost: str
     users: tuple[BrokerUser, ...] = field(default=())
+    # Caps on the vhost as a whole: a hostile VSM may open connections with its token, but the
+    # broker's file descriptors and memory stay bounded (0: no cap).
+    max_connections: int = 0
+    max_queues: int = 0
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:

@@ -56,6 +56,10 @@ def start_secure(config: Config) -> tuple[Config, EmbeddedBroker, Trust]:
             BrokerUser(OPERATOR_USER, operator_pw, OPERATOR_PERMS),
             BrokerUser(VIEWER_USER, viewer_pw, OPERATOR_PERMS),
         ),
+        # Each VSM holds one connection and one queue; the rest is room for clients and for
+        # VSMs that reconnect before the broker has dropped their old connection.
+        max_connections=config.max_total * 2 + 100,
+        max_queues=config.max_total * 2 + 1000,
     )
     node = EmbeddedBroker(
         state / "broker", name=f"vsmd-{ns}", nofile=config.embedded_broker_nofile, secure=setup
