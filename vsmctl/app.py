@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 the daemon refused (its code and message on stderr), 2 usage
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -70,8 +71,19 @@ def _root(
         bool,
         Opt("--version", is_eager=True, callback=_print_version, help="Print the version."),
     ] = False,
+    credentials: Annotated[
+        str | None,
+        Opt(
+            "--credentials",
+            envvar="VSM_CREDENTIALS",
+            help="Operator or viewer credentials file of a secure vsmd (docs/security.md).",
+        ),
+    ] = None,
 ) -> None:
-    """The options every command shares come after the command's name."""
+    """The options every command shares come after the command's name (--credentials before)."""
+    if credentials:
+        # Every client this process makes reads it there (vsmctl.client.VsmClient).
+        os.environ["VSM_CREDENTIALS"] = credentials
 
 
 @app.command()

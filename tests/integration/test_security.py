@@ -250,6 +250,17 @@ def test_viewer_lists_but_cannot_spawn_and_no_credentials_get_unauthorized(
         done.stderr
     )
     assert done.stderr.count("\n") == 1
+    op_file = credentials.credentials_file(secure.state_dir, "operator", secure.namespace)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VSM_")}
+    listed = subprocess.run(
+        [str(BIN / "vsmctl"), "--credentials", str(op_file), "list", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0 and isinstance(orjson.loads(listed.stdout), list), listed.stderr
     missing = subprocess.run(
         [str(BIN / "vsmctl"), "list"],
         env={**os.environ, "VSM_CREDENTIALS": "/nonexistent/creds.json"},
