@@ -185,11 +185,7 @@ def test_spawn_from_a_vsm_spawns_under_it(
     control: Control, replies: Replies, tree: Tree, pool: FakePool, manager: SpawnManager
 ) -> None:
     alpha = tree.start(name="alpha")
-    other = tree.start(name="other")
-    # A "parent" in the body is not honoured: a VSM's authority is its own subtree.
-    from_vsm(
-        control, replies, alpha.id, "alpha", "spawn", name="kid", parent=other.id, config={"x": 1}
-    )
+    from_vsm(control, replies, alpha.id, "alpha", "spawn", name="kid", config={"x": 1})
     spec = pool.last
     assert spec.parent_id == alpha.id
     assert spec.path == "alpha.kid"
@@ -202,6 +198,23 @@ def test_spawn_from_a_vsm_spawns_under_it(
     assert reply["ok"] is True
     assert reply["result"]["parent"] == alpha.id
     assert manager.show(alpha.id).children == [spec.vsm_id]
+
+
+def test_a_vsm_may_name_a_parent_in_its_subtree_only(
+    control: Control, replies: Replies, tree: Tree, pool: FakePool
+) -> None:
+    alpha = tree.start(name="alpha")
+    beta = tree.start(parent=alpha.id, name="beta")
+    other = tree.start(name="other")
+    spawned = len(pool.spawned)
+    # Its sibling's subtree is not its own: refused, nothing forked.
+    from_vsm(control, replies, alpha.id, "alpha", "spawn", name="kid", parent=other.id)
+    assert error_code(replies.only()) == "UNAUTHORIZED"
+    assert len(pool.spawned) == spawned
+    # Its own child is: the grandchild is spawned under it.
+    from_vsm(control, replies, alpha.id, "alpha", "spawn", name="grandkid", parent=beta.id)
+    assert pool.last.parent_id == beta.id
+    assert pool.last.path == "alpha.beta.grandkid"
 
 
 def test_spawn_from_a_nested_vsm(
