@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.support.harness import DaemonProc, running_daemon
+from tests.support.harness import DaemonProc, running_daemon, sweep_namespaces
 from vsmd.broker.probe import broker_answers
 from vsmd.config import DEFAULT_BROKER_URL
 
@@ -20,9 +20,19 @@ settings.register_profile("explore", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
+def shared_broker_url() -> str:
+    return os.environ.get("VSM_TEST_BROKER_URL", DEFAULT_BROKER_URL)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave the shared broker as the run found it: no queue or exchange of a namespace a
+    test used stays behind, whatever happened to the test's daemon."""
+    sweep_namespaces(shared_broker_url())
+
+
 @pytest.fixture(scope="session")
 def broker_url() -> str:
-    url = os.environ.get("VSM_TEST_BROKER_URL", DEFAULT_BROKER_URL)
+    url = shared_broker_url()
     if not broker_answers(url, timeout=5.0):
         pytest.fail(
             f"no RabbitMQ answers at {url}: start it (rabbitmq-server -detached) or run "

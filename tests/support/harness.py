@@ -18,6 +18,7 @@ import pika
 import pika.exceptions
 
 from vsmctl.client import VsmClient
+from vsmd.bus.namespace import remove_namespace
 from vsmd.bus.topology import Topology
 from vsmd.errors import VsmdError
 
@@ -43,8 +44,16 @@ def poll_for(
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+# Every namespace handed out and not yet cleaned up: the end of the session removes what a
+# test left on the broker (a daemon killed with -9, a test that failed half-way); see
+# tests/conftest.py. Test processes are single-threaded, so a plain set will do.
+ISSUED: set[str] = set()
+
+
 def new_namespace() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    ISSUED.add(ns)
+    return ns
 
 
 def vsm_env(namespace: str, broker_url: str) -> dict[str, str]:
@@ -131,6 +140,7 @@ def start_daemon(
     config: Mapping[str, object] | None = None,
 ) -> DaemonProc:
     ns = namespace or new_namespace()
+    ISSUED.add(ns)
     state_dir.mkdir(parents=True, exist_ok=True)
     # The shared broker is not set up for the trust boundary: tests of secure mode start an
     # embedded node of their own (tests/integration/test_security.py).
@@ -188,20 +198,33 @@ def queue_exists(broker_url: str, queue: str) -> bool:
 
 
 def cleanup_namespace(broker_url: str, namespace: str, vsm_ids: tuple[str, ...] = ()) -> None:
-    """Remove what a test's daemon leaves on the broker on purpose (durable admin queue...)."""
+    """Remove everything of the namespace from the broker, as `vsmd namespace remove --force`
+    does; ``vsm_ids`` are inboxes of VSMs that may still be going away."""
+    with contextlib.suppress(VsmdError):
+        remove_namespace(broker_url, namespace, force=True)
+        ISSUED.discard(namespace)
+    if not vsm_ids:
+        return
     topo = Topology(namespace)
     with contextlib.suppress(Exception):
         conn = pika.BlockingConnection(pika.URLParameters(broker_url))
         ch = conn.channel()
-        for q in (
-            topo.admin_queue,
-            topo.daemon_queue,
-            topo.dead_queue,
-            *(topo.inbox(i) for i in vsm_ids),
-        ):
+        for q in (topo.inbox(i) for i in vsm_ids):
             ch.queue_delete(q)
-        ch.exchange_delete(topo.exchange)
         conn.close()
+
+
+def sweep_namespaces(broker_url: str) -> list[str]:
+    """Remove every issued namespace that is still there; returns those that had anything."""
+    swept = []
+    for ns in sorted(ISSUED):
+        try:
+            if remove_namespace(broker_url, ns, force=True):
+                swept.append(ns)
+        except VsmdError:
+            return swept  # no broker: nothing to clean on it
+        ISSUED.discard(ns)
+    return swept
 
 
 @contextlib.contextmanager

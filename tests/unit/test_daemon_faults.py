@@ -68,6 +68,9 @@ class LoopBus:
     def delete_queue(self, _queue: str) -> None:
         pass
 
+    def leave(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

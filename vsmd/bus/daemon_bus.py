@@ -181,6 +181,19 @@ class DaemonBus:
         except CONNECTION_ERRORS as exc:
             raise self._lost(exc) from None
 
+    def leave(self) -> None:
+        """Close at a stop, removing first what a restart does not need (docs/protocol.md,
+        "What stays on the broker"): the daemon queue, and the exchange unless something is
+        still bound to it (an event follower, which then keeps its binding for the next
+        start). The admin and dead-letter queues stay."""
+        if self._conn is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                # A channel of its own: a refused delete closes it, not the one we consume on.
+                ch = self._conn.channel()
+                ch.queue_delete(self.topo.daemon_queue)
+                ch.exchange_delete(self.topo.exchange, if_unused=True)
+        self.close()
+
     def close(self) -> None:
         close_quietly(self._conn)
         self._conn, self._ch = None, None

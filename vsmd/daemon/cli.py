@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from vsmd.config import DEFAULT_BROKER_URL, Config, load_config
+from vsmd.daemon.namespace_cmd import app as namespace_app
 from vsmd.errors import BrokerError, ConfigError, VsmdError
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ EXIT_CONFIG = 2
 EXIT_NO_BROKER = 3
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The vsmd daemon.")
+app.add_typer(namespace_app, name="namespace")
 
 
 def _print_version(value: bool) -> None:

@@ -448,7 +448,7 @@ class Daemon:
                 self.trust.stop()
             if self.manager.cgroups is not None:
                 self.manager.cgroups.stop()
-            self.bus.close()
+            self.bus.leave()
             self.store.write()
             self.journal.close()
         log.info("vsmd stopped")
