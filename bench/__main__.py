@@ -135,6 +135,7 @@ def _run(
         ]
         if data["sampler"]["configurable"]:
             steps.append(("nosampler", lambda: suite.run_sampler_off(ctx)))
+        steps.append(("trust", lambda: suite.run_trust(ctx)))
         steps.append(("nerves", lambda: nerves.run_nerves(ctx)))
         for name, step in steps:
             if only is None or name in only:

@@ -13,7 +13,7 @@ import orjson
 import pika
 import pika.exceptions
 
-from vsmd.bus.connection import close_quietly, connect
+from vsmd.bus.connection import close_quietly, connect, login_of
 from vsmd.bus.topology import Topology
 from vsmd.protocol import Command
 
@@ -50,7 +50,10 @@ class AdminPipe:
         start = time.perf_counter()
         for cmd in commands:
             corr = uuid.uuid4().hex
-            props = pika.BasicProperties(reply_to=REPLY_TO, correlation_id=corr)
+            # user_id: a secure daemon takes admin requests from operators' logins only.
+            props = pika.BasicProperties(
+                reply_to=REPLY_TO, correlation_id=corr, user_id=login_of(self._conn)
+            )
             self._ch.basic_publish("", self.topo.admin_queue, orjson.dumps(cmd.to_request()), props)
             corrs.append(corr)
         deadline = start + timeout

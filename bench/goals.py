@@ -249,5 +249,33 @@ def evaluate(res: Results, sampler: dict[str, Any]) -> list[Goal]:
         _sampler_goal(res, sampler),
         *before_goals(res),
         *nerve_goals(res),
+        *trust_goals(res),
     ]
     return goals
+
+
+def trust_goals(res: Results) -> list[Goal]:
+    """Secure mode against cooperative, measured in turns on nodes of their own."""
+    m = res.median
+    on, off = m("truston.spawn_ready_ms"), m("trustoff.spawn_ready_ms")
+    added = on - off if on is not None and off is not None else None
+    sizes_on = sizes(res, "truston.burst.", ".up_s")
+    n = sizes_on[-1] if sizes_on else 0
+    b_on, b_off = m(f"truston.burst.{n}.up_s"), m(f"trustoff.burst.{n}.up_s")
+    ratio = b_on / b_off if b_on is not None and b_off else None
+    return [
+        _check(
+            "spawn → ready p50 added by secure mode",
+            "≤ 2 ms",
+            added,
+            added is not None and added <= 2,
+            f"{num(added or 0)} ms ({_ms(on)} secure, {_ms(off)} cooperative)",
+        ),
+        _check(
+            f"burst of {n}: secure / cooperative",
+            "≤ 1.25x",
+            ratio,
+            ratio is not None and ratio <= 1.25,
+            f"{num(ratio or 0)}x ({num(b_on or 0)} s against {num(b_off or 0)} s)",
+        ),
+    ]

@@ -16,6 +16,10 @@ SECTIONS = (
     ("Peers on the same broker and workload", ("floor.", "supervisord.")),
     ("vsmd, other strategies and settings", ("nofreeze.", "exec.", "nosampler.")),
     ("Nervous system: between VSMs, and bare aio-pika", ("ns.", "nsfloor.")),
+    (
+        "Trust boundary: cooperative and secure, each on a node of its own",
+        ("trustoff.", "truston."),
+    ),
 )
 
 

@@ -56,9 +56,11 @@ def guarded(ctx: Ctx, what: str, fn: Callable[[], None]) -> bool:
 
 @contextlib.contextmanager
 def daemon(ctx: Ctx, tag: str, **extra: object) -> Iterator[tuple[VsmdProc, AdminPipe]]:
+    """``own_node=True`` in ``extra``: on an embedded node of its own, not the bench's."""
+    own_node = bool(extra.pop("own_node", False))
     log(f"starting vsmd ({tag})")
-    d = start_vsmd(ctx.url, ctx.workdir / f"vsmd-{tag}", tag, vsmd_config(**extra))
-    pipe = AdminPipe(ctx.url, d.namespace)
+    d = start_vsmd(ctx.url, ctx.workdir / f"vsmd-{tag}", tag, vsmd_config(**extra), own_node)
+    pipe = AdminPipe(d.broker_url, d.namespace)
     try:
         yield d, pipe
     finally:
@@ -238,6 +240,32 @@ def run_variant(
         if latency_reps:
             guarded(ctx, f"{prefix} spawn latency", latency)
         bursts(ctx, d, pipe, prefix, [burst], [burst[0]], admin=False, agent=agent)
+
+
+def run_trust(ctx: Ctx) -> None:
+    """The trust boundary off and on, each daemon on an embedded node of its own (a secure
+    daemon sets its node up itself), both up at once and measured in turns, so load that
+    comes and goes on the machine falls on both: spawn -> ready, then bursts."""
+    n = max(n for n, _reps in ctx.plan.bursts if n <= 300)
+    with (
+        daemon(ctx, "trustoff", own_node=True, trust="cooperative") as (off, off_pipe),
+        daemon(ctx, "truston", own_node=True, trust="secure") as (on, on_pipe),
+    ):
+        pairs = (("trustoff", off, off_pipe), ("truston", on, on_pipe))
+
+        def latency() -> None:
+            samples: dict[str, list[float]] = {"trustoff": [], "truston": []}
+            for _ in range(ctx.plan.latency_reps):
+                for prefix, d, _pipe in pairs:
+                    spawn, _term = figs.sequential(d, 1)
+                    samples[prefix] += spawn
+            for prefix, ms in samples.items():
+                ctx.res.add(f"{prefix}.spawn_ready_ms", "spawn -> ready, one VSM", "ms", ms, 1)
+
+        guarded(ctx, "trust: spawn latency", latency)
+        for _rep in range(2):
+            for prefix, d, pipe in pairs:
+                bursts(ctx, d, pipe, prefix, [(n, 1)], [], admin=False)
 
 
 def run_sampler_off(ctx: Ctx) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import psutil
 from bench.bus import BenchError, delete_namespace
 from vsmctl.client import VsmClient
 from vsmd.errors import VsmdError
+from vsmd.security import credentials
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -133,8 +135,10 @@ def start_vsmd(
     state_dir: Path,
     tag: str,
     config: dict[str, object],
+    own_node: bool = False,
 ) -> VsmdProc:
-    """``vsmd run --config`` as an operator runs it."""
+    """``vsmd run --config`` as an operator runs it; ``own_node``: on an embedded node of its
+    own (``broker_url`` unused), which a secure daemon (``trust = "secure"``) sets up."""
     ns = new_namespace(tag)
     state_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = state_dir / "vsmd.toml"
@@ -145,7 +149,7 @@ def start_vsmd(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             cmd,
-            env=bench_env(ns, broker_url),
+            env=bench_env(ns, "embedded" if own_node else broker_url),
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -153,11 +157,33 @@ def start_vsmd(
         )
     d = VsmdProc(ns, broker_url, proc, log_path)
     try:
+        if own_node:
+            d.broker_url = _own_node_url(d, state_dir)
         _wait_ready(d)
     except BaseException:
         d.stop()
         raise
     return d
+
+
+def _own_node_url(d: VsmdProc, state_dir: Path, timeout: float = 90.0) -> str:
+    """The operator's URL of a secure daemon, or guest's on a cooperative one's own node (the
+    daemon logs at WARNING here, so the node's port comes from its config file)."""
+    deadline = time.monotonic() + timeout
+    creds = state_dir / f"operator-{d.namespace}.json"
+    conf = state_dir / "broker" / "rabbitmq.conf"
+    while time.monotonic() < deadline:
+        if d.proc.poll() is not None:
+            raise BenchError(f"vsmd exited with {d.proc.returncode}: {d.log_problems()}")
+        if creds.exists():
+            return credentials.read(creds).broker_url
+        with contextlib.suppress(OSError):
+            text = conf.read_text()
+            found = re.search(r"listeners.tcp.default = ([0-9.]+:\d+)", text)
+            if found and "auth_backends" not in text:
+                return f"amqp://guest:guest@{found.group(1)}/%2F"
+        time.sleep(0.1)
+    raise BenchError(f"vsmd on its own node did not come up within {timeout:g} s")
 
 
 def _wait_ready(d: VsmdProc, timeout: float = 60.0) -> None:
