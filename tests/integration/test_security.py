@@ -299,3 +299,90 @@ def test_secrets_appear_in_no_process_list_log_show_or_event(secure: DaemonProc)
     assert re.search(r"vsmd-daemon:(?!\*\*\*@)", secure.log() + ps) is None
     env_of_vsm = Path(f"/proc/{vsm.pid}/environ").read_bytes()
     assert b"VSM_BROKER" not in env_of_vsm and b"amqp://" not in env_of_vsm
+
+
+def test_messages_flow_within_the_rules_and_a_moved_subtree_gets_new_rights(
+    secure: DaemonProc,
+) -> None:
+    from vsmd.protocol import Policy, SpawnConfig
+
+    c = secure.client()
+    top = c.spawn_recursive_vsm(None, _cfg("recorder", name="top"))
+    mid = c.spawn_recursive_vsm(
+        top.id,
+        SpawnConfig(name="mid", agent="recorder", policy=Policy(on_parent_exit="abandon")),
+    )
+    leaf = c.spawn_recursive_vsm(mid.id, _cfg("recorder", name="leaf"))
+
+    def do(vsm: str, **cmd: Any) -> Any:
+        answer = c.call(vsm, "do", cmd, 30.0)
+        assert "error" not in answer, answer
+        return answer["result"]
+
+    def got(vsm: str) -> list[dict[str, Any]]:
+        return list(c.call(vsm, "log", {}, 10.0)["got"])
+
+    # Down to a descendant, up to the parent, an alert to the root: all allowed.
+    assert do(top.id, op="request", target=leaf.id, kind="hi")["me"] == leaf.path
+    do(leaf.id, op="send", target="parent", kind="up")
+    do(leaf.id, op="alert", text="first")
+    poll_for(lambda: any(g["kind"] == "up" for g in got(mid.id)), 10.0, 0.1, "up at mid")
+    poll_for(lambda: any(g["sender"] == leaf.id for g in got(top.id)), 10.0, 0.1, "alert at top")
+    # top goes; mid and leaf are re-parented: mid is a root now, with a root's bindings, and
+    # both got tokens for their new places (the old ones would refuse these keys).
+    c.terminate_child_vsm(top.id)
+    poll_for(lambda: c.show(mid.id).parent is None, 30.0, 0.1, "mid re-parented")
+    do(leaf.id, op="alert", text="second")
+
+    def alert_at_mid() -> bool:
+        return any(g["sender"] == leaf.id and g["kind"] != "up" for g in got(mid.id))
+
+    poll_for(alert_at_mid, 15.0, 0.1, "the alert at mid, its new root")
+    assert c.show(mid.id).refused == 0 and c.show(leaf.id).refused == 0
+
+
+def test_the_exec_strategy_gets_its_token_the_same_way(tmp_path: Path) -> None:
+    ns = new_namespace()
+    cfg = tmp_path / "vsmd.toml"
+    cfg.write_text('[vsmd]\nspawn_strategy = "exec"\nstop_timeout = 5.0\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VSM_")}
+    env["PYTHONPATH"] = str(REPO)
+    log_path = tmp_path / "vsmd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "vsmd"),
+                "run",
+                "--config",
+                str(cfg),
+                "--state-dir",
+                str(tmp_path),
+                "--namespace",
+                ns,
+                "--broker",
+                "embedded",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    op_file = credentials.credentials_file(tmp_path, "operator", ns)
+    poll_for(lambda: op_file.exists() or proc.poll() is not None, 90.0, 0.2, "vsmd to start")
+    d = DaemonProc(ns, credentials.read(op_file).broker_url, tmp_path, proc, log_path)
+    try:
+        d.wait_ready(60.0)
+        c = d.client()
+        vsm = c.spawn_recursive_vsm(None, _cfg("noop", name="exec1"))
+        assert vsm.pid is not None
+        p = psutil.Process(vsm.pid)
+        assert p.uids().real >= 2_000_000
+        assert c.ping_vsm(vsm.id)["entry"] == "runtime.py"  # a fresh interpreter, not a fork
+        # Nothing of the daemon's in what it was started with: argv (before its title
+        # overwrote it, the spec: a broker URL without credentials) and its environment.
+        environ = Path(f"/proc/{vsm.pid}/environ").read_bytes()
+        assert b"VSM_BROKER" not in environ and b"amqp://" not in environ
+        words = [credentials.read(op_file).password]
+        assert not any(w in " ".join(p.cmdline()) for w in words)
+    finally:
+        d.stop()
