@@ -17,7 +17,8 @@ import orjson
 import psutil
 import pytest
 
-from tests.support.harness import BIN, REPO, DaemonProc, new_namespace, poll_for, run_tool
+from tests.support.harness import BIN, DaemonProc, poll_for, run_tool
+from tests.support.secure import start_secure_daemon
 from vsmctl.client import VsmClient
 from vsmd.errors import NotFound, Unauthorized, Unreachable
 from vsmd.security import credentials
@@ -27,47 +28,12 @@ AGENTS = ["tests.support.agents", "tests.support.msg_agents", "tests.support.hos
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
-    state = tmp_path_factory.mktemp("secure")
-    ns = new_namespace()
-    cfg = state / "vsmd.toml"
     modules = ", ".join(f'"{m}"' for m in AGENTS)
-    cfg.write_text(
-        f"[vsmd]\nagent_modules = [{modules}]\nstop_timeout = 5.0\nprobe_interval = 0\n"
-        'on_violation = "terminate"\nviolation_limit = 10\nmax_total = 20\n'
+    d = start_secure_daemon(
+        tmp_path_factory.mktemp("secure"),
+        f"agent_modules = [{modules}]\nprobe_interval = 0\n"
+        'on_violation = "terminate"\nviolation_limit = 10\nmax_total = 20',
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VSM_")}
-    env["PYTHONPATH"] = str(REPO)
-    log_path = state / "vsmd.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(BIN / "vsmd"),
-                "run",
-                "--config",
-                str(cfg),
-                "--state-dir",
-                str(state),
-                "--namespace",
-                ns,
-                "--broker",
-                "embedded",
-                "--log-level",
-                "DEBUG",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    op_file = credentials.credentials_file(state, "operator", ns)
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"vsmd exited:\n{log_path.read_text()}")
-        return op_file.exists() and "vsmd ready" in log_path.read_text()
-
-    poll_for(up, 90.0, 0.2, "the secure daemon to start")
-    d = DaemonProc(ns, credentials.read(op_file).broker_url, state, proc, log_path)
     try:
         yield d
     finally:
@@ -342,34 +308,8 @@ def test_messages_flow_within_the_rules_and_a_moved_subtree_gets_new_rights(
 
 
 def test_the_exec_strategy_gets_its_token_the_same_way(tmp_path: Path) -> None:
-    ns = new_namespace()
-    cfg = tmp_path / "vsmd.toml"
-    cfg.write_text('[vsmd]\nspawn_strategy = "exec"\nstop_timeout = 5.0\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VSM_")}
-    env["PYTHONPATH"] = str(REPO)
-    log_path = tmp_path / "vsmd.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(BIN / "vsmd"),
-                "run",
-                "--config",
-                str(cfg),
-                "--state-dir",
-                str(tmp_path),
-                "--namespace",
-                ns,
-                "--broker",
-                "embedded",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    op_file = credentials.credentials_file(tmp_path, "operator", ns)
-    poll_for(lambda: op_file.exists() or proc.poll() is not None, 90.0, 0.2, "vsmd to start")
-    d = DaemonProc(ns, credentials.read(op_file).broker_url, tmp_path, proc, log_path)
+    d = start_secure_daemon(tmp_path, 'spawn_strategy = "exec"')
+    op_file = credentials.credentials_file(tmp_path, "operator", d.namespace)
     try:
         d.wait_ready(60.0)
         c = d.client()

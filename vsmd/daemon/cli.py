@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vsmd.config import DEFAULT_BROKER_URL, Config, load_config
+from vsmd.daemon.broker_cmd import app as broker_app
 from vsmd.daemon.namespace_cmd import app as namespace_app
 from vsmd.errors import BrokerError, ConfigError, VsmdError
 
@@ -26,6 +26,7 @@ EXIT_NO_BROKER = 3
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The vsmd daemon.")
 app.add_typer(namespace_app, name="namespace")
+app.add_typer(broker_app, name="broker")
 
 
 def _print_version(value: bool) -> None:
@@ -119,11 +120,9 @@ def run(
     except VsmdError as err:
         typer.echo(f"vsmd: {err.message}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from vsmd import logs
+
+    logs.setup(config.log_level, config.log_format)
     # pika narrates every connection (and every refusal, with a traceback); vsmd logs what
     # matters in its own words.
     logging.getLogger("pika").setLevel(logging.CRITICAL)

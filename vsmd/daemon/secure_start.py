@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import secrets
+from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions
@@ -17,7 +18,7 @@ from vsmd.bus.topology import Topology
 from vsmd.config import Config
 from vsmd.daemon.trust import Trust, without_credentials
 from vsmd.errors import ConfigError
-from vsmd.security import credentials
+from vsmd.security import broker_setup, credentials
 from vsmd.security.fs_check import closed_to_others
 from vsmd.security.identity import (
     DAEMON_USER,
@@ -33,15 +34,12 @@ log = logging.getLogger("vsmd")
 ALL = (".*", ".*", ".*")
 
 
-def start_secure(config: Config) -> tuple[Config, EmbeddedBroker, Trust]:
-    """Start a private node set up for the boundary; ConfigError on any other broker."""
-    if config.broker_url not in ("auto", "embedded"):
-        raise ConfigError(
-            'trust = "secure" needs a broker that vsmd sets up itself: use --broker embedded '
-            '(or auto), or set trust = "cooperative" for a broker of your own '
-            "(docs/security.md)"
-        )
+def start_secure(config: Config) -> tuple[Config, EmbeddedBroker | None, Trust]:
+    """A private node set up for the boundary, or a broker of your own that `vsmd broker
+    setup` prepared; checked from outside either way (ConfigError when it does not hold)."""
     _check_os_boundary(config)
+    if config.broker_url not in ("auto", "embedded"):
+        return _own_broker(config)
     ns, state = config.namespace, config.state_dir
     operator_pw = credentials.password_for(state, "operator", ns)
     viewer_pw = credentials.password_for(state, "viewer", ns)
@@ -79,6 +77,18 @@ def start_secure(config: Config) -> tuple[Config, EmbeddedBroker, Trust]:
         path = credentials.write(state, role, ns, user, pw, node.url)
         log.info("%s credentials for vsmctl: %s", role, path)
     return config, node, Trust(config, Topology(ns), key)
+
+
+def _own_broker(config: Config) -> tuple[Config, None, Trust]:
+    kept = broker_setup.load(config.state_dir, config.namespace)
+    parts = urlsplit(config.broker_url)  # where the broker is now; the logins are the setup's
+    kept = dataclasses.replace(kept, host=parts.hostname or kept.host, port=parts.port or kept.port)
+    check_boundary(kept.daemon_url, TokenMinter(kept.key, RESOURCE_SERVER_ID, VHOST))
+    config = dataclasses.replace(config, broker_url=kept.daemon_url)
+    log.info(
+        "secure mode on %s, set up by `vsmd broker setup`", without_credentials(kept.daemon_url)
+    )
+    return config, None, Trust(config, Topology(config.namespace), kept.key)
 
 
 def _check_os_boundary(config: Config) -> None:

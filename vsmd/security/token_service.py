@@ -133,6 +133,7 @@ class TokenService:
                         "ttl": self.ttl,
                     }
                     self.issued += 1
+                    log.debug("token issued to %s (pid %d)", vsm_user(vsm_id), pid)
                 except KeyError:
                     reply = {"error": "this VSM is no longer registered"}
             with contextlib.suppress(OSError):

@@ -1,0 +1,119 @@
+"""Secure mode on a broker of one's own: `vsmd broker setup`, then vsmd against its URL."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+from tests.support.harness import BIN, REPO, DaemonProc, new_namespace
+from vsmd.broker.embedded import EmbeddedBroker
+from vsmd.protocol import SpawnConfig
+from vsmd.security import broker_setup, credentials
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VSM_")}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def _vsmd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "vsmd"), *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_setup_then_a_secure_daemon_on_that_broker(tmp_path: Path) -> None:
+    ns, port, state = new_namespace(), _free_port(), tmp_path / "state"
+    url = f"amqp://127.0.0.1:{port}/"
+    done = _vsmd("broker", "setup", "--broker", url, "--state-dir", str(state), "--namespace", ns)
+    assert done.returncode == 0, done.stderr
+    kept = broker_setup.load(state, ns)
+    out = state / "broker-setup"
+    for f in [broker_setup.kept_file(state, ns), *out.iterdir()]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert "rabbitmqctl import_definitions" in done.stdout and "delete_user guest" in done.stdout
+    secrets = [kept.daemon_password, kept.operator_password, kept.viewer_password]
+    assert not any(s in done.stdout + done.stderr for s in secrets)
+    # A second run keeps the key and the passwords: the broker need not be set up again.
+    assert (
+        _vsmd(
+            "broker", "setup", "--broker", url, "--state-dir", str(state), "--namespace", ns
+        ).returncode
+        == 0
+    )
+    assert broker_setup.load(state, ns) == kept
+    # The broker, set up from that setup (the embedded node writes the same files the setup
+    # prints: the same plugin, config lines, key and definitions, guest deleted).
+    node = EmbeddedBroker(tmp_path / "node", port=port, secure=kept.setup(500))
+    node.start()
+    try:
+        log_path = state / "vsmd.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [
+                    str(BIN / "vsmd"),
+                    "run",
+                    "--broker",
+                    url,
+                    "--state-dir",
+                    str(state),
+                    "--namespace",
+                    ns,
+                ],
+                env=_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        op = credentials.read(credentials.credentials_file(state, "operator", ns))
+        d = DaemonProc(ns, op.broker_url, state, proc, log_path)
+        try:
+            d.wait_ready(60.0)
+            c = d.client()
+            vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="own"))
+            assert c.ping_vsm(vsm.id)["pong"] == vsm.id
+            assert "set up by `vsmd broker setup`" in d.log()
+        finally:
+            d.stop()
+    finally:
+        node.stop()
+
+
+def test_a_broker_without_the_setup_is_refused_in_one_line(broker_url: str, tmp_path: Path) -> None:
+    ns = new_namespace()
+    run = ["run", "--broker", broker_url, "--state-dir", str(tmp_path), "--namespace", ns]
+    done = _vsmd(*run)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "run `vsmd broker setup`" in done.stderr
+    # Set up, but not applied to this broker: it takes no token, and vsmd will not start.
+    assert (
+        _vsmd(
+            "broker",
+            "setup",
+            "--broker",
+            broker_url,
+            "--state-dir",
+            str(tmp_path),
+            "--namespace",
+            ns,
+        ).returncode
+        == 0
+    )
+    done = _vsmd(*run)
+    assert done.returncode == 2, done.stderr
+    assert "does not accept vsmd's tokens" in done.stderr and "refusing to start" in done.stderr
