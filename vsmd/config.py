@@ -15,6 +15,7 @@ from vsmd.errors import ConfigError
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 SPAWN_STRATEGIES = ("forkserver", "exec")
 CGROUP_MODES = ("auto", "off")
+LOG_FORMATS = ("text", "json")
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 # Environment variables and the option each one sets.
@@ -55,6 +56,8 @@ class Config:
     # Seconds between probes of every running VSM's inbox (unreachable when it is gone); 0: off.
     probe_interval: float = 5.0
     log_level: str = "INFO"
+    # "text" for people, "json" (one object per line, VSM id and path as fields) for shippers.
+    log_format: str = "text"
     embedded_broker_nofile: int = 65536  # capped at the hard limit
     default_agent: str = "noop"
     agent_modules: tuple[str, ...] = field(default_factory=tuple)
@@ -153,6 +156,7 @@ class Config:
         _choice(self.default_on_child_failure, "default_on_child_failure", CHILD_FAILURE_POLICIES)
         _choice(self.default_quota_action, "default_quota_action", QUOTA_ACTIONS)
         _choice(self.cgroups, "cgroups", CGROUP_MODES)
+        _choice(self.log_format, "log_format", LOG_FORMATS)
         _choice(self.trust, "trust", TRUST_MODES)
         _choice(self.on_violation, "on_violation", ("warn", "terminate"))
         if not self.token_ttl >= 60:

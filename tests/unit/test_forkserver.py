@@ -109,8 +109,15 @@ def test_fork_reports_spawned(
 ) -> None:
     fake_os.fork_results = [PID]
     assert server.handle(spawn_msg()) is True
-    assert received(daemon_end) == [{"ev": "spawned", "vsm_id": "abc123", "pid": PID}]
+    raw, fds, _flags, _addr = socket.recv_fds(daemon_end, 1 << 20, 4)
+    assert orjson.loads(raw) == {"ev": "spawned", "vsm_id": "abc123", "pid": PID, "path": "alpha"}
     assert server.children == {PID: "abc123"}
+    # With it, the read end of the VSM's stdout and stderr; the fork server keeps no copy.
+    [out] = fds
+    try:
+        assert os.read(out, 1) == b""  # end of file: the only writer was the (fake) child's
+    finally:
+        os.close(out)
 
 
 def test_gc_freeze_before_fork_unless_turned_off(
@@ -334,8 +341,11 @@ def test_a_vsm_whose_fork_server_died_before_it_set_up_leaves_at_once(
         return 0
 
     monkeypatch.setattr(forkserver, "run_vsm", fake_run_vsm)
+    redirected: list[int] = []  # and the test process keeps its own stdout and stderr
+    monkeypatch.setattr(forkserver, "_redirect_output", redirected.append)
     with pytest.raises(Exited):
-        server._child(spec(), "forkserver")
+        server._child(spec(), "forkserver", 99)
+    assert redirected == [99]  # before anything else
     assert (
         exits[0] == EXIT_PARENT_GONE
     )  # then the setup's own exit, as the real _exit never returns

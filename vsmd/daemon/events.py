@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vsmd.logs import vsm_fields
+
 log = logging.getLogger("vsmd.daemon.events")
 
 
@@ -54,7 +56,7 @@ class EventLog:
         event = Event(self._seq, kind, vsm_id, path, message, details)
         self._buffer.append(event)
         self.counts[kind] += 1
-        log.log(level, "%s: %s", kind, message)
+        log.log(level, "%s: %s", kind, message, extra={"event": kind, **vsm_fields(vsm_id, path)})
         if self._publish is not None:
             self._publish(event)
         return event

@@ -92,22 +92,33 @@ class ForkServer:
             # first collection does not write to (and un-share) every page.
             gc.freeze()
         try:
+            # The VSM's stdout and stderr: the daemon reads the other end and logs each line
+            # with the VSM's id and path.
+            out_r, out_w = os.pipe()
+        except OSError as exc:
+            self._spawn_failed(spec, f"no pipe for its output: {os.strerror(exc.errno or 0)}")
+            return
+        try:
             pid = self.os.fork()
         except OSError as exc:
-            self.send(
-                {
-                    "ev": "spawn_failed",
-                    "vsm_id": spec.vsm_id,
-                    "error": f"fork failed: {os.strerror(exc.errno or errno.EAGAIN)}",
-                }
-            )
+            os.close(out_r)
+            os.close(out_w)
+            self._spawn_failed(spec, f"fork failed: {os.strerror(exc.errno or errno.EAGAIN)}")
             return
         if pid == 0:
-            self._child(spec, msg.get("strategy", "forkserver"))
+            os.close(out_r)
+            self._child(spec, msg.get("strategy", "forkserver"), out_w)
+        os.close(out_w)
         self.children[pid] = spec.vsm_id
         if spec.cgroup_procs:
             self.cgroups[pid] = spec.cgroup_procs
-        self.send({"ev": "spawned", "vsm_id": spec.vsm_id, "pid": pid})
+        report = {"ev": "spawned", "vsm_id": spec.vsm_id, "pid": pid, "path": spec.path}
+        with contextlib.suppress(OSError):
+            socket.send_fds(self.sock, [orjson.dumps(report)], [out_r])
+        os.close(out_r)  # the daemon holds its own copy now
+
+    def _spawn_failed(self, spec: VsmSpec, error: str) -> None:
+        self.send({"ev": "spawn_failed", "vsm_id": spec.vsm_id, "error": error})
 
     def kill(self, pid: int, sig: int) -> None:
         # Only processes we have not reaped yet: their pids cannot have been reused.
@@ -145,9 +156,10 @@ class ForkServer:
 
     # --- the child side of fork ------------------------------------------------------------
 
-    def _child(self, spec: VsmSpec, strategy: str) -> NoReturn:
+    def _child(self, spec: VsmSpec, strategy: str, out: int) -> NoReturn:
         code = EXIT_CHILD_SETUP
         try:
+            _redirect_output(out)  # first: whatever goes wrong below is logged as this VSM's
             os.setsid()  # own session and process group: a terminate kills the agent's helpers too
             die_with_parent(signal.SIGKILL, self.pid)
             signal.set_wakeup_fd(-1)
@@ -229,6 +241,20 @@ class ForkServer:
             self.reap()
 
 
+def _redirect_output(fd: int) -> None:
+    """Make ``fd`` this process's stdout and stderr, line-buffered: a pipe would otherwise
+    hold an agent's prints back until a buffer fills."""
+    for std in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            std.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    for std in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            std.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+
+
 def main() -> None:
     """``python -m vsmd.supervisor.forkserver FD DAEMON_PID [AGENT_MODULE ...]``"""
     fd, daemon_pid = int(sys.argv[1]), int(sys.argv[2])
@@ -236,7 +262,8 @@ def main() -> None:
     # may be gone, and os.getppid() would then name our new parent instead.
     die_with_parent(DEATH_SIGNAL, daemon_pid)
     become_subreaper()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    # No time: the daemon reads this (and what its VSMs inherit) and logs it with its own.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # we report in our own words
     sock = socket.socket(fileno=fd)
     registry = build_registry(sys.argv[3:])

@@ -19,6 +19,7 @@ import orjson
 from vsmd.errors import SpawnError
 from vsmd.spec import VsmSpec
 from vsmd.supervisor.forkserver import MAX_PACKET
+from vsmd.supervisor.output import OutputReader
 
 log = logging.getLogger("vsmd.pool")
 # A fork server imports the VSM runtime and the agent modules before its hello: seconds on a
@@ -63,6 +64,8 @@ class ForkServerPool:
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self.pid: int | None = None
+        # Outlives any one fork server: a new one after a crash reports to the same reader.
+        self.output = OutputReader()
 
     def _command(self, fd: int) -> list[str]:
         return [
@@ -82,18 +85,25 @@ class ForkServerPool:
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_PACKET * 2)
+        # Its own stderr comes to the log as lines too (a JSON log stays JSON).
+        err_r, err_w = os.pipe()
         try:
             self._proc = subprocess.Popen(
                 self._command(theirs.fileno()),
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                stdout=err_w,
+                stderr=err_w,
                 env=fork_server_env(os.environ),
             )
         except OSError as exc:
             ours.close()
+            os.close(err_r)
             raise SpawnError(f"the fork server did not start: {exc.strerror}") from None
         finally:
             theirs.close()
+            os.close(err_w)
+        self.output.add(err_r, logger=logging.getLogger("vsmd.forkserver"))
         self._sock = ours
         try:
             hello = self._hello(ours)
@@ -141,13 +151,18 @@ class ForkServerPool:
         assert sock is not None
         while True:
             try:
-                raw = sock.recv(MAX_PACKET)
+                raw, fds, _flags, _addr = socket.recv_fds(sock, MAX_PACKET, 1)
             except OSError:
-                raw = b""
+                raw, fds = b"", []
             if not raw:
+                for fd in fds:
+                    os.close(fd)
                 self._sink({"ev": "forkserver_exited"})
                 return
-            self._sink(orjson.loads(raw))
+            event = orjson.loads(raw)
+            if fds:  # the read end of a new VSM's stdout and stderr, with its "spawned"
+                self.output.add(fds[0], event.get("vsm_id"), event.get("path"), event.get("pid"))
+            self._sink(event)
 
     def _send(self, msg: dict[str, Any]) -> None:
         if self._sock is None:
@@ -194,6 +209,9 @@ class ForkServerPool:
             self._reader.join(timeout)
         self._proc = None
         self._sock = None
+        # The last words of the VSMs that just died; a pipe an agent's helper still holds
+        # (one in a session of its own) must not hold up the stop.
+        self.output.drain(1.0)
 
     @property
     def alive(self) -> bool:
