@@ -138,6 +138,7 @@ class Attacks:
             ("state_of_parent", lambda: self.publish(f"up.{self.b['parent_path']}.state")),
             ("toparent_as_sibling", self.toparent_as_sibling),
             ("down_sibling", lambda: self.publish(f"down.{self.b['sibling_path']}")),
+            ("forge_event", lambda: self.publish("event.daemon.restored")),
             ("call_sibling", self.call_sibling),
             ("call_parent", self.call_parent),
             ("as_daemon_user", self.as_daemon_user),

@@ -111,6 +111,10 @@ class EmbeddedBroker:
         return self._spec
 
     @property
+    def node_log(self) -> Path:
+        return self._spec.base_dir / "log" / f"{self._spec.name}.log"
+
+    @property
     def console_log(self) -> Path:
         return self._spec.base_dir / "log" / "console.log"
 

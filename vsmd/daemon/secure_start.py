@@ -76,7 +76,7 @@ def start_secure(config: Config) -> tuple[Config, EmbeddedBroker | None, Trust]:
     ):
         path = credentials.write(state, role, ns, user, pw, node.url)
         log.info("%s credentials for vsmctl: %s", role, path)
-    return config, node, Trust(config, Topology(ns), key)
+    return config, node, Trust(config, Topology(ns), key, node.node_log)
 
 
 def _own_broker(config: Config) -> tuple[Config, None, Trust]:

@@ -25,6 +25,7 @@ from vsmd.bus.daemon_bus import DaemonBus
 from vsmd.bus.topology import Topology
 from vsmd.config import Config
 from vsmd.daemon import cgroups, metrics, notify
+from vsmd.daemon.broker_log import BrokerLogFollower
 from vsmd.daemon.control import Control
 from vsmd.daemon.events import Event, EventLog
 from vsmd.daemon.journal import Journal
@@ -105,6 +106,7 @@ class Daemon:
         self.reconnects = 0  # for the metrics endpoint
         self.notifier = notify.Notifier()
         self.metrics: metrics.MetricsServer | None = None
+        self.broker_log: BrokerLogFollower | None = None
 
     def on_ready(self, hook: Callable[[Daemon], None]) -> None:
         """Run ``hook(self)`` on the loop thread once the daemon answers."""
@@ -291,6 +293,8 @@ class Daemon:
             self.manager.on_spawned(ev["vsm_id"], ev["pid"])
         elif kind == "spawn_failed":
             self.manager.on_spawn_failed(ev["vsm_id"], ev["error"])
+        elif kind == "broker_refusal" and self.control.violations is not None:
+            self.control.violations.refused(ev["user"], ev["what"], "refused by the broker")
         elif kind == "exited":
             self.manager.on_exited(ev["vsm_id"], ev["pid"], ev["code"], ev["signal"])
         elif kind == "forkserver_exited" and self._stop_deadline is None:
@@ -396,11 +400,20 @@ class Daemon:
         if self.trust is not None:
             hide_memory()  # VSMs under our uid cannot read the key out of /proc/<pid>/mem
             self.trust.start()
+            if self.trust.broker_log is not None:
+                self.broker_log = BrokerLogFollower(self.trust.broker_log, self._post)
+                self.broker_log.start()
             return
         log.warning(
             'trust = "cooperative": every VSM uses the daemon\'s broker account; agent code '
             "can act anywhere in the namespace (docs/security.md)"
         )
+
+    def _stop_trust(self) -> None:
+        if self.trust is not None:
+            self.trust.stop()
+        if self.broker_log is not None:
+            self.broker_log.stop()
 
     def run(self) -> int:
         self.bus.connect()  # raises BrokerError: the caller reports it and exits 3
@@ -444,8 +457,7 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.stop()
             self.pool.stop()
-            if self.trust is not None:
-                self.trust.stop()
+            self._stop_trust()
             if self.manager.cgroups is not None:
                 self.manager.cgroups.stop()
             self.bus.leave()

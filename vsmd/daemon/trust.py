@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import secrets
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from vsmd.bus.topology import Topology
@@ -39,7 +40,9 @@ def without_credentials(url: str) -> str:
 
 
 class Trust:
-    def __init__(self, config: Config, topo: Topology, key: bytes) -> None:
+    def __init__(
+        self, config: Config, topo: Topology, key: bytes, broker_log: Path | None = None
+    ) -> None:
         self.minter = TokenMinter(key, RESOURCE_SERVER_ID, VHOST)
         # A fresh name at every start; who connects is decided by SO_PEERCRED, not by the name.
         address = f"\0vsmd-tokens-{config.namespace}-{secrets.token_hex(8)}"
@@ -48,6 +51,8 @@ class Trust:
         self._uid_base = config.vsm_uid_base if os.geteuid() == 0 else 0
         self._uid_slots = config.max_total * 2
         self._uids: dict[str, int] = {}
+        # The embedded node's log, where the broker's own refusals of VSMs are told.
+        self.broker_log = broker_log
 
     def start(self) -> None:
         self.tokens.start()

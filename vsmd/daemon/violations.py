@@ -11,11 +11,12 @@ import time
 from collections.abc import Callable
 
 from vsmd.daemon.events import EventLog
-from vsmd.daemon.registry import Registry
+from vsmd.daemon.registry import Registry, VsmRecord
 from vsmd.security.identity import vsm_id_of
 
 log = logging.getLogger("vsmd.trust")
 WINDOW = 60.0  # seconds over which violation_limit counts
+LOUD = 10  # refusals of one VSM logged one by one
 
 
 class Violations:
@@ -40,7 +41,13 @@ class Violations:
         rec = self._registry.find(vsm_id) if vsm_id else None
         who = rec.path if rec is not None else (user or "an unnamed client")
         self.total["vsm" if vsm_id else "client"] += 1
-        message = f"{who} ({user or 'no user'}) tried {what}: refused: {why}"
+        if rec is not None:
+            rec.refused += 1
+        if self._quiet(rec.refused if rec is not None else 0):
+            self._act(rec)
+            return
+        more = f" ({rec.refused} refusals so far)" if rec is not None and rec.refused > 1 else ""
+        message = f"{who} ({user or 'no user'}) tried {what}: refused: {why}{more}"
         self._events.emit(
             "unauthorized",
             message,
@@ -50,11 +57,20 @@ class Violations:
             user=user,
             what=what,
         )
+        self._act(rec)
+
+    @staticmethod
+    def _quiet(count: int) -> bool:
+        """Every refusal is counted; a VSM's first ten and then every hundredth are also
+        logged and raised, so 10,000 forbidden declares do not flood the log and the events."""
+        return count > LOUD and count % 100 != 0
+
+    def _act(self, rec: VsmRecord | None) -> None:
         if rec is None:
             return
-        rec.refused += 1
         now = time.monotonic()
-        recent = self._recent.setdefault(rec.id, collections.deque())
+        # Bounded: only whether more than the limit fell within the window matters.
+        recent = self._recent.setdefault(rec.id, collections.deque(maxlen=self._limit + 1))
         recent.append(now)
         while recent and recent[0] < now - WINDOW:
             recent.popleft()
