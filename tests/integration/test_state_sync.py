@@ -10,7 +10,13 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.support.harness import DaemonProc, poll_for, running_daemon, start_daemon
+from tests.support.harness import (
+    DaemonProc,
+    cleanup_namespace,
+    poll_for,
+    running_daemon,
+    start_daemon,
+)
 from vsmctl.client import VsmClient
 from vsmd.errors import VsmdError
 from vsmd.protocol import PolicySet, PolicyShow, SpawnConfig, StateOf
@@ -144,3 +150,4 @@ def test_state_survives_a_crash_of_the_vsm_and_of_vsmd(broker_url: str, tmp_path
         assert do(c, ids["m"], op="state_show")["data"] == {"kept": [1, "two"]}
     finally:
         d.stop()
+        cleanup_namespace(broker_url, d.namespace)
