@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import shlex
 import shutil
@@ -35,6 +36,7 @@ log = logging.getLogger("vsmd.broker")
 _RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 _HOST = "127.0.0.1"
 _POLL = 0.1
+_CONN_PID = re.compile(r"<[A-Za-z0-9_.@-]+\.\d+\.\d+\.\d+>")
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ class EmbeddedBroker:
         conf = [f"listeners.tcp.default = {_HOST}:{s.port}"]
         plugins = "[]"
         if self._secure is not None:
-            plugins = f"[{secure.PLUGIN}]"
+            plugins = f"[{secure.PLUGIN},{secure.EVENTS_PLUGIN}]"
             conf += secure.conf_lines(self._secure)
             conf.append(f"load_definitions = {base / 'definitions.json'}")
             _write_private(base / "advanced.config", secure.advanced_config(self._secure).encode())
@@ -248,6 +250,18 @@ class EmbeddedBroker:
                 self._proc = None
                 raise self._start_failure(f"no AMQP answer within {self._start_timeout:g}s")
             time.sleep(_POLL)
+
+    def close_connections(self, pids: list[str], reason: str) -> bool:
+        """Close the connections with these pids (as the broker prints them), in one call."""
+        if not all(_CONN_PID.fullmatch(p) for p in pids):
+            return False  # nothing but pids goes into the expression below
+        quoted = ",".join(f'"{p}"' for p in pids)
+        why = reason.replace('"', "'")[:200]
+        expr = (
+            f'[rabbit_networking:close_connection(rabbit_misc:string_to_pid(P), "{why}") '
+            f"|| P <- [{quoted}]], ok."
+        )
+        return self._rabbitmqctl("eval", expr, timeout=30.0)
 
     def _drop_guest(self) -> None:
         # RabbitMQ seeds `guest` (an administrator) on a fresh node: an account nobody had to

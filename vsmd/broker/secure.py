@@ -16,6 +16,8 @@ import orjson
 from vsmd.security.tokens import KEY_ID, b64url
 
 PLUGIN = "rabbitmq_auth_backend_oauth2"
+# Connection events, so the daemon can hold each VSM to a few connections (conn_guard.py).
+EVENTS_PLUGIN = "rabbitmq_event_exchange"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ def conf_lines(setup: SecureSetup) -> list[str]:
         "auth_backends.1 = internal",
         "auth_backends.2 = rabbit_auth_backend_oauth2",
         f"auth_oauth2.resource_server_id = {setup.resource_server_id}",
+        f"event_exchange.vhost = {setup.vhost}",
         # A VSM uses one channel; a few more for clients. Caps what a hostile VSM can open.
         "channel_max = 16",
     ]

@@ -21,6 +21,7 @@ from vsmd.bus.connection import (
 from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError
 
+BROKER_EVENTS = "amq.rabbitmq.event"
 log = logging.getLogger("vsmd.bus")
 
 AdminHandler = Callable[[pika.spec.BasicProperties, bytes], None]
@@ -49,6 +50,8 @@ class DaemonBus:
         self._conn: pika.BlockingConnection | None = None
         self._ch: Any = None
         self._user: str | None = None
+        # (routing key, headers) of each broker event; None: no broker events consumed.
+        self.on_broker_event: Callable[[str, dict[str, Any]], None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -72,6 +75,13 @@ class DaemonBus:
             )
             ch.basic_consume(self.topo.admin_queue, self._admin_cb)
             ch.basic_consume(self.topo.daemon_queue, self._event_cb, auto_ack=True)
+            if self.on_broker_event is not None:
+                # The broker's own events (rabbitmq_event_exchange, on a secure node): who
+                # opens and closes connections, for the per-VSM connection cap.
+                events = ch.queue_declare("", exclusive=True).method.queue
+                for key in ("connection.created", "connection.closed"):
+                    ch.queue_bind(events, BROKER_EVENTS, key)
+                ch.basic_consume(events, self._broker_event_cb, auto_ack=True)
             ch.add_on_return_callback(self._return_cb)
         except CONNECTION_ERRORS as exc:
             close_quietly(conn)
@@ -94,6 +104,15 @@ class DaemonBus:
             self._on_admin(props, body)
         except Exception:
             log.exception("internal error in the admin request handler")
+
+    def _broker_event_cb(
+        self, _ch: Any, method: Any, props: pika.spec.BasicProperties, _body: bytes
+    ) -> None:
+        assert self.on_broker_event is not None
+        try:
+            self.on_broker_event(method.routing_key, dict(props.headers or {}))
+        except Exception:
+            log.exception("internal error in the broker event handler")
 
     def _event_cb(
         self, _ch: Any, method: Any, props: pika.spec.BasicProperties, body: bytes

@@ -14,6 +14,7 @@ import pika.exceptions
 from vsmd.broker.embedded import EmbeddedBroker
 from vsmd.broker.secure import BrokerUser, SecureSetup
 from vsmd.bus.connection import CONNECTION_ERRORS, close_quietly
+from vsmd.bus.daemon_bus import BROKER_EVENTS
 from vsmd.bus.topology import Topology
 from vsmd.config import Config
 from vsmd.daemon.trust import Trust, without_credentials
@@ -76,7 +77,7 @@ def start_secure(config: Config) -> tuple[Config, EmbeddedBroker | None, Trust]:
     ):
         path = credentials.write(state, role, ns, user, pw, node.url)
         log.info("%s credentials for vsmctl: %s", role, path)
-    return config, node, Trust(config, Topology(ns), key, node.node_log)
+    return config, node, Trust(config, Topology(ns), key, node.node_log, node.close_connections)
 
 
 def _own_broker(config: Config) -> tuple[Config, None, Trust]:
@@ -143,3 +144,22 @@ def check_boundary(daemon_url: str, minter: TokenMinter) -> None:
             f"the broker at {base} does not accept vsmd's tokens ({type(exc).__name__}): "
             "its oauth2 backend or signing key is missing; refusing to start"
         ) from None
+    _check_events(daemon_url, base)
+
+
+def _check_events(daemon_url: str, base: str) -> None:
+    """The connection events the per-VSM connection cap reads (rabbitmq_event_exchange)."""
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(daemon_url))
+    except CONNECTION_ERRORS as exc:
+        raise ConfigError(f"the broker at {base} refuses vsmd's own login: {exc!r}") from None
+    try:
+        conn.channel().exchange_declare(BROKER_EVENTS, passive=True)
+    except CONNECTION_ERRORS:
+        raise ConfigError(
+            f"the broker at {base} has no {BROKER_EVENTS} in vhost {VHOST!r}: enable "
+            f"rabbitmq_event_exchange with event_exchange.vhost = {VHOST} (vsmd broker setup); "
+            "refusing to start"
+        ) from None
+    finally:
+        close_quietly(conn)

@@ -26,6 +26,7 @@ from vsmd.bus.topology import Topology
 from vsmd.config import Config
 from vsmd.daemon import cgroups, metrics, notify
 from vsmd.daemon.broker_log import BrokerLogFollower
+from vsmd.daemon.conn_guard import ConnectionGuard
 from vsmd.daemon.control import Control
 from vsmd.daemon.events import Event, EventLog
 from vsmd.daemon.journal import Journal
@@ -95,6 +96,10 @@ class Daemon:
             config.on_violation,
             self._end_violator,
         )
+        self.guard: ConnectionGuard | None = None
+        if trust is not None:
+            self.guard = ConnectionGuard(trust.close_connections, self._connection_refused)
+            self.bus.on_broker_event = self.guard.on_event
         if trust is not None:
             self.manager.prepare_spec = trust.prepare
         self._signals: list[int] = []
@@ -261,6 +266,10 @@ class Daemon:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(info.si_pid, 0)
 
+    def _connection_refused(self, user: str, what: str) -> None:
+        if self.control.violations is not None:
+            self.control.violations.refused(user, what, "closed by vsmd")
+
     def _end_violator(self, vsm_id: str, reason: str) -> None:
         self.manager.registry.get(vsm_id).last_reason = reason
         self.manager.terminate_child_vsm(vsm_id)
@@ -384,6 +393,8 @@ class Daemon:
             try:
                 self.bus.connect()
                 self.reach.hold()  # the VSMs are reconnecting too
+                if self.guard is not None:
+                    self.guard.reset()  # connection events were missed meanwhile
                 self.reconnects += 1
                 log.info("broker is back; answering again")
                 return

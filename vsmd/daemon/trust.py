@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from vsmd.bus.topology import Topology
 from vsmd.config import Config
+from vsmd.daemon.conn_guard import CloseFn
 from vsmd.errors import Unauthorized
 from vsmd.security.identity import (
     RESOURCE_SERVER_ID,
@@ -41,7 +42,12 @@ def without_credentials(url: str) -> str:
 
 class Trust:
     def __init__(
-        self, config: Config, topo: Topology, key: bytes, broker_log: Path | None = None
+        self,
+        config: Config,
+        topo: Topology,
+        key: bytes,
+        broker_log: Path | None = None,
+        close_connections: CloseFn | None = None,
     ) -> None:
         self.minter = TokenMinter(key, RESOURCE_SERVER_ID, VHOST)
         # A fresh name at every start; who connects is decided by SO_PEERCRED, not by the name.
@@ -53,6 +59,8 @@ class Trust:
         self._uids: dict[str, int] = {}
         # The embedded node's log, where the broker's own refusals of VSMs are told.
         self.broker_log = broker_log
+        # How the daemon closes a VSM's connections beyond its cap (the embedded node's CLI).
+        self.close_connections = close_connections
 
     def start(self) -> None:
         self.tokens.start()

@@ -131,7 +131,7 @@ def write_broker_files(out: Path, setup: SecureSetup) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
     files = {
-        "enabled_plugins": f"[{secure.PLUGIN}].\n".encode(),
+        "enabled_plugins": f"[{secure.PLUGIN},{secure.EVENTS_PLUGIN}].\n".encode(),
         "rabbitmq.conf": ("\n".join(secure.conf_lines(setup)) + "\n").encode(),
         "advanced.config": secure.advanced_config(setup).encode(),
         "definitions.json": secure.definitions(setup),
@@ -149,8 +149,8 @@ def instructions(out: Path, setup: SecureSetup) -> str:
 What your RabbitMQ (3.10 or later) needs for vsmd's secure mode; the files are in {out}
 (mode 0600: they hold the signing key and password hashes; keep them that way):
 
-1. Enable the OAuth 2.0 backend (needs a node restart):
-     rabbitmq-plugins enable {secure.PLUGIN}
+1. Enable the OAuth 2.0 backend and the event exchange (needs a node restart):
+     rabbitmq-plugins enable {secure.PLUGIN} {secure.EVENTS_PLUGIN}
 2. Add the lines of {out / "rabbitmq.conf"} to the node's rabbitmq.conf.
 3. Merge {out / "advanced.config"} into the node's advanced.config (it holds the key vsmd signs
    its VSMs' tokens with), then restart the node.
