@@ -103,7 +103,8 @@ def one_burst(
 ) -> None:
     timeout = 60.0 + 0.5 * n
     managers: dict[str, list[int | None]] = {
-        "broker": [ctx.broker_pid],
+        # A daemon on a node of its own (the trust runs) loads that node, not the bench's.
+        "broker": [d.own_broker_pid() or ctx.broker_pid],
         "bench": [os.getpid()],
         "daemon": [d.pid],
         "forkserver": [d.forkserver_pid()],

@@ -81,6 +81,15 @@ class VsmdProc:
     def client(self, timeout: float = 120.0) -> VsmClient:
         return VsmClient(self.broker_url, self.namespace, timeout)
 
+    def own_broker_pid(self) -> int | None:
+        """The beam of an embedded node this daemon started itself, if any."""
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if child.name().startswith("beam"):
+                        return child.pid
+        return None
+
     def forkserver_pid(self) -> int | None:
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(self.pid).children():
