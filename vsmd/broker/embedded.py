@@ -231,7 +231,18 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + self._start_timeout
+        try:
+            self._await_start(time.monotonic() + self._start_timeout)
+        except BaseException:
+            # Ctrl-C, or a failure of ours while it starts: no node may be left behind.
+            if self._proc is not None:
+                self._terminate(self._proc, time.monotonic() + 10.0)
+                self._proc = None
+            raise
+
+    def _await_start(self, deadline: float) -> None:
+        assert self._proc is not None
+        s = self._spec
         while True:
             code = self._proc.poll()
             if code is not None:
@@ -246,8 +257,6 @@ class EmbeddedBroker:
                     self._limit_vhost(self._secure)
                 return
             if remaining <= 0:
-                self._terminate(self._proc, time.monotonic() + 10.0)
-                self._proc = None
                 raise self._start_failure(f"no AMQP answer within {self._start_timeout:g}s")
             time.sleep(_POLL)
 

@@ -67,7 +67,7 @@ def start_secure(config: Config) -> tuple[Config, EmbeddedBroker | None, Trust]:
     node.start()
     try:
         check_boundary(node.url, TokenMinter(key, RESOURCE_SERVER_ID, VHOST))
-    except ConfigError:
+    except BaseException:  # a refusal, or Ctrl-C meanwhile: the node must not outlive us
         node.stop()
         raise
     config = dataclasses.replace(config, broker_url=node.url)
