@@ -8,10 +8,11 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tests.support.harness import BIN, REPO, DaemonProc, new_namespace
+from tests.support.harness import BIN, REPO, new_namespace
+from tests.support.secure import start_secure_daemon
 from vsmd.broker.embedded import EmbeddedBroker
 from vsmd.protocol import SpawnConfig
-from vsmd.security import broker_setup, credentials
+from vsmd.security import broker_setup
 
 
 def _env() -> dict[str, str]:
@@ -62,26 +63,7 @@ def test_setup_then_a_secure_daemon_on_that_broker(tmp_path: Path) -> None:
     node = EmbeddedBroker(tmp_path / "node", port=port, secure=kept.setup(500))
     node.start()
     try:
-        log_path = state / "vsmd.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    str(BIN / "vsmd"),
-                    "run",
-                    "--broker",
-                    url,
-                    "--state-dir",
-                    str(state),
-                    "--namespace",
-                    ns,
-                ],
-                env=_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        op = credentials.read(credentials.credentials_file(state, "operator", ns))
-        d = DaemonProc(ns, op.broker_url, state, proc, log_path)
+        d = start_secure_daemon(state, namespace=ns, broker=url)
         try:
             d.wait_ready(60.0)
             c = d.client()

@@ -10,9 +10,12 @@ from tests.support.harness import BIN, REPO, DaemonProc, new_namespace, poll_for
 from vsmd.security import credentials
 
 
-def start_secure_daemon(state: Path, config: str = "", namespace: str | None = None) -> DaemonProc:
-    """``config``: more TOML lines for the [vsmd] table. The DaemonProc's URL is the
-    operator's, so its client() and vsmctl() act as an operator."""
+def start_secure_daemon(
+    state: Path, config: str = "", namespace: str | None = None, broker: str = "embedded"
+) -> DaemonProc:
+    """``config``: more TOML lines for the [vsmd] table; ``broker``: the embedded node, or the
+    URL of a broker `vsmd broker setup` prepared. The DaemonProc's URL is the operator's, so
+    its client() and vsmctl() act as an operator."""
     ns = namespace or new_namespace()
     cfg = state / "vsmd.toml"
     cfg.write_text(f"[vsmd]\nstop_timeout = 5.0\n{config}\n")
@@ -31,7 +34,7 @@ def start_secure_daemon(state: Path, config: str = "", namespace: str | None = N
                 "--namespace",
                 ns,
                 "--broker",
-                "embedded",
+                broker,
                 "--log-level",
                 "DEBUG",
             ],

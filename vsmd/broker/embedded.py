@@ -31,6 +31,7 @@ from vsmd.broker import secure
 from vsmd.broker.probe import broker_answers, tcp_answers
 from vsmd.broker.secure import SecureSetup
 from vsmd.errors import BrokerError
+from vsmd.security.private_file import write_private
 
 log = logging.getLogger("vsmd.broker")
 _RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -168,8 +169,8 @@ class EmbeddedBroker:
             plugins = f"[{secure.PLUGIN},{secure.EVENTS_PLUGIN}]"
             conf += secure.conf_lines(self._secure)
             conf.append(f"load_definitions = {base / 'definitions.json'}")
-            _write_private(base / "advanced.config", secure.advanced_config(self._secure).encode())
-            _write_private(base / "definitions.json", secure.definitions(self._secure))
+            write_private(base / "advanced.config", secure.advanced_config(self._secure).encode())
+            write_private(base / "definitions.json", secure.definitions(self._secure))
         else:
             (base / "advanced.config").unlink(missing_ok=True)
             (base / "definitions.json").unlink(missing_ok=True)
@@ -357,13 +358,6 @@ class EmbeddedBroker:
             raise BrokerError(f"RabbitMQ node {self._spec.name} (pid {proc.pid}) survived SIGKILL")
         for p in family:
             _kill_quietly(p)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(fd, 0o600)
-        f.write(data)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -12,7 +12,6 @@ import pika
 import pika.exceptions
 
 from vsmd.broker.embedded import EmbeddedBroker
-from vsmd.broker.secure import BrokerUser, SecureSetup
 from vsmd.bus.connection import CONNECTION_ERRORS, close_quietly
 from vsmd.bus.daemon_bus import BROKER_EVENTS
 from vsmd.bus.topology import Topology
@@ -22,8 +21,6 @@ from vsmd.errors import ConfigError
 from vsmd.security import broker_setup, credentials
 from vsmd.security.fs_check import closed_to_others
 from vsmd.security.identity import (
-    DAEMON_USER,
-    OPERATOR_PERMS,
     OPERATOR_USER,
     RESOURCE_SERVER_ID,
     VHOST,
@@ -32,7 +29,6 @@ from vsmd.security.identity import (
 from vsmd.security.tokens import TokenMinter
 
 log = logging.getLogger("vsmd")
-ALL = (".*", ".*", ".*")
 
 
 def start_secure(config: Config) -> tuple[Config, EmbeddedBroker | None, Trust]:
@@ -44,22 +40,11 @@ def start_secure(config: Config) -> tuple[Config, EmbeddedBroker | None, Trust]:
     ns, state = config.namespace, config.state_dir
     operator_pw = credentials.password_for(state, "operator", ns)
     viewer_pw = credentials.password_for(state, "viewer", ns)
-    # New at every start, and only in this process and the node's private files.
+    # The key and the daemon's password are new at every start, and only in this process and
+    # the node's private files; the node's address comes from the node itself.
     key = secrets.token_bytes(32)
-    setup = SecureSetup(
-        key,
-        RESOURCE_SERVER_ID,
-        VHOST,
-        (
-            BrokerUser(DAEMON_USER, secrets.token_urlsafe(24), ALL),
-            BrokerUser(OPERATOR_USER, operator_pw, OPERATOR_PERMS),
-            BrokerUser(VIEWER_USER, viewer_pw, OPERATOR_PERMS),
-        ),
-        # Each VSM holds one connection and one queue; the rest is room for clients and for
-        # VSMs that reconnect before the broker has dropped their old connection.
-        max_connections=config.max_total * 2 + 100,
-        max_queues=config.max_total * 2 + 1000,
-    )
+    kept = broker_setup.Kept(key, secrets.token_urlsafe(24), operator_pw, viewer_pw, "", 0)
+    setup = kept.setup(config.max_total)
     node = EmbeddedBroker(
         state / "broker", name=f"vsmd-{ns}", nofile=config.embedded_broker_nofile, secure=setup
     )

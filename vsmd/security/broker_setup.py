@@ -9,7 +9,6 @@ written to files only, never printed.
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from vsmd.security.identity import (
     VHOST,
     VIEWER_USER,
 )
+from vsmd.security.private_file import write_private
 
 ALL = (".*", ".*", ".*")
 
@@ -54,6 +54,8 @@ class Kept:
                 BrokerUser(OPERATOR_USER, self.operator_password, OPERATOR_PERMS),
                 BrokerUser(VIEWER_USER, self.viewer_password, OPERATOR_PERMS),
             ),
+            # Each VSM holds one connection and one queue; the rest is room for clients and
+            # for VSMs that reconnect before the broker has dropped their old connection.
             max_connections=max_total * 2 + 100,
             max_queues=max_total * 2 + 1000,
         )
@@ -117,7 +119,7 @@ def make(state_dir: Path, namespace: str, broker_url: str) -> Kept:
         "host": host,
         "port": port,
     }
-    _private(kept_file(state_dir, namespace), orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    write_private(kept_file(state_dir, namespace), orjson.dumps(data, option=orjson.OPT_INDENT_2))
     for role, user, pw in (
         ("operator", OPERATOR_USER, kept.operator_password),
         ("viewer", VIEWER_USER, kept.viewer_password),
@@ -137,7 +139,7 @@ def write_broker_files(out: Path, setup: SecureSetup) -> list[Path]:
         "definitions.json": secure.definitions(setup),
     }
     for name, data in files.items():
-        _private(out / name, data)
+        write_private(out / name, data)
     return [out / name for name in files]
 
 
@@ -164,12 +166,3 @@ Then start vsmd with trust = "secure" and this broker's URL (no credentials need
 checks at start that guest cannot log in and that the broker takes its tokens, and refuses to
 start otherwise. Operator and viewer credentials for vsmctl are in the state directory.
 """
-
-
-def _private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(fd, 0o600)
-        f.write(data)
-    os.replace(tmp, path)

@@ -7,7 +7,6 @@ The passwords are made at the first start and kept; the URL follows the broker's
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from urllib.parse import quote, unquote, urlsplit
 import orjson
 
 from vsmd.errors import ConfigError
+from vsmd.security.private_file import write_private
 
 ENV = "VSM_CREDENTIALS"
 
@@ -67,12 +67,7 @@ def write(state_dir: Path, role: str, namespace: str, user: str, password: str, 
     broker_url = parts._replace(netloc=netloc).geturl()
     path = credentials_file(state_dir, role, namespace)
     data = {"role": role, "namespace": namespace, "broker_url": broker_url}
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(fd, 0o600)
-        f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+    write_private(path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
     return path
 
 
