@@ -51,14 +51,17 @@ class BrokerLogFollower:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="broker-log", daemon=True)
+        # Where "from now on" begins is fixed here, not when the thread gets to run.
+        offset = self._size()
+        self._thread = threading.Thread(
+            target=self._run, args=(offset,), name="broker-log", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _run(self) -> None:
-        offset = self._size()  # only what happens from now on
+    def _run(self, offset: int) -> None:
         while not self._stop.is_set():
             size = self._size()
             if size < offset:
