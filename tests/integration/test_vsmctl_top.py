@@ -6,7 +6,6 @@ import os
 import shlex
 import signal
 import subprocess
-import time
 import uuid
 
 from tests.support.harness import BIN, DaemonProc
@@ -90,7 +89,6 @@ def test_top_once_prints_one_frame_sorted(daemon: DaemonProc) -> None:
 def test_top_without_a_daemon_exits_3_before_drawing(daemon: DaemonProc) -> None:
     env = dict(daemon.env, VSM_NAMESPACE=f"nobody{uuid.uuid4().hex[:8]}")
     for args in (["top", "--once"], ["top"]):
-        started = time.monotonic()
         res = subprocess.run(
             [str(BIN / "vsmctl"), *args],
             env=env,
@@ -101,5 +99,4 @@ def test_top_without_a_daemon_exits_3_before_drawing(daemon: DaemonProc) -> None
         )
         assert res.returncode == 3, res.stderr
         assert res.stderr.startswith("vsmctl: no vsmd answering on namespace nobody")
-        assert res.stdout == ""
-        assert time.monotonic() - started < 10
+        assert res.stdout == ""  # and it returned: a hang ends in the subprocess's timeout
