@@ -95,7 +95,7 @@ class Config:
     trust: str = "secure"
     # Lifetime of a VSM's broker token (seconds); VSMs refresh at half of it.
     token_ttl: float = 600.0
-    # Secure mode as root: VSM n runs as uid vsm_uid_base + n (n below max_total * 2);
+    # Secure mode as root: each live VSM runs as a uid of its own from vsm_uid_base up;
     # 0 keeps VSMs under the daemon's uid.
     vsm_uid_base: int = 2_000_000
     # A VSM with more than violation_limit refused requests in a minute: "warn" (event and

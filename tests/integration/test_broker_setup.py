@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support.harness import BIN, REPO, new_namespace
 from tests.support.secure import start_secure_daemon
 from vsmd.broker.embedded import EmbeddedBroker
+from vsmd.daemon.secure_start import check_boundary
+from vsmd.errors import ConfigError
 from vsmd.protocol import SpawnConfig
 from vsmd.security import broker_setup
+from vsmd.security.identity import RESOURCE_SERVER_ID, VHOST
+from vsmd.security.tokens import TokenMinter
 
 
 def _env() -> dict[str, str]:
@@ -99,3 +106,11 @@ def test_a_broker_without_the_setup_is_refused_in_one_line(broker_url: str, tmp_
     done = _vsmd(*run)
     assert done.returncode == 2, done.stderr
     assert "does not accept vsmd's tokens" in done.stderr and "refusing to start" in done.stderr
+
+
+def test_a_broker_that_lets_guest_in_is_refused(broker_url: str) -> None:
+    # The shared test broker lets guest into "/": exactly what secure mode must refuse.
+    url = re.sub(r"//[^@]*@", "//vsmd-daemon:unused@", broker_url)
+    minter = TokenMinter(b"k" * 32, RESOURCE_SERVER_ID, VHOST)
+    with pytest.raises(ConfigError, match="lets `guest` into vhost '/'"):
+        check_boundary(url, minter)

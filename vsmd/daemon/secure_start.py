@@ -116,8 +116,8 @@ def check_boundary(daemon_url: str, minter: TokenMinter) -> None:
         pass  # refused: as it must be
     else:
         raise ConfigError(
-            f"the broker at {base} lets `guest` into vhost {VHOST!r}: the trust boundary "
-            "does not hold; refusing to start"
+            f"the broker at {base} lets `guest` into vhost {params.virtual_host!r}: the trust "
+            "boundary does not hold; refusing to start"
         )
     # One scope on a name nothing uses: without any the vhost itself is refused.
     probe = minter.mint("vsmd-check", [minter.scope("read", "vsmd-check")], 60)

@@ -8,6 +8,7 @@ every later VSM inherits, holds no secret.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 import os
 import secrets
@@ -55,8 +56,9 @@ class Trust:
         self.tokens = TokenService(self.minter, topo, address, config.token_ttl)
         self.vsm_broker_url = without_credentials(config.broker_url)
         self._uid_base = config.vsm_uid_base if os.geteuid() == 0 else 0
-        self._uid_slots = config.max_total * 2
-        self._uids: dict[str, int] = {}
+        self._uids: dict[str, int] = {}  # a live VSM keeps its uid across restarts
+        self._free_uids: list[int] = []  # a heap
+        self._next_uid = self._uid_base
         # The embedded node's log, where the broker's own refusals of VSMs are told.
         self.broker_log = broker_log
         # How the daemon closes a VSM's connections beyond its cap (the embedded node's CLI).
@@ -85,13 +87,12 @@ class Trust:
         if not self._uid_base:
             return 0
         if vsm_id not in self._uids:
-            taken = set(self._uids.values())
-            free = next(
-                n
-                for n in range(self._uid_slots + len(taken) + 1)
-                if self._uid_base + n not in taken
-            )
-            self._uids[vsm_id] = self._uid_base + free
+            # The lowest uid a removed VSM gave back, else the next never used.
+            if self._free_uids:
+                uid = heapq.heappop(self._free_uids)
+            else:
+                uid, self._next_uid = self._next_uid, self._next_uid + 1
+            self._uids[vsm_id] = uid
         return self._uids[vsm_id]
 
     def spawned(self, vsm_id: str, pid: int) -> None:
@@ -108,7 +109,9 @@ class Trust:
 
     def removed(self, vsm_id: str) -> None:
         self.tokens.forget(vsm_id)
-        self._uids.pop(vsm_id, None)
+        uid = self._uids.pop(vsm_id, None)
+        if uid is not None:
+            heapq.heappush(self._free_uids, uid)
 
     # --- who may ask what ------------------------------------------------------------------
 
