@@ -18,6 +18,7 @@ import re
 import time
 import uuid
 from collections.abc import Generator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 
@@ -410,6 +411,15 @@ class VsmClient:
             sub.close()
 
     # --- lifetime --------------------------------------------------------------------------
+
+    def mcp(self, target: str, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
+        """``async with client.mcp(vsm_id) as session:`` an initialized MCP ``ClientSession``
+        with the VSM (by id or path), over a connection of its own."""
+        # Imported here: the MCP SDK is loaded only by those who use MCP, not by list or spawn.
+        from vsmd.mcp.client import create_mcp_client
+
+        wait = self.timeout if timeout is None else timeout
+        return create_mcp_client(self.broker_url, self.namespace, target, SENDER, wait)
 
     def close(self) -> None:
         close_quietly(self._conn)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vsmd.errors import ConfigError, NotFound
+from vsmd.mcp.registry import McpRegistry
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,12 @@ class AgentContext(Protocol):
     parent_id: str | None
     config: dict[str, Any]
     state: AsyncStateApi
+    mcp: McpRegistry
+    """Tools, resources and prompts this VSM's MCP server adds to those every VSM has."""
+
+    def mcp_client(self, target: str, timeout: float = 30.0) -> AbstractAsyncContextManager[Any]:
+        """An initialized MCP ``ClientSession`` with this VSM or a descendant (id or path)."""
+        ...
 
     async def spawn_child(
         self,

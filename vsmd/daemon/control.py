@@ -199,20 +199,7 @@ class Control:
                 raise Unauthorized(f"message from {env.sender[:64]!r} does not match path {path!r}")
             if env.type != kind:  # e.g. a probe sent to the daemon's key must not spawn
                 raise ProtocolError(f"a {env.type[:32]!r} envelope on a {kind[:32]!r} key")
-            if kind == "ready":
-                pid = env.body.get("pid")
-                self.manager.on_ready(sender.id, pid if isinstance(pid, int) else 0)
-            elif kind == "failed":
-                self.manager.on_failure_report(sender.id, str(env.body.get("reason", "")))
-            elif kind in ("state", "sync", "flush"):
-                self._state_request(kind, sender, env, respond)
-            elif kind == "spawn":
-                cmd = Spawn.from_args(env.body)
-                # A VSM's authority is its subtree: children of its own, or of a descendant.
-                fut = self._spawn(self._within(sender, cmd.parent), cmd)
-                _answer_when_done(fut, respond, VsmInfo.to_dict, f"spawn from VSM {path}")
-            else:
-                raise ProtocolError(f"unknown message kind {kind[:64]!r}")
+            self._vsm_request(kind, sender, env, respond)
         except VsmdError as err:
             log.info("request from VSM %s refused: %s %s", path, err.code, err.message)
             self._count(err, user, f"{kind[:32]} as {path[:100]}")
@@ -221,6 +208,24 @@ class Control:
             what = f"{kind[:64]} from VSM {path}"
             log.exception("internal error while handling %s", what)
             respond(error_reply(internal(what)))
+
+    def _vsm_request(self, kind: str, sender: VsmRecord, env: Envelope, respond: Respond) -> None:
+        if kind == "ready":
+            pid = env.body.get("pid")
+            self.manager.on_ready(sender.id, pid if isinstance(pid, int) else 0)
+        elif kind == "failed":
+            self.manager.on_failure_report(sender.id, str(env.body.get("reason", "")))
+        elif kind in ("state", "sync", "flush"):
+            self._state_request(kind, sender, env, respond)
+        elif kind == "spawn":
+            cmd = Spawn.from_args(env.body)
+            # A VSM's authority is its subtree: children of its own, or of a descendant.
+            fut = self._spawn(self._within(sender, cmd.parent), cmd)
+            _answer_when_done(fut, respond, VsmInfo.to_dict, f"spawn from VSM {sender.path}")
+        elif kind in ("children", "terminate", "policy"):
+            self._subtree_request(kind, sender, env, respond)
+        else:
+            raise ProtocolError(f"unknown message kind {kind[:64]!r}")
 
     def _count(self, err: VsmdError, user: str | None, what: str) -> None:
         if isinstance(err, Unauthorized) and self.violations is not None:
@@ -236,6 +241,30 @@ class Control:
                 return target
             node = self.manager.registry.find(node.parent)
         raise Unauthorized(f"VSM {sender.path} may not act on {target[:64]!r}: not in its subtree")
+
+    def _subtree_request(
+        self, kind: str, sender: VsmRecord, env: Envelope, respond: Respond
+    ) -> None:
+        """What a VSM's MCP tools ask of the daemon, each within the asking VSM's subtree."""
+        target = env.body.get("id")
+        if target is not None and not isinstance(target, str):
+            raise ProtocolError(f"{kind}: 'id' must be a VSM id", field="id")
+        if kind == "children":
+            parent = self._within(sender, target)
+            infos = self.manager.list_child_vsms(parent, env.body.get("recursive") is True)
+            respond(ok_reply([i.to_dict() for i in infos]))
+        elif kind == "terminate":
+            if target is None or target == sender.id:
+                raise Unauthorized(f"VSM {sender.path} may terminate its descendants, not itself")
+            fut = self.manager.terminate_child_vsm(self._within(sender, target), None)
+            _answer_when_done(
+                fut, respond, lambda ids: {"terminated": ids}, f"terminate from {sender.path}"
+            )
+        else:
+            values = env.body.get("values")
+            if not isinstance(values, dict):
+                raise ProtocolError("policy: 'values' must be an object", field="values")
+            respond(ok_reply(self.store.set_policy(self._within(sender, target), values)))
 
     def _state_request(self, kind: str, sender: VsmRecord, env: Envelope, respond: Respond) -> None:
         if kind == "state":

@@ -90,6 +90,8 @@ class VsmBus:
         self._replies_lock = asyncio.Lock()
         self._up = False  # open() finished and close() not begun
         self._pending: dict[str, asyncio.Future[Incoming]] = {}
+        # MCP client sessions of this VSM: their answers by correlation id (vsmd.mcp.transport).
+        self._listeners: dict[str, Any] = {}
         self.lost = asyncio.Event()
         # Secure mode: the broker identity (user_id on every publish) and its token's life.
         self.user: str | None = None
@@ -176,6 +178,8 @@ class VsmBus:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(BrokerError("lost the broker before the answer came"))
+        for listener in list(self._listeners.values()):
+            asyncio.get_running_loop().create_task(listener.on_lost())
 
     async def close(self) -> None:
         self._up = False
@@ -306,9 +310,38 @@ class VsmBus:
         self._replies_on = True
 
     async def _on_reply(self, message: Incoming) -> None:
-        fut = self._pending.get(message.correlation_id or "")
+        corr = message.correlation_id or ""
+        fut = self._pending.get(corr)
         if fut is not None and not fut.done():
             fut.set_result(message)
+            return
+        listener = self._listeners.get(corr)
+        if listener is not None:
+            await listener.on_message(message.body)
+
+    # --- the vsmd.mcp.transport.Link of this VSM's MCP client sessions ----------------------
+
+    async def listen(self, correlation_id: str, listener: Any) -> None:
+        await self._replies()
+        self._listeners[correlation_id] = listener
+
+    def unlisten(self, correlation_id: str) -> None:
+        self._listeners.pop(correlation_id, None)
+
+    async def send(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        reply_to: str | None,
+        correlation_id: str | None,
+        mandatory: bool,
+    ) -> None:
+        props: dict[str, Any] = {}
+        if reply_to is not None:
+            await self._replies()  # direct reply-to: consumed before the first publish naming it
+            props = {"reply_to": reply_to, "correlation_id": correlation_id}
+        await self.publish(key, body, mandatory=mandatory, **props)
 
 
 def _describe(exc: BaseException) -> str:

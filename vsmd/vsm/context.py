@@ -9,9 +9,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mcp.client.session import ClientSession
+
 from vsmd.errors import ProtocolError, Unreachable, from_dict
+from vsmd.mcp.client import open_session
+from vsmd.mcp.registry import McpRegistry
 from vsmd.protocol import Envelope, loads_object
 
 if TYPE_CHECKING:
@@ -37,6 +42,7 @@ class Context:
         self.parent_id = spec.parent_id
         self.config = spec.config
         self.state = runtime.state
+        self.mcp = McpRegistry()  # the runtime puts its server's registry here
 
     # --- addressing ------------------------------------------------------------------------
 
@@ -111,6 +117,13 @@ class Context:
         key = self._rt.topo.up_key(self.path, "spawn")
         result: dict[str, Any] = await self._rt.call(key, env.encode(), 60.0)
         return result
+
+    def mcp_client(
+        self, target: str, timeout: float = 30.0
+    ) -> AbstractAsyncContextManager[ClientSession]:
+        """An initialized MCP session with this VSM or one of its descendants (by id or
+        path); others refuse it. ``async with ctx.mcp_client(child_id) as s: ...``"""
+        return open_session(self._rt.bus, self._rt.topo, target, self.vsm_id, self.path, timeout)
 
     def request_stop(self, code: int = 0) -> None:
         self._rt.request_stop(code)

@@ -21,11 +21,15 @@ from setproctitle import setproctitle
 from vsmd.agents import AgentRegistry, AsyncAgent, Sender, build_registry, overrides
 from vsmd.bus.topology import Topology
 from vsmd.errors import AgentError, BrokerError, ProtocolError, Unauthorized, VsmdError
+from vsmd.mcp.host import McpHost
+from vsmd.mcp.registry import McpRegistry
+from vsmd.mcp.server import build_server
 from vsmd.protocol import Envelope, error_reply, loads_object, ok_reply
 from vsmd.security.identity import DAEMON_USER, OPERATOR_USER, VIEWER_USER, vsm_id_of
 from vsmd.spec import EXIT_AGENT, EXIT_BROKER, EXIT_OK, EXIT_SPEC, VsmSpec
 from vsmd.vsm.bus import Incoming, VsmBus
 from vsmd.vsm.context import Context, ThreadContext, unpack_reply
+from vsmd.vsm.mcp_tools import BuiltinTools, Events, caller_of
 from vsmd.vsm.state import StateReplica
 
 log = logging.getLogger("vsmd.vsm")
@@ -39,6 +43,15 @@ class VsmRuntime:
         self.bus = VsmBus(spec, self.topo, self._on_message)
         self.state = StateReplica(spec, self._send_state, self._flush_state)
         self.ctx = Context(self)
+        # Every VSM an MCP server from the start: the tools every VSM has, and the agent's own
+        # (ctx.mcp); sessions are made as clients come.
+        self.mcp = self.ctx.mcp = McpRegistry()
+        self.mcp_host = McpHost(
+            build_server(self.mcp, f"vsm {spec.name}"), self.bus.reply, spec.vsm_id, spec.path
+        )
+        self.events = Events(lambda: self.mcp_host.changed(f"vsm://{spec.vsm_id}/events"))
+        self.state.on_change = lambda: self.mcp_host.changed(f"vsm://{spec.vsm_id}/state")
+        BuiltinTools(self).register(self.mcp)
         self._thread_ctx: ThreadContext | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stop: asyncio.Event | None = None
@@ -129,6 +142,11 @@ class VsmRuntime:
     async def _handle(self, msg: Incoming) -> bytes | None:
         try:
             env = Envelope.decode(msg.body, self.spec.max_message_bytes)
+            if env.type == "mcp":  # its authority is judged per tool by the MCP server
+                assert self._started is not None
+                await self._started.wait()  # the agent's own tools are registered by then
+                await self.mcp_host.deliver(env, msg.reply_to, caller_of(self, msg, env))
+                return None
             if self.spec.token_socket:
                 self._admit(msg, env)
             return await self._dispatch(env)
@@ -338,6 +356,7 @@ class VsmRuntime:
         if code != EXIT_AGENT and overrides(self.agent, "stop"):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._agent("stop"), 5.0)
+        await self.mcp_host.close()
         await self.bus.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)

@@ -37,6 +37,7 @@ class StateReplica:
         self._pending: dict[Key, Entry] = {}
         self.max_value = spec.max_message_bytes // 2
         self._publishing: asyncio.Task[None] | None = None
+        self.on_change: Callable[[], None] | None = None  # MCP subscribers of the state resource
 
     # --- the agent's API -------------------------------------------------------------------
 
@@ -105,6 +106,8 @@ class StateReplica:
     def _queue(self, changed: Mapping[Key, Entry]) -> None:
         if not changed:
             return
+        if self.on_change is not None:
+            self.on_change()
         self._pending.update(changed)
         if self._publishing is None or self._publishing.done():
             # One delta per loop turn: writes made together travel together.
@@ -157,6 +160,8 @@ class StateReplica:
         changed = self.children.setdefault(child_id, StateMap()).apply(entries)
         if any(s == "metrics" for s, _k in changed):
             self._summarize()
+        if changed and self.on_change is not None:
+            self.on_change()
 
     def apply_policy(self, origin: str, raw: Any) -> None:
         entries, _ = decode(raw)
@@ -166,6 +171,8 @@ class StateReplica:
             self.own.apply(entries)
         else:
             self.layers.setdefault(origin, StateMap()).apply(entries)
+        if self.on_change is not None:
+            self.on_change()
 
     def forget_child(self, child_id: str) -> None:
         if self.children.pop(child_id, None) is not None:

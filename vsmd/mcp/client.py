@@ -1,0 +1,68 @@
+"""``create_mcp_client``: an initialized SDK ``ClientSession`` to a VSM, by id or path.
+
+Inside a VSM it rides on the VSM's own connection (``ctx.mcp_client``); elsewhere (vsmctl,
+the daemon, Python users through ``VsmClient.mcp``) on a :class:`StandaloneLink`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import mcp_types as types
+from mcp.client.session import ClientSession
+
+from vsmd import __version__
+from vsmd.bus.topology import Topology
+from vsmd.errors import ProtocolError
+from vsmd.mcp.link import StandaloneLink
+from vsmd.mcp.transport import ClientTransport, Link
+
+_ID = re.compile(r"[0-9a-f]{12}")
+DEFAULT_TIMEOUT = 30.0
+
+
+def target_key(topo: Topology, target: str) -> tuple[str, str]:
+    """The routing key of a VSM named by id or path, and how errors name it."""
+    if _ID.fullmatch(target):
+        return topo.id_key(target), f"VSM {target}"
+    if not target or len(target) > 1000 or any(c in target for c in "*# "):
+        raise ProtocolError(f"bad MCP target {target[:64]!r}: a VSM id or path")
+    return topo.down_key(target), f"VSM {target}"
+
+
+@asynccontextmanager
+async def open_session(
+    link: Link,
+    topo: Topology,
+    target: str,
+    sender: str,
+    path: str = "",
+    timeout: float = DEFAULT_TIMEOUT,
+) -> AsyncIterator[ClientSession]:
+    key, label = target_key(topo, target)
+    async with ClientTransport(link, key, label, sender, path) as (read, write):
+        info = types.Implementation(name=f"vsmd {sender}", version=__version__)
+        async with ClientSession(
+            read, write, read_timeout_seconds=timeout, client_info=info
+        ) as session:
+            await session.initialize()
+            yield session
+
+
+@asynccontextmanager
+async def create_mcp_client(
+    broker_url: str,
+    namespace: str,
+    target: str,
+    sender: str = "vsmctl",
+    timeout: float = DEFAULT_TIMEOUT,
+) -> AsyncIterator[ClientSession]:
+    """A session over a connection of its own, closed with the session."""
+    link = StandaloneLink(broker_url, namespace, min(timeout, 10.0))
+    try:
+        async with open_session(link, link.topo, target, sender, timeout=timeout) as session:
+            yield session
+    finally:
+        await link.close()

@@ -1,0 +1,66 @@
+"""JSON-RPC inside the bus envelope: how an MCP message travels between a client and a VSM.
+
+Client to VSM: an envelope of type ``mcp`` on the VSM's key (``vsm.<id>`` or ``down.<path>``),
+body ``{"session": <id>, "message": <JSON-RPC>}``, reply_to the client's reply address,
+correlation id the session id. VSM to client: the same envelope shape, published to that reply
+address with the session id as correlation id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mcp_types as types
+from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
+
+from vsmd.errors import ProtocolError
+
+ENVELOPE_TYPE = "mcp"
+MAX_SESSION_ID = 64
+
+# Implementation-defined JSON-RPC codes (the band -32000..-32019 is ours to use). -32000 and
+# -32001 are the SDK's own (connection closed, timeout); ours start above them.
+UNREACHABLE = -32010  # no VSM at the address, or it went down before it answered
+UNAUTHORIZED = -32011  # the caller has no authority for this over this VSM
+BUSY = -32012  # the session's buffer is full: slow down
+SESSION_UNKNOWN = -32013  # this VSM holds no such session (it restarted): initialize again
+BROKER_LOST = -32014  # the connection to the broker dropped while the request was out
+
+
+def to_wire(message: SessionMessage) -> dict[str, Any]:
+    dumped: dict[str, Any] = message.message.model_dump(
+        by_alias=True, exclude_unset=True, mode="json"
+    )
+    return dumped
+
+
+def from_wire(raw: Any) -> SessionMessage:
+    """A JSON-RPC message from an envelope's body; ProtocolError when it is not one."""
+    try:
+        return SessionMessage(types.jsonrpc_message_adapter.validate_python(raw, by_name=False))
+    except ValidationError as exc:
+        errors = exc.errors()
+        why = f"{'.'.join(str(p) for p in errors[0]['loc'])} {errors[0]['msg']}" if errors else ""
+        raise ProtocolError(f"not a JSON-RPC 2.0 message: {why}") from None
+
+
+def request_id(raw: Any) -> Any:
+    """The id of a (perhaps malformed) JSON-RPC request, for its error: None when unknown."""
+    if isinstance(raw, dict):
+        rid = raw.get("id")
+        if isinstance(rid, str | int) and not isinstance(rid, bool):
+            return rid
+    return None
+
+
+def error(rid: Any, code: int, message: str, data: Any = None) -> SessionMessage:
+    return SessionMessage(
+        types.JSONRPCError(
+            jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message, data=data)
+        )
+    )
+
+
+def is_request(message: SessionMessage) -> bool:
+    return isinstance(message.message, types.JSONRPCRequest)
