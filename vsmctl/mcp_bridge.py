@@ -141,6 +141,7 @@ def bridge(url: str, namespace: str, target: str) -> int:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(to_vsm)
                     tg.start_soon(to_host)
+                await stdout_write.aclose()  # else stdio_server waits for more to write
         finally:
             await link.close()
 

@@ -129,6 +129,7 @@ class SyncContext(Protocol):
     parent_id: str | None
     config: dict[str, Any]
     state: SyncStateApi
+    mcp: McpRegistry
 
     def spawn_child(
         self,

@@ -42,13 +42,30 @@ async def open_session(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> AsyncIterator[ClientSession]:
     key, label = target_key(topo, target)
-    async with ClientTransport(link, key, label, sender, path) as (read, write):
-        info = types.Implementation(name=f"vsmd {sender}", version=__version__)
-        async with ClientSession(
-            read, write, read_timeout_seconds=timeout, client_info=info
-        ) as session:
+    info = types.Implementation(name=f"vsmd {sender}", version=__version__)
+    try:
+        async with (
+            ClientTransport(link, key, label, sender, path) as (read, write),
+            ClientSession(read, write, read_timeout_seconds=timeout, client_info=info) as session,
+        ):
             await session.initialize()
             yield session
+    except BaseExceptionGroup as group:
+        # The SDK's task group wraps what failed (an MCPError of initialize, or of the caller's
+        # own code): callers get that error itself, as from any other call.
+        raise _sole(group) from None
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 @asynccontextmanager

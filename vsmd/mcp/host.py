@@ -91,6 +91,11 @@ class McpHost:
         if env.body.get("close") is True:
             self._close(key)
             return
+        if env.body.get("probe") is True:
+            # A client with requests out asks whether we still hold its session: a restarted
+            # VSM (same inbox, new process) does not, and its requests will never be answered.
+            await self._send(reply_to, sid, {"session": sid, "probe": key in self.sessions})
+            return
         raw = env.body.get("message")
         try:
             message = wire.from_wire(raw)
@@ -189,12 +194,10 @@ class McpHost:
                 await self._answer(reply_to, sid, message)
 
     async def _answer(self, reply_to: str, sid: str, message: SessionMessage) -> None:
-        env = Envelope(
-            type=wire.ENVELOPE_TYPE,
-            sender=self.vsm_id,
-            path=self.path,
-            body={"session": sid, "message": wire.to_wire(message)},
-        )
+        await self._send(reply_to, sid, {"session": sid, "message": wire.to_wire(message)})
+
+    async def _send(self, reply_to: str, sid: str, body: dict[str, Any]) -> None:
+        env = Envelope(type=wire.ENVELOPE_TYPE, sender=self.vsm_id, path=self.path, body=body)
         try:
             await self._publish(reply_to, sid, env.encode())
         except VsmdError as err:  # the broker is gone: the client's transport fails the call

@@ -199,16 +199,14 @@ class ClientTransport:
                 fut.set_exception(Unreachable(text))
 
     async def _prober(self) -> None:
-        """While requests are out, check every second that the VSM still has an inbox."""
-        probe = Envelope(type="probe", sender=self.sender, path=self.path).encode()
+        """While requests are out, ask every second whether the VSM still holds our session:
+        no inbox (the publish comes back) or a restarted VSM (it says no) fails them."""
         while True:
             await asyncio.sleep(PROBE_EVERY)
             if not self._pending:
                 continue
             try:
-                await self.link.send(
-                    self.key, probe, reply_to=None, correlation_id=None, mandatory=True
-                )
+                await self._post({"session": self.sid, "probe": True})
             except Unreachable:
                 await self._fail_all(wire.UNREACHABLE, f"{self.label} went down before it answered")
             except BrokerError:
@@ -235,6 +233,9 @@ class ClientTransport:
                 )
                 return
             env = Envelope.decode(body, MAX_REPLY)
+            if env.body.get("probe") is False and env.body.get("session") == self.sid:
+                await self._fail_all(wire.UNREACHABLE, f"{self.label} went down before it answered")
+                return
             message = wire.from_wire(env.body.get("message"))
         except VsmdError as err:
             log.warning("a malformed MCP answer from %s: %s", self.label, err.message)

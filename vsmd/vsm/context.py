@@ -149,6 +149,7 @@ class ThreadContext:
         self.parent_id = ctx.parent_id
         self.config = ctx.config
         self.state = ThreadState(ctx.state, loop)
+        self.mcp = ctx.mcp  # plain handlers registered here run in a worker thread
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
