@@ -5,6 +5,8 @@ PY ?= $(firstword $(wildcard /usr/bin/python3.13 /usr/bin/python3.12 /usr/bin/py
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+INSPECTOR_DIR := tests/mcp_inspector
+INSPECTOR := $(INSPECTOR_DIR)/node_modules/.installed
 STATE_DIR ?= $(CURDIR)/.state
 NAMESPACE ?= vsm
 BROKER ?= auto
@@ -22,6 +24,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The MCP Inspector's CLI, an MCP client written by others, drives `vsmctl mcp` in
+# tests/integration/test_mcp_inspector.py; the lock file pins it and all it pulls in. npm warns
+# that it asks for a newer Node: its CLI over stdio, all the test uses, runs on Node 20. No
+# install scripts: its only one sets up a source checkout and does nothing in node_modules.
+$(INSPECTOR): $(INSPECTOR_DIR)/package.json $(INSPECTOR_DIR)/package-lock.json
+	npm ci --prefix $(INSPECTOR_DIR) --no-audit --no-fund --ignore-scripts
+	touch $(INSPECTOR)
+
 # A broker for the tests: the machine's RabbitMQ, started if it is installed but not answering.
 broker: $(STAMP)
 	@command -v rabbitmq-server >/dev/null || [ "$$(id -u)" != 0 ] || \
@@ -35,7 +45,7 @@ run: $(STAMP)
 	$(BIN)/vsmd run --broker $(BROKER) --namespace $(NAMESPACE) --state-dir $(STATE_DIR) --demo
 
 # The fast loop: everything but the stress tests (make test-stress runs those).
-test: $(STAMP) broker
+test: $(STAMP) broker $(INSPECTOR)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q -m "not stress"
@@ -43,7 +53,7 @@ test: $(STAMP) broker
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-test-integration: $(STAMP) broker
+test-integration: $(STAMP) broker $(INSPECTOR)
 	$(BIN)/pytest -q tests/integration
 
 # The slow ones: 1,000 VSMs, chaos and a daemon restart at scale (private RabbitMQ nodes), fuzz.
@@ -75,3 +85,4 @@ dist: $(STAMP)
 
 clean:
 	rm -rf dist $(VENV) .state .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(INSPECTOR_DIR)/node_modules

@@ -108,7 +108,7 @@ def read_resource(uri: str) -> Callable[[ClientSession], Awaitable[list[str]]]:
     return run
 
 
-def bridge(url: str, namespace: str, target: str) -> int:
+def bridge(url: str, namespace: str, target: str, timeout: float) -> int:
     """stdio <-> the VSM's inbox, one JSON-RPC message per line each way, until stdin ends.
 
     The MCP host on the other side of stdio runs the session (initialize and all); this only
@@ -118,10 +118,11 @@ def bridge(url: str, namespace: str, target: str) -> int:
     async def main() -> None:
         link = StandaloneLink(url, namespace)
         key, label = target_key(link.topo, target)
+        transport = ClientTransport(link, key, label, SENDER)
         try:
             async with (
                 stdio_server() as (stdin_read, stdout_write),
-                ClientTransport(link, key, label, SENDER) as (vsm_read, vsm_write),
+                transport as (vsm_read, vsm_write),
             ):
 
                 async def to_vsm() -> None:
@@ -131,7 +132,9 @@ def bridge(url: str, namespace: str, target: str) -> int:
                             await stdout_write.send(wire.error(None, types.PARSE_ERROR, text))
                         else:
                             await vsm_write.send(item)
-                    tg.cancel_scope.cancel()  # the host closed stdin: we are done
+                    # The host closed stdin: we are done once what it asked is answered.
+                    await transport.settle(timeout)
+                    tg.cancel_scope.cancel()
 
                 async def to_host() -> None:
                     async for item in vsm_read:

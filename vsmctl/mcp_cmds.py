@@ -69,7 +69,7 @@ def mcp(
     from vsmctl import mcp_bridge
 
     url, ns = _where(broker, namespace, timeout)
-    raise typer.Exit(mcp_bridge.bridge(url, ns, target))
+    raise typer.Exit(mcp_bridge.bridge(url, ns, target, timeout))
 
 
 def tools(

@@ -53,6 +53,7 @@ class VsmSpec:
     # credentials), and the uid it drops to before agent code (0: stays as it is).
     token_socket: str = ""
     uid: int = 0
+    mcp: bool = True  # serve MCP (config mcp_server)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -133,6 +133,7 @@ def test_prewarm_runs_the_start_path_and_never_raises(
     broker_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     from vsmd.agents import AgentRegistry
+    from vsmd.mcp.server import build_server
     from vsmd.spec import VsmSpec
     from vsmd.vsm.prewarm import prewarm
 
@@ -151,7 +152,7 @@ def test_prewarm_runs_the_start_path_and_never_raises(
     exchange = Topology(template.namespace).exchange
     try:
         conn.channel().exchange_declare(exchange, exchange_type="topic")  # as the daemon does
-        prewarm(template, AgentRegistry())
+        prewarm(template, AgentRegistry(), build_server())
     finally:
         conn.channel().exchange_delete(exchange)
         conn.close()
@@ -160,6 +161,7 @@ def test_prewarm_runs_the_start_path_and_never_raises(
     prewarm(
         dataclasses.replace(template, broker_url="amqp://guest:guest@127.0.0.1:1/%2F"),
         AgentRegistry(),
+        build_server(),
     )
     assert "prewarm skipped" in caplog.text
 

@@ -156,6 +156,8 @@ def start_daemon(
             lines.append(f"{key} = [{', '.join(repr(v).replace(chr(39), chr(34)) for v in value)}]")
         elif isinstance(value, str):
             lines.append(f'{key} = "{value}"')
+        elif isinstance(value, bool):
+            lines.append(f"{key} = {str(value).lower()}")
         else:
             lines.append(f"{key} = {value}")
     config_file = state_dir / "vsmd.toml"

@@ -283,6 +283,7 @@ class SpawnManager(Lifecycle):
             ancestors=self.ancestors(rec),
             state=state,
             sync=sync,
+            mcp=self.config.mcp_server,
         )
         rec.forking, rec.term_sent = True, False
         rec.start_requested = time.monotonic()

@@ -22,12 +22,13 @@ import anyio.abc
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server.lowlevel import Server
+from mcp.server.models import InitializationOptions
 from mcp.server.runner import serve_dual_era_loop
 from mcp.shared.message import SessionMessage
 
 from vsmd.errors import ProtocolError, VsmdError
 from vsmd.mcp import wire
-from vsmd.mcp.registry import NONE, Caller
+from vsmd.mcp.registry import NONE, Caller, McpRegistry
 from vsmd.protocol import Envelope
 
 log = logging.getLogger("vsmd.mcp")
@@ -62,12 +63,15 @@ class McpHost:
     def __init__(
         self,
         server: Server[Session],
+        registry: McpRegistry,
         publish: Publish,
         vsm_id: str,
         path: str,
         limits: Limits | None = None,
     ) -> None:
         self.server = server
+        self.registry = registry
+        self.name = f"vsm {path.rsplit('.', 1)[-1]}"
         self._publish = publish
         self.vsm_id = vsm_id
         self.path = path
@@ -75,7 +79,7 @@ class McpHost:
         self.sessions: dict[Key, Session] = {}
         self.busy = 0  # requests answered BUSY
         self.refused = 0  # messages refused (malformed, unknown session, no authority)
-        self._init = server.create_initialization_options()
+        self._init: InitializationOptions | None = None  # made for the first session
         self._reaper: asyncio.Task[None] | None = None
         self._notify_soon: set[str] = set()
 
@@ -90,13 +94,14 @@ class McpHost:
         key: Key = (caller.id, caller.user or "", reply_to, sid)
         if env.body.get("close") is True:
             self._close(key)
-            return
-        if env.body.get("probe") is True:
+        elif env.body.get("probe") is True:
             # A client with requests out asks whether we still hold its session: a restarted
             # VSM (same inbox, new process) does not, and its requests will never be answered.
             await self._send(reply_to, sid, {"session": sid, "probe": key in self.sessions})
-            return
-        raw = env.body.get("message")
+        else:
+            await self._message(key, caller, reply_to, sid, env.body.get("message"))
+
+    async def _message(self, key: Key, caller: Caller, reply_to: str, sid: str, raw: Any) -> None:
         try:
             message = wire.from_wire(raw)
         except ProtocolError as err:
@@ -156,6 +161,10 @@ class McpHost:
             self.limits.buffer
         )
         s2c_send, s2c_recv = anyio.create_memory_object_stream[SessionMessage](self.limits.buffer)
+        if self._init is None:
+            # The server is shared by every VSM of a fork server; what initialize names is ours.
+            opts = self.server.create_initialization_options()
+            self._init = opts.model_copy(update={"server_name": self.name})
         session = Session(key, caller, self, c2s_send)
         self.sessions[key] = session
         session.task = asyncio.get_running_loop().create_task(

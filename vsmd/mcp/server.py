@@ -53,9 +53,13 @@ def _tool_error(text: str, err: VsmdError | None = None) -> types.CallToolResult
     )
 
 
+def _reg(ctx: Ctx) -> McpRegistry:
+    return ctx.lifespan_context.host.registry
+
+
 class Handlers:
-    def __init__(self, registry: McpRegistry) -> None:
-        self.reg = registry
+    """Stateless: each call finds its VSM's registry through its session, so one server,
+    built in the fork server before it forks, serves every VSM from shared pages."""
 
     async def list_tools(self, ctx: Ctx, params: Page) -> types.ListToolsResult:
         hint = types.ToolAnnotations
@@ -67,7 +71,7 @@ class Handlers:
                     input_schema=t.input_schema,
                     annotations=hint(read_only_hint=t.read_only),
                 )
-                for t in self.reg.tools.values()
+                for t in _reg(ctx).tools.values()
             ]
         )
 
@@ -75,7 +79,7 @@ class Handlers:
         self, ctx: Ctx, params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         session = ctx.lifespan_context
-        tool = self.reg.tools.get(params.name)
+        tool = _reg(ctx).tools.get(params.name)
         if tool is None:
             raise MCPError(
                 types.INVALID_PARAMS, f"no tool {params.name[:64]!r} on {session.host.path}"
@@ -101,13 +105,13 @@ class Handlers:
                 types.Resource(
                     uri=r.uri, name=r.name, description=r.description, mime_type=r.mime_type
                 )
-                for r in self.reg.resources.values()
+                for r in _reg(ctx).resources.values()
             ]
         )
 
     def _resource(self, ctx: Ctx, uri: str) -> None:
         _may_read(ctx.lifespan_context, f"read {uri}")
-        if uri not in self.reg.resources:
+        if uri not in _reg(ctx).resources:
             path = ctx.lifespan_context.host.path
             raise MCPError(types.INVALID_PARAMS, f"no resource {uri[:200]!r} on {path}")
 
@@ -116,7 +120,7 @@ class Handlers:
     ) -> types.ReadResourceResult:
         uri = str(params.uri)
         self._resource(ctx, uri)
-        res = self.reg.resources[uri]
+        res = _reg(ctx).resources[uri]
         try:
             value = await invoke(res.handler, ctx.lifespan_context.caller)
         except VsmdError as err:
@@ -148,14 +152,14 @@ class Handlers:
                     description=p.description,
                     arguments=[types.PromptArgument(**a) for a in p.arguments],
                 )
-                for p in self.reg.prompts.values()
+                for p in _reg(ctx).prompts.values()
             ]
         )
 
     async def get_prompt(
         self, ctx: Ctx, params: types.GetPromptRequestParams
     ) -> types.GetPromptResult:
-        prompt = self.reg.prompts.get(params.name)
+        prompt = _reg(ctx).prompts.get(params.name)
         if prompt is None:
             raise MCPError(types.INVALID_PARAMS, f"no prompt {params.name[:64]!r}")
         session = ctx.lifespan_context
@@ -168,8 +172,9 @@ class Handlers:
         )
 
 
-def build_server(registry: McpRegistry, name: str) -> Server[Session]:
-    h = Handlers(registry)
+def build_server(name: str = "vsm") -> Server[Session]:
+    """The server every VSM of a fork server shares; its name is what ``initialize`` says."""
+    h = Handlers()
     server: Server[Session] = Server(
         name,
         version=__version__,

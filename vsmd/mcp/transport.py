@@ -82,6 +82,8 @@ class ClientTransport:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()  # one writer on the wire at a time
         self.reopened = 0
+        self._out: MemoryObjectReceiveStream[SessionMessage] | None = None
+        self._writing = False
 
     async def __aenter__(
         self,
@@ -115,6 +117,17 @@ class ClientTransport:
         if self._in_send is not None:
             self._in_send.close()
 
+    async def settle(self, timeout: float) -> None:
+        """Wait until every request sent has its answer (or its error), at most ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._busy() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    def _busy(self) -> bool:
+        queued = self._out is not None and self._out.statistics().current_buffer_used > 0
+        return bool(self._pending) or self._writing or queued
+
     # --- outbound --------------------------------------------------------------------------
 
     async def _post(self, body: dict[str, Any], mandatory: bool = True) -> None:
@@ -124,9 +137,14 @@ class ClientTransport:
         )
 
     async def _writer(self, out_recv: MemoryObjectReceiveStream[SessionMessage]) -> None:
+        self._out = out_recv
         async with out_recv:
             async for message in out_recv:
-                await self._send(message)
+                self._writing = True
+                try:
+                    await self._send(message)
+                finally:
+                    self._writing = False
 
     async def _send(self, message: SessionMessage) -> None:
         m = message.message
@@ -159,7 +177,9 @@ class ClientTransport:
         if self._init is None:
             raise ProtocolError("the session was never initialized")
         self.link.unlisten(self.sid)
-        self.sid = uuid.uuid4().hex
+        old, self.sid = self.sid, uuid.uuid4().hex
+        with contextlib.suppress(VsmdError):  # a VSM that still holds the old one frees it now
+            await self._post({"session": old, "close": True}, mandatory=False)
         await self.link.listen(self.sid, self)
         rid = f"vsmd-reopen-{next(self._counter)}"
         init = self._init.message

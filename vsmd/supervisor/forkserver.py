@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import orjson
 
 from vsmd.agents import AgentRegistry, build_registry
+from vsmd.mcp.server import build_server
 from vsmd.spec import VsmSpec
 from vsmd.supervisor.cgroups import join_cgroups, sweep
 from vsmd.supervisor.oscalls import (
@@ -63,6 +64,8 @@ class ForkServer:
         self.warm = False
         self.orphaned = False  # the daemon died: set by the death signal's handler
         self.cgroups: dict[int, tuple[str, ...]] = {}  # pid -> the cgroups it joined
+        # One MCP server for every VSM forked here, built before any fork: shared pages.
+        self.mcp_server = build_server()
 
     def send(self, msg: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -86,7 +89,7 @@ class ForkServer:
         strategy = msg.get("strategy", "forkserver")
         if not self.warm and strategy == "forkserver" and msg.get("prewarm", True):
             self.warm = True  # once, on the first spawn: the first to bring a broker URL
-            prewarm(spec, self.registry)
+            prewarm(spec, self.registry, self.mcp_server)
         if self.freeze and msg.get("gc_freeze", True):
             # Move everything imported so far out of the collector's reach so the child's
             # first collection does not write to (and un-share) every page.
@@ -189,7 +192,7 @@ class ForkServer:
                     ],
                 )
             gc.enable()
-            code = run_vsm(spec, self.registry)
+            code = run_vsm(spec, self.registry, self.mcp_server)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 print(f"vsm {spec.vsm_id}: start failed: {exc!r}", file=sys.stderr)

@@ -84,7 +84,8 @@ class BuiltinTools:
         self.spec = rt.spec
         self.ctx = rt.ctx
         self.me = rt.spec.vsm_id
-        self.started = time.time()
+        assert rt.mcp_host is not None  # made only where the VSM serves MCP
+        self.host = rt.mcp_host
 
     async def _ask_daemon(self, kind: str, body: dict[str, Any]) -> Any:
         env = Envelope(type=kind, sender=self.me, path=self.spec.path, body=body)
@@ -101,11 +102,11 @@ class BuiltinTools:
             "parent": self.ctx.parent_id,
             "agent": self.spec.agent,
             "pid": os.getpid(),
-            "uptime": round(time.time() - self.started, 3),
+            "uptime": round(time.time() - rt.started, 3),
             "health": metrics.get("health", "ok"),
             "subtree": metrics.get("subtree"),
-            "refused": rt.refused + rt.mcp_host.refused,
-            "mcp_sessions": len(rt.mcp_host.sessions),
+            "refused": rt.refused + self.host.refused,
+            "mcp_sessions": len(self.host.sessions),
             "caller": {"id": caller.id, "role": caller.role},
         }
 
@@ -115,7 +116,7 @@ class BuiltinTools:
         self.rt.events.add(
             "spawned", f"{info.get('path')} by {caller.describe()}", child=info.get("id")
         )
-        self.rt.mcp_host.changed(f"vsm://{self.me}/children")
+        self.host.changed(f"vsm://{self.me}/children")
         return info
 
     async def list_children(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
@@ -128,7 +129,7 @@ class BuiltinTools:
         self.rt.events.add(
             "terminated", f"{target} by {caller.describe()}", ids=result.get("terminated")
         )
-        self.rt.mcp_host.changed(f"vsm://{self.me}/children")
+        self.host.changed(f"vsm://{self.me}/children")
         return result
 
     async def get_state(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:

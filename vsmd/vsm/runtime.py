@@ -12,16 +12,18 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from mcp.server.lowlevel import Server
 from setproctitle import setproctitle
 
 from vsmd.agents import AgentRegistry, AsyncAgent, Sender, build_registry, overrides
 from vsmd.bus.topology import Topology
 from vsmd.errors import AgentError, BrokerError, ProtocolError, Unauthorized, VsmdError
-from vsmd.mcp.host import McpHost
+from vsmd.mcp.host import McpHost, Session
 from vsmd.mcp.registry import McpRegistry
 from vsmd.mcp.server import build_server
 from vsmd.protocol import Envelope, error_reply, loads_object, ok_reply
@@ -36,7 +38,9 @@ log = logging.getLogger("vsmd.vsm")
 
 
 class VsmRuntime:
-    def __init__(self, spec: VsmSpec, registry: AgentRegistry) -> None:
+    def __init__(
+        self, spec: VsmSpec, registry: AgentRegistry, mcp_server: Server[Session] | None = None
+    ) -> None:
         self.spec = spec
         self.topo = Topology(spec.namespace)
         self.agent = registry.create(spec.agent, spec.config)
@@ -46,12 +50,13 @@ class VsmRuntime:
         # Every VSM an MCP server from the start: the tools every VSM has, and the agent's own
         # (ctx.mcp); sessions are made as clients come.
         self.mcp = self.ctx.mcp = McpRegistry()
-        self.mcp_host = McpHost(
-            build_server(self.mcp, f"vsm {spec.name}"), self.bus.reply, spec.vsm_id, spec.path
-        )
-        self.events = Events(lambda: self.mcp_host.changed(f"vsm://{spec.vsm_id}/events"))
-        self.state.on_change = lambda: self.mcp_host.changed(f"vsm://{spec.vsm_id}/state")
-        BuiltinTools(self).register(self.mcp)
+        self.events = Events(self._changed("events"))
+        self.state.on_change = self._changed("state")
+        self.started = time.time()
+        # The per-VSM half of the server (its host and the tools every VSM has) is made for
+        # the first MCP message: an idle VSM that nobody asks costs nothing more for it.
+        self._mcp_server = mcp_server
+        self.mcp_host: McpHost | None = None
         self._thread_ctx: ThreadContext | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stop: asyncio.Event | None = None
@@ -59,6 +64,23 @@ class VsmRuntime:
         self._exit_code = EXIT_OK
         self._resync: asyncio.Task[None] | None = None
         self.refused = 0  # messages that failed validation (counted, answered or dead-lettered)
+
+    def serve_mcp(self) -> McpHost:
+        if self.mcp_host is None:
+            server = self._mcp_server if self._mcp_server is not None else build_server()
+            spec = self.spec
+            self.mcp_host = McpHost(server, self.mcp, self.bus.reply, spec.vsm_id, spec.path)
+            BuiltinTools(self).register(self.mcp)
+        return self.mcp_host
+
+    def _changed(self, resource: str) -> Callable[[], None]:
+        uri = f"vsm://{self.spec.vsm_id}/{resource}"
+
+        def changed() -> None:
+            if self.mcp_host is not None:
+                self.mcp_host.changed(uri)
+
+        return changed
 
     # --- calling the agent -----------------------------------------------------------------
 
@@ -143,9 +165,11 @@ class VsmRuntime:
         try:
             env = Envelope.decode(msg.body, self.spec.max_message_bytes)
             if env.type == "mcp":  # its authority is judged per tool by the MCP server
+                if not self.spec.mcp:
+                    raise ProtocolError("this daemon runs its VSMs without MCP (mcp_server)")
                 assert self._started is not None
                 await self._started.wait()  # the agent's own tools are registered by then
-                await self.mcp_host.deliver(env, msg.reply_to, caller_of(self, msg, env))
+                await self.serve_mcp().deliver(env, msg.reply_to, caller_of(self, msg, env))
                 return None
             if self.spec.token_socket:
                 self._admit(msg, env)
@@ -356,19 +380,23 @@ class VsmRuntime:
         if code != EXIT_AGENT and overrides(self.agent, "stop"):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._agent("stop"), 5.0)
-        await self.mcp_host.close()
+        if self.mcp_host is not None:
+            await self.mcp_host.close()
         await self.bus.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         return code
 
 
-def run_vsm(spec: VsmSpec, registry: AgentRegistry | None = None) -> int:
-    """Entry point of a VSM process, after fork or exec."""
+def run_vsm(
+    spec: VsmSpec, registry: AgentRegistry | None = None, mcp_server: Server[Session] | None = None
+) -> int:
+    """Entry point of a VSM process, after fork or exec; ``mcp_server`` is the one the fork
+    server built for all its VSMs (an exec'd VSM builds its own)."""
     setproctitle(f"vsm {spec.vsm_id} {spec.path}")
     try:
         reg = registry if registry is not None else build_registry(spec.agent_modules)
-        runtime = VsmRuntime(spec, reg)
+        runtime = VsmRuntime(spec, reg, mcp_server)
     except VsmdError as err:
         print(f"vsm {spec.vsm_id}: {err.message}", file=sys.stderr)
         return EXIT_SPEC
