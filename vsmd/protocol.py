@@ -368,7 +368,20 @@ class Envelope:
     v: int = VERSION
 
     def encode(self) -> bytes:
-        return dumps(dataclasses.asdict(self))
+        # Not dataclasses.asdict: it deep-copies the body, which costs more than the rest of
+        # sending it (an MCP message is a deep body).
+        return dumps(
+            {
+                "type": self.type,
+                "sender": self.sender,
+                "body": self.body,
+                "id": self.id,
+                "time": self.time,
+                "correlation": self.correlation,
+                "path": self.path,
+                "v": self.v,
+            }
+        )
 
     @classmethod
     def decode(cls, raw: bytes, limit: int) -> Envelope:

@@ -253,8 +253,10 @@ class ClientTransport:
                 )
                 return
             env = Envelope.decode(body, MAX_REPLY)
-            if env.body.get("probe") is False and env.body.get("session") == self.sid:
-                await self._fail_all(wire.UNREACHABLE, f"{self.label} went down before it answered")
+            if "probe" in env.body:  # only a "no" matters: the VSM restarted without us
+                if env.body["probe"] is False and env.body.get("session") == self.sid:
+                    text = f"{self.label} went down before it answered"
+                    await self._fail_all(wire.UNREACHABLE, text)
                 return
             message = wire.from_wire(env.body.get("message"))
         except VsmdError as err:
