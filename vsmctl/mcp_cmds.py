@@ -11,7 +11,7 @@ import typer
 from vsmctl.client import DEFAULT_TIMEOUT
 from vsmctl.complete import complete_vsm_id
 from vsmctl.options import Broker, Json, Namespace, Timeout, call, print_json, refuse
-from vsmd.errors import VsmdError
+from vsmd.errors import VsmdError, from_dict
 
 Opt = typer.Option
 Target = Annotated[
@@ -110,6 +110,9 @@ def call_tool(
     )
     texts = [c.text for c in result.content if getattr(c, "type", "") == "text"]
     if result.is_error:
+        err = (result.structured_content or {}).get("error")
+        if isinstance(err, dict):  # a vsmd error: its code and exit code, as everywhere
+            refuse(from_dict(err))
         typer.echo(f"vsmctl: {tool} failed: {' '.join(texts)}", err=True)
         raise typer.Exit(1)
     if json:

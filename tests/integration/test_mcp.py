@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import pika
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
 from tests.support.harness import BIN, DaemonProc, poll_for, running_daemon
 from tests.support.tcp_proxy import TcpProxy
@@ -101,8 +102,8 @@ def test_vsmctl_tools_call_and_resources_script_a_vsm(tree: Tree) -> None:
     assert note.strip() == "note of root.a"
     failed = tree.d.vsmctl("call", tree.a, "terminate_child", "--arg", f"id={tree.b}")
     assert (
-        failed.returncode == 1
-        and "UNAUTHORIZED" in failed.stderr
+        failed.returncode == 4
+        and failed.stderr.startswith("vsmctl: UNAUTHORIZED: ")
         and "not in its subtree" in failed.stderr
     )
 
@@ -312,3 +313,30 @@ def test_a_line_that_is_no_json_rpc_gets_a_parse_error_from_the_bridge(tree: Tre
     assert answers[0]["id"] is None and answers[0]["error"]["code"] == -32700
     assert answers[1]["id"] == 1 and answers[1]["result"]["serverInfo"]["name"] == "vsm b"
     assert answers[2]["id"] == 2 and answers[2]["result"]["structuredContent"]["id"] == tree.b
+
+
+def test_a_subscribed_state_resource_tells_of_each_change(tree: Tree) -> None:
+    uri = f"vsm://{tree.b}/state"
+    heard: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        params = getattr(message, "params", None)
+        if getattr(message, "method", "") == "notifications/resources/updated" and params:
+            heard.append(str(params.uri))
+
+    async def main() -> None:
+        url, ns = tree.d.broker_url, tree.d.namespace
+        async with create_mcp_client(url, ns, tree.b, message_handler=on_message) as s:
+            with warnings.catch_warnings():
+                # The SDK marks resources/subscribe deprecated for the 2026-07-28 protocol; the
+                # handshake-era sessions vsmd serves (and the hosts of today) still use it.
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await s.subscribe_resource(uri)
+            await s.call_tool("set_policy", {"values": {"x-watch": "on"}})
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while uri not in heard and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert uri in heard

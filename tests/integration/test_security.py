@@ -23,7 +23,12 @@ from vsmctl.client import VsmClient
 from vsmd.errors import NotFound, Unauthorized, Unreachable
 from vsmd.security import credentials
 
-AGENTS = ["tests.support.agents", "tests.support.msg_agents", "tests.support.hostile_agents"]
+AGENTS = [
+    "tests.support.agents",
+    "tests.support.msg_agents",
+    "tests.support.hostile_agents",
+    "tests.support.mcp_agents",
+]
 
 
 @pytest.fixture(scope="module")
@@ -329,6 +334,45 @@ def test_messages_flow_within_the_rules_and_a_moved_subtree_gets_new_rights(
 
     poll_for(alert_at_mid, 15.0, 0.1, "the alert at mid, its new root")
     assert c.show(mid.id).refused == 0 and c.show(leaf.id).refused == 0
+
+
+def test_mcp_authority_follows_the_broker_checked_identity(secure: DaemonProc) -> None:
+    """Operators may do anything over MCP, viewers only read; a VSM drives its descendants,
+    never its parent or a sibling; each judged by user_id, which the broker checks."""
+    c = secure.client()
+    top = c.spawn_recursive_vsm(None, _cfg("mcpdrive", name="mcptop"))
+    kid = c.spawn_recursive_vsm(top.id, _cfg("mcpdrive", name="kid"))
+    kid2 = c.spawn_recursive_vsm(top.id, _cfg("mcpdrive", name="kid2"))
+    op_file = credentials.credentials_file(secure.state_dir, "operator", secure.namespace)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VSM_")}
+
+    def vsmctl(creds: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "vsmctl"), "--credentials", creds, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    status = vsmctl(str(op_file), "call", kid.id, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert orjson.loads(status.stdout)["caller"]["role"] == "full"
+    spawned = vsmctl(str(op_file), "call", kid.id, "spawn_child", "--arg", "name=g", "--json")
+    assert spawned.returncode == 0 and orjson.loads(spawned.stdout)["path"] == "mcptop.kid.g"
+    viewer_file = str(credentials.credentials_file(secure.state_dir, "viewer", secure.namespace))
+    read = vsmctl(viewer_file, "call", kid.id, "get_state", "--json")
+    assert read.returncode == 0 and orjson.loads(read.stdout)["id"] == kid.id, read.stderr
+    refused = vsmctl(viewer_file, "call", kid.id, "spawn_child", "--arg", "name=no")
+    assert refused.returncode == 4, (refused.stdout, refused.stderr)
+    assert "may not call spawn_child on mcptop.kid: viewers may only read" in refused.stderr
+    down = c.call(top.id, "mcp_to", {"target": kid.id, "tool": "status"}, 60.0)
+    assert down["result"]["caller"] == {"id": top.id, "role": "full"}, down
+    for target in (top.id, kid2.id):
+        up = c.call(kid.id, "mcp_to", {"target": target, "tool": "status"}, 60.0)
+        assert up["error"]["code"] == -32011 and "has no authority over" in up["error"]["message"]
+    c.terminate_child_vsm(top.id)
 
 
 def test_the_exec_strategy_gets_its_token_the_same_way(tmp_path: Path) -> None:

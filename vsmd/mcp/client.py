@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import mcp_types as types
-from mcp.client.session import ClientSession
+from mcp.client.session import ClientSession, MessageHandlerFnT
 
 from vsmd import __version__
 from vsmd.bus.topology import Topology
@@ -40,13 +40,22 @@ async def open_session(
     sender: str,
     path: str = "",
     timeout: float = DEFAULT_TIMEOUT,
+    message_handler: MessageHandlerFnT | None = None,
 ) -> AsyncIterator[ClientSession]:
+    """``message_handler`` hears what the server sends unasked, e.g. a subscribed resource's
+    ``notifications/resources/updated``."""
     key, label = target_key(topo, target)
     info = types.Implementation(name=f"vsmd {sender}", version=__version__)
     try:
         async with (
             ClientTransport(link, key, label, sender, path) as (read, write),
-            ClientSession(read, write, read_timeout_seconds=timeout, client_info=info) as session,
+            ClientSession(
+                read,
+                write,
+                read_timeout_seconds=timeout,
+                client_info=info,
+                message_handler=message_handler,
+            ) as session,
         ):
             await session.initialize()
             yield session
@@ -75,11 +84,14 @@ async def create_mcp_client(
     target: str,
     sender: str = "vsmctl",
     timeout: float = DEFAULT_TIMEOUT,
+    message_handler: MessageHandlerFnT | None = None,
 ) -> AsyncIterator[ClientSession]:
     """A session over a connection of its own, closed with the session."""
     link = StandaloneLink(broker_url, namespace, min(timeout, 10.0))
     try:
-        async with open_session(link, link.topo, target, sender, timeout=timeout) as session:
+        async with open_session(
+            link, link.topo, target, sender, timeout=timeout, message_handler=message_handler
+        ) as session:
             yield session
     finally:
         await link.close()
