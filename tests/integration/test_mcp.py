@@ -340,3 +340,43 @@ def test_a_subscribed_state_resource_tells_of_each_change(tree: Tree) -> None:
 
     asyncio.run(main())
     assert uri in heard
+
+
+def _imports(res: subprocess.CompletedProcess[str]) -> set[str]:
+    """Top-level packages a `python -X importtime` run imported (from its stderr)."""
+    names = set()
+    for line in res.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+def test_list_spawn_and_terminate_never_import_the_sdk(tree: Tree) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [str(BIN / "python"), "-X", "importtime", str(BIN / "vsmctl"), *args],
+            env={**os.environ, **tree.d.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res
+
+    spawned = run("spawn", "--parent", tree.root, "--name", "light", "-q")
+    vid = spawned.stdout.strip()
+    for res in (spawned, run("list"), run("terminate", vid)):
+        imported = _imports(res)
+        assert "typer" in imported  # the check sees what vsmctl imports
+        assert not {"mcp", "mcp_types", "anyio", "starlette"} & imported
+    assert "mcp" in _imports(run("tools", tree.root))  # and would see the SDK
+
+
+def test_a_daemon_without_mcp_answers_mcp_with_an_error(broker_url: str, tmp_path: Any) -> None:
+    with running_daemon(broker_url, tmp_path / "state", config={"mcp_server": False}) as d:
+        vid = d.client().spawn_recursive_vsm(None, SpawnConfig(name="plain")).id
+        res = d.vsmctl("call", vid, "status", "--timeout", "20")
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        assert "without MCP (mcp_server)" in res.stderr
+        assert d.client().ping_vsm(vid)["pong"] == vid  # it serves everything else
