@@ -64,6 +64,8 @@ def _table(rows: list[VsmInfo], snap: Snapshot, sort: SortKey) -> Table:
             str(i.restarts),
             _metric(i, "rss_mb"),
             _metric(i, "cpu_percent"),
+            _metric(i, "msg_in"),
+            _metric(i, "msg_out"),
             Text(snap.alerts.for_vsm(i.id, snap.taken), style="red"),
         )
     return table
@@ -77,6 +79,8 @@ _COLUMNS: tuple[tuple[str, Any], ...] = (
     ("RESTARTS", "right"),
     ("RSS MiB", "right"),
     ("CPU %", "right"),
+    ("IN/s", "right"),
+    ("OUT/s", "right"),
     ("ALERT", "left"),
 )
 

@@ -56,6 +56,7 @@ class SortKey(StrEnum):
     cpu = "cpu"
     rss = "rss"
     restarts = "restarts"
+    msgs = "msgs"
     status = "status"
     name = "name"
     path = "path"
@@ -72,6 +73,8 @@ _SORTS: dict[SortKey, tuple[Callable[[VsmInfo], Any], bool]] = {
     SortKey.cpu: (lambda i: num(i, "cpu_percent"), True),
     SortKey.rss: (lambda i: num(i, "rss_mb"), True),
     SortKey.restarts: (lambda i: i.restarts, True),
+    # Messages in and out per second, as each VSM reports them every 5 s.
+    SortKey.msgs: (lambda i: num(i, "msg_in") + num(i, "msg_out"), True),
     SortKey.status: (lambda i: _STATUS_RANK.get(i.status, len(_STATUS_RANK)), False),
     SortKey.name: (lambda i: i.name, False),
     SortKey.path: (lambda i: i.path, False),

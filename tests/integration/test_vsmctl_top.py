@@ -8,7 +8,7 @@ import signal
 import subprocess
 import uuid
 
-from tests.support.harness import BIN, DaemonProc
+from tests.support.harness import BIN, DaemonProc, poll_for
 from tests.support.terminal import Terminal
 from vsmd.protocol import Policy, SpawnConfig
 
@@ -49,10 +49,10 @@ def test_top_shows_the_tree_live_and_quits_on_ctrl_c(daemon: DaemonProc) -> None
         def restarted(screen: str) -> bool:
             row = _row(screen, worker.id)
             return (
-                len(row) >= 8
+                len(row) >= 10
                 and row[2] != str(worker.pid)
                 and row[3:5] == ["running", "1"]
-                and row[7] == "restart_scheduled"
+                and row[9] == "restart_scheduled"
             )
 
         screen = term.wait_for(restarted, "the worker's restart and its alert")
@@ -84,6 +84,30 @@ def test_top_once_prints_one_frame_sorted(daemon: DaemonProc) -> None:
     assert order("--sort", "name") == ["m.alpha", "m.kilo", "m", "m.zeta"]
     assert order("--sort", "name", "--reverse") == ["m.zeta", "m", "m.kilo", "m.alpha"]
     assert order("--parent", root.id, "--sort", "path") == ["m.alpha", "m.kilo", "m.zeta"]
+
+
+def test_top_shows_message_rates_that_the_vsms_report(daemon: DaemonProc) -> None:
+    c = daemon.client()
+    busy = c.spawn_recursive_vsm(None, SpawnConfig(name="busy"))
+    quiet = c.spawn_recursive_vsm(None, SpawnConfig(name="quiet"))
+
+    def reported() -> bool:
+        for _ in range(20):  # answered: one in, one out each
+            c.ping_vsm(busy.id)
+        return bool(c.show(busy.id).metrics.get("msg_in", 0) > 0)
+
+    poll_for(reported, 60, what="the busy VSM to report its rates (every 5 s)")
+    info = c.show(busy.id)
+    assert info.metrics["msg_in"] > 0 and info.metrics["msg_out"] > 0, info.metrics
+    assert "msg_in" not in c.show(quiet.id).metrics  # idle: it never wrote any
+    res = daemon.vsmctl("top", "--once", "--sort", "msgs")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    header = next(line for line in lines if "IN/s" in line)
+    assert header.split()[-3:] == ["IN/s", "OUT/s", "ALERT"]
+    rows = [line.split() for line in lines if line[:12] in (busy.id, quiet.id)]
+    assert [r[0] for r in rows] == [busy.id, quiet.id]  # the busy one first
+    assert float(rows[0][-2]) > 0 and rows[1][-2:] == ["-", "-"]
 
 
 def test_top_without_a_daemon_exits_3_before_drawing(daemon: DaemonProc) -> None:

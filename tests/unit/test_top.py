@@ -30,8 +30,8 @@ def _info(vsm_id: str, status: str = "running", **kw: Any) -> VsmInfo:
 
 
 def test_sort_orders_numbers_largest_first_and_text_a_to_z() -> None:
-    a = _info("a", metrics={"cpu_percent": 5.0, "rss_mb": 30.0}, restarts=2)
-    b = _info("b", metrics={"cpu_percent": 50.0, "rss_mb": 10.0})
+    a = _info("a", metrics={"cpu_percent": 5.0, "rss_mb": 30.0, "msg_in": 1.0}, restarts=2)
+    b = _info("b", metrics={"cpu_percent": 50.0, "rss_mb": 10.0, "msg_in": 2.0, "msg_out": 3.0})
     c = _info("c", "failed")  # no sample: below every sampled VSM
     rows = [a, b, c]
 
@@ -44,6 +44,7 @@ def test_sort_orders_numbers_largest_first_and_text_a_to_z() -> None:
     assert ids(SortKey.rss) == ["a", "b", "c"]
     assert ids(SortKey.rss, True) == ["c", "b", "a"]
     assert ids(SortKey.restarts) == ["a", "b", "c"]  # ties keep tree order
+    assert ids(SortKey.msgs) == ["b", "a", "c"]  # in + out
     assert ids(SortKey.status) == ["c", "a", "b"]  # the failed one first
     assert ids(SortKey.id, True) == ["c", "b", "a"]
 

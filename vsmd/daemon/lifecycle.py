@@ -88,6 +88,7 @@ class Lifecycle(abc.ABC):
         rec.pid, rec.exit_code, rec.exit_signal = None, code, sig
         rec.last_exit = exit_text(code, sig)
         rec.metrics = {}
+        rec.rates = {}
         if rec.timer:
             rec.timer.cancel()
         if rec.status is Status.STOPPING:

@@ -82,6 +82,8 @@ class VsmRecord:
     force_restart: bool = False  # a quota or supervisor asked for a restart whatever the policy
     history: RestartHistory = field(default_factory=RestartHistory)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Messages per second in and out, as the VSM last reported them in its state.
+    rates: dict[str, Any] = field(default_factory=dict)
     reported: str | None = None  # what the VSM said about its own failure, before exiting
     unreachable_since: float | None = None  # wall clock; running, but its inbox is gone
     refused: int = 0  # its requests the daemon refused as outside its authority
@@ -116,7 +118,7 @@ class VsmRecord:
             last_reason=self.last_reason,
             next_restart=self.next_restart,
             policy=self.policy.to_dict(),
-            metrics=dict(self.metrics),
+            metrics={**self.metrics, **self.rates},
             refused=self.refused,
         )
 

@@ -18,6 +18,9 @@ from vsmd.errors import JournalUnavailable, ProtocolError, VsmdError
 from vsmd.protocol import Envelope, check_policy_value, dumps, loads_object, ok_reply
 from vsmd.state import Clock, Entry, StateMap, decode, effective_policy, encode, to_bytes
 
+# What a VSM reports of its traffic (vsmd/vsm/state.py `rates`).
+RATE_KEYS = (("metrics", "msg_in"), ("metrics", "msg_out"))
+
 log = logging.getLogger("vsmd.state")
 
 WRITE_EVERY = 0.1  # seconds: how far the journal may be behind the VSMs
@@ -66,8 +69,12 @@ class StateStore:
         entries, _ = decode(body)
         for e in entries.values():
             self.clock.observe(e.version)
-        if self.of(rec.id).apply(entries):
+        changed = self.of(rec.id).apply(entries)
+        if changed:
             self._dirty.add(rec.id)
+        if any(k in RATE_KEYS for k in changed):  # for list and top, next to rss and cpu
+            metrics = self.of(rec.id).section("metrics")
+            rec.rates = {k[1]: metrics[k[1]] for k in RATE_KEYS if k[1] in metrics}
 
     def on_flush(self, respond: Respond) -> None:
         if self._dirty:

@@ -93,6 +93,9 @@ class VsmBus:
         # MCP client sessions of this VSM: their answers by correlation id (vsmd.mcp.transport).
         self._listeners: dict[str, Any] = {}
         self.lost = asyncio.Event()
+        # Messages this VSM sent on its own account (replies, agent messages, MCP), for its
+        # rates: not its state deltas, which the rates themselves cause.
+        self.sent = 0
         # Secure mode: the broker identity (user_id on every publish) and its token's life.
         self.user: str | None = None
         self.token_ttl = 0.0
@@ -245,6 +248,7 @@ class VsmBus:
 
     async def reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
         # Not mandatory: a requester that gave up is no error of ours.
+        self.sent += 1
         await self.publish(reply_to, body, exchange="", correlation_id=correlation_id)
 
     async def dead_letter(self, body: bytes, reason: str) -> None:
@@ -337,6 +341,7 @@ class VsmBus:
         correlation_id: str | None,
         mandatory: bool,
     ) -> None:
+        self.sent += 1
         props: dict[str, Any] = {}
         if reply_to is not None:
             await self._replies()  # direct reply-to: consumed before the first publish naming it

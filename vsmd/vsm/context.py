@@ -71,12 +71,14 @@ class Context:
     # --- the API ---------------------------------------------------------------------------
 
     async def send(self, target: str, kind: str, body: dict[str, Any] | None = None) -> None:
+        self._rt.bus.sent += 1
         await self._rt.bus.publish(self._key(target), self._envelope(kind, body), mandatory=True)
 
     async def request(
         self, target: str, kind: str, body: dict[str, Any] | None = None, timeout: float = 10.0
     ) -> Any:
         key = self._key(target)
+        self._rt.bus.sent += 1
         return await self._rt.call(key, self._envelope(kind, body), timeout)
 
     async def broadcast(
@@ -90,6 +92,7 @@ class Context:
         else:
             # Every descendant has the subtree binding; those deeper than asked drop it.
             key, extra = topo.subtree_key(self.vsm_id), {"within": depth, "from_depth": self.depth}
+        self._rt.bus.sent += 1
         await self._rt.bus.publish(key, self._envelope(kind, body, **extra))
 
     async def alert(self, severity: str, text: str, data: dict[str, Any] | None = None) -> None:
@@ -98,6 +101,7 @@ class Context:
         root = self._rt.bus.ancestors[0] if self._rt.bus.ancestors else self.vsm_id
         body = {"severity": severity, "text": str(text)[:2000], "data": data or {}}
         key = self._rt.topo.alert_key(root, self.vsm_id)
+        self._rt.bus.sent += 1
         await self._rt.bus.publish(key, self._envelope("alert", body))
 
     async def spawn_child(

@@ -35,6 +35,7 @@ from vsmd.vsm.mcp_tools import BuiltinTools, Events, caller_of
 from vsmd.vsm.state import StateReplica
 
 log = logging.getLogger("vsmd.vsm")
+RATE_WINDOW = 5.0  # seconds over which a VSM reports its message rates
 
 
 class VsmRuntime:
@@ -64,6 +65,7 @@ class VsmRuntime:
         self._exit_code = EXIT_OK
         self._resync: asyncio.Task[None] | None = None
         self.refused = 0  # messages that failed validation (counted, answered or dead-lettered)
+        self.received = 0  # inbox messages, for the rates in our state (vsmctl top)
 
     def serve_mcp(self) -> McpHost:
         if self.mcp_host is None:
@@ -164,6 +166,8 @@ class VsmRuntime:
     async def _handle(self, msg: Incoming) -> bytes | None:
         try:
             env = Envelope.decode(msg.body, self.spec.max_message_bytes)
+            if env.type != "probe":  # the daemon's liveness probes are no traffic of ours
+                self.received += 1
             if env.type == "mcp":  # its authority is judged per tool by the MCP server
                 if not self.spec.mcp:
                     raise ProtocolError("this daemon runs its VSMs without MCP (mcp_server)")
@@ -302,6 +306,20 @@ class VsmRuntime:
             await asyncio.sleep(self.spec.tick_interval)
             await self._agent("tick")
 
+    async def _report_rates(self) -> None:
+        """Messages per second in and out over the last RATE_WINDOW, into our state when they
+        changed: an idle VSM writes nothing, a busy one one update per window."""
+        last = (0, 0)
+        shown = (0.0, 0.0)
+        while True:
+            await asyncio.sleep(RATE_WINDOW)
+            now = (self.received, self.bus.sent)
+            rates = tuple(round((n - p) / RATE_WINDOW, 1) for n, p in zip(now, last, strict=True))
+            last = now
+            if rates != shown:
+                shown = (rates[0], rates[1])
+                self.state.rates(*shown)
+
     async def _refresh_tokens(self) -> None:
         """Secure mode: a new token at half its life; the broker does not end a connection
         whose token expired, it refuses what the connection does next."""
@@ -374,9 +392,11 @@ class VsmRuntime:
             return EXIT_BROKER
         agent = asyncio.create_task(self._run_agent())
         refresh = asyncio.create_task(self._refresh_tokens())
+        rates = asyncio.create_task(self._report_rates())
         code = await self._supervise(agent)
         agent.cancel()
         refresh.cancel()
+        rates.cancel()
         if code != EXIT_AGENT and overrides(self.agent, "stop"):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._agent("stop"), 5.0)

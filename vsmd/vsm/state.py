@@ -75,6 +75,11 @@ class StateReplica:
         """Tighten this VSM's own policy (it can never loosen what came from above)."""
         self._write("policy", key, value)
 
+    def rates(self, msg_in: float, msg_out: float) -> None:
+        """The runtime's own traffic figures (messages per second), next to ``health``."""
+        self._write("metrics", "msg_in", msg_in)
+        self._write("metrics", "msg_out", msg_out)
+
     def child_states(self) -> dict[str, dict[str, dict[str, Any]]]:
         return {cid: m.view() for cid, m in self.children.items()}
 
