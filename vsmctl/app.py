@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from vsmctl import mcp_cmds, messaging, state_cmds, top
+from vsmctl import agents_cmd, mcp_cmds, messaging, state_cmds, top
 from vsmctl.client import DEFAULT_TIMEOUT, VsmClient
 from vsmctl.complete import complete_vsm_id
 from vsmctl.options import Broker, Json, Namespace, Timeout
@@ -279,6 +279,7 @@ messaging.register(app)
 state_cmds.register(app)
 top.register(app)
 mcp_cmds.register(app)
+agents_cmd.register(app)
 
 
 def main() -> None:

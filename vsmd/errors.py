@@ -30,6 +30,13 @@ class ConfigError(VsmdError):
     code = "CONFIG_INVALID"
 
 
+class InvalidConfig(VsmdError):
+    """An agent's settings that its type's schema refuses; ``details["errors"]`` has one
+    ``{"field", "message"}`` per bad field."""
+
+    code = "INVALID_CONFIG"
+
+
 class BrokerError(VsmdError):
     """The broker could not be reached, refused us, or dropped the connection."""
 

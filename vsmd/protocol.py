@@ -220,6 +220,13 @@ class ListVsms(Command):
 
 
 @dataclass(frozen=True)
+class ListAgents(Command):
+    """Every agent type the daemon knows, with its config schema and capabilities."""
+
+    cmd: ClassVar[str] = "agents"
+
+
+@dataclass(frozen=True)
 class Show(Command):
     cmd: ClassVar[str] = "show"
     id: str
@@ -303,7 +310,18 @@ def encodable(value: Any) -> bool:
 
 COMMANDS: dict[str, type[Command]] = {
     c.cmd: c
-    for c in (Ping, Spawn, ListVsms, Show, Terminate, Events, StateOf, PolicySet, PolicyShow)
+    for c in (
+        Ping,
+        Spawn,
+        ListVsms,
+        ListAgents,
+        Show,
+        Terminate,
+        Events,
+        StateOf,
+        PolicySet,
+        PolicyShow,
+    )
 }
 
 

@@ -7,11 +7,13 @@ daemon and the fork server both load it, so a spawn of an unknown type is refuse
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from vsmd.agents.types import AgentType, make_type
 from vsmd.errors import ConfigError, NotFound
 from vsmd.mcp.registry import McpRegistry
 
@@ -216,33 +218,76 @@ class NoopAgent(AsyncAgent):
 
 
 class AgentRegistry:
+    """The AgentFactory: every agent type by name, with its config schema and capabilities."""
+
     def __init__(self) -> None:
         from vsmd.agents.builtin import ReadingAgent, TreeAgent
 
-        self._factories: dict[str, AgentFactory] = {
-            "noop": NoopAgent,
-            "tree": TreeAgent,
-            "reading": ReadingAgent,
-        }
+        self._types: dict[str, AgentType] = {}
+        for name, factory in (("noop", NoopAgent), ("tree", TreeAgent), ("reading", ReadingAgent)):
+            self.register(name, factory)
 
-    def register(self, name: str, factory: AgentFactory) -> None:
-        self._factories[name] = factory
+    def register(
+        self,
+        name: str,
+        factory: AgentFactory,
+        *,
+        schema: dict[str, Any] | None = None,
+        capabilities: Iterable[str] | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Add a type; schema, capabilities and description default to the class's own
+        ``config_schema``, ``capabilities`` and docstring (vsmd.agents.types)."""
+        self._types[name] = make_type(name, factory, schema, capabilities, description)
 
     def names(self) -> list[str]:
-        return sorted(self._factories)
+        return sorted(self._types)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._factories
+        return name in self._types
+
+    def get(self, name: str) -> AgentType:
+        found = self._types.get(name)
+        if found is None:
+            raise NotFound(f"unknown agent type {name[:64]!r}; known: {', '.join(self.names())}")
+        return found
+
+    def validate(self, name: str, config: dict[str, Any]) -> None:
+        """NotFound for an unknown type, InvalidConfig (one message per field) for bad settings."""
+        self.get(name).validate(config)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [self._types[n].to_dict() for n in self.names()]
 
     def create(self, name: str, config: dict[str, Any]) -> Agent:
-        factory = self._factories.get(name)
-        if factory is None:
-            raise NotFound(f"unknown agent type {name!r}; known: {', '.join(self.names())}")
-        return factory(config)
+        agent: Agent = self.get(name).factory(config)
+        return agent
+
+
+ENTRY_POINTS = "vsmd.agents"
+
+
+def _load_entry_points(registry: AgentRegistry) -> None:
+    """Types of installed packages: an entry point in group ``vsmd.agents`` names an agent
+    class (registered under the entry point's name) or a ``register_agents(registry)``."""
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken package: said at start, as a bad agent module
+            raise ConfigError(
+                f"cannot load agent entry point {ep.name!r} ({ep.value}): {exc}"
+            ) from None
+        if isinstance(obj, type) and issubclass(obj, BaseAgent | AsyncAgent):
+            registry.register(ep.name, obj)
+        elif callable(obj):
+            obj(registry)
+        else:
+            raise ConfigError(f"agent entry point {ep.name!r} is no agent class or function")
 
 
 def build_registry(modules: Iterable[str]) -> AgentRegistry:
     registry = AgentRegistry()
+    _load_entry_points(registry)
     for mod_name in modules:
         try:
             module = importlib.import_module(mod_name)

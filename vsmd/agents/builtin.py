@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from vsmd.agents import AgentContext, AsyncAgent
 from vsmd.errors import VsmdError
@@ -19,6 +19,16 @@ class TreeAgent(AsyncAgent):
     ``leaf`` (the agent of the last level, default ``tree``: a leaf that does nothing).
     Each child is asked for by the VSM itself, the way any agent asks for children.
     """
+
+    config_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "fanout": {"type": "integer", "minimum": 0, "maximum": 1000},
+            "levels": {"type": "integer", "minimum": 0, "maximum": 16},
+            "leaf": {"type": "string", "minLength": 1},
+        },
+        "additionalProperties": False,
+    }
 
     async def start(self, ctx: AgentContext) -> None:
         fanout = int(self.config.get("fanout", 2))

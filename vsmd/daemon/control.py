@@ -27,6 +27,7 @@ from vsmd.protocol import (
     Command,
     Envelope,
     Events,
+    ListAgents,
     ListVsms,
     Ping,
     PolicySet,
@@ -161,6 +162,9 @@ class Control:
     def list(self, cmd: ListVsms, respond: Respond) -> None:
         infos = self.manager.list_child_vsms(cmd.parent, cmd.recursive)
         respond(ok_reply([i.to_dict() for i in infos]))
+
+    def agents(self, _cmd: ListAgents, respond: Respond) -> None:
+        respond(ok_reply(self.manager.agents.describe()))
 
     def show(self, cmd: Show, respond: Respond) -> None:
         respond(ok_reply(self.manager.show(cmd.id).to_dict()))
@@ -323,6 +327,7 @@ HANDLERS: dict[type[Command], Handler] = {
     Ping: Control.ping,
     Spawn: Control.spawn,
     ListVsms: Control.list,
+    ListAgents: Control.agents,
     Show: Control.show,
     Terminate: Control.terminate,
     Events: Control.events,

@@ -171,10 +171,8 @@ class SpawnManager(Lifecycle):
         if self.state_policy is not None:
             policy_limits.check_spawn(self.registry, self.state_policy, parent, depth)
         agent = config.agent or self.config.default_agent
-        if agent not in self.agents:
-            raise NotFound(
-                f"unknown agent type {agent[:64]!r}; known: {', '.join(self.agents.names())}"
-            )
+        # Unknown type: NOT_FOUND; settings its schema refuses: INVALID_CONFIG, before a fork.
+        self.agents.validate(agent, dict(config.settings))
         vsm_id = uuid.uuid4().hex[:12]
         try:
             name = check_name(config.name, "VSM name") if config.name else vsm_id

@@ -74,4 +74,4 @@ RESOURCE_SERVER_ID = "vsmd"
 VHOST = "vsmd"
 
 # What a viewer may ask the daemon; everything else needs the operator role.
-VIEWER_COMMANDS = frozenset({"ping", "list", "show", "events", "state", "policy_show"})
+VIEWER_COMMANDS = frozenset({"ping", "list", "agents", "show", "events", "state", "policy_show"})
