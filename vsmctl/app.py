@@ -110,6 +110,10 @@ def spawn(
     budget_memory_mb: Annotated[
         int | None, Opt(min=1, help="Memory quotas of this subtree, MiB (from the parent's).")
     ] = None,
+    capabilities: Annotated[
+        str | None,
+        Opt(help="Capabilities to grant, comma-separated (default: the agent type's)."),
+    ] = None,
     wait_throttle: Annotated[
         bool, Opt("--wait-throttle", help="On THROTTLED, wait retry_after and try again.")
     ] = False,
@@ -133,6 +137,9 @@ def spawn(
             max_children=max_children,
             budget_descendants=budget_descendants,
             budget_memory_mb=budget_memory_mb,
+            capabilities=None
+            if capabilities is None
+            else [c.strip() for c in capabilities.split(",") if c.strip()],
         ).validate()
     except VsmdError as err:
         raise typer.BadParameter(err.message) from None

@@ -65,6 +65,7 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "float": (int, float),
     "bool": (bool,),
     "dict[str, Any]": (dict,),
+    "list[str] | None": (list, type(None)),
 }
 
 
@@ -127,6 +128,10 @@ class Ping(Command):
     cmd: ClassVar[str] = "ping"
 
 
+# What a spawn can grant an agent: talk to other VSMs, keep state, spawn in its subtree, HTTP,
+# a language model, metrics, MCP tools of its own (vsmd/agents/types.py, docs/api.md).
+CAPABILITIES = ("messaging", "state", "spawn", "http", "llm", "metrics", "mcp")
+
 RESTART_POLICIES = ("permanent", "transient", "temporary")
 PARENT_EXIT_POLICIES = ("terminate", "abandon")
 CHILD_FAILURE_POLICIES = ("ignore", "terminate", "restart")
@@ -148,6 +153,8 @@ class Policy:
     max_children: int | None = None
     budget_descendants: int | None = None
     budget_memory_mb: int | None = None
+    # What the VSM's agent may use (vsmd.agents.types.CAPABILITIES); None: its type's.
+    capabilities: list[str] | None = None
 
     def validate(self) -> Policy:
         choices = {
@@ -170,6 +177,13 @@ class Policy:
             raise ProtocolError("budget_descendants must be 0 or more", field="budget_descendants")
         if self.cpu_percent is not None and not 0 < self.cpu_percent <= 100 * 1024:
             raise ProtocolError("cpu_percent must be above 0", field="cpu_percent")
+        if self.capabilities is not None:
+            unknown = [c for c in self.capabilities if c not in CAPABILITIES]
+            if unknown or not all(isinstance(c, str) for c in self.capabilities):
+                raise ProtocolError(
+                    f"capabilities: unknown {unknown!r}; known: {', '.join(CAPABILITIES)}",
+                    field="capabilities",
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from vsmd.protocol import CAPABILITIES
+
 # Exit codes a VSM uses, so the daemon can say why a start failed.
 EXIT_OK = 0
 EXIT_BROKER = 3
@@ -54,6 +56,8 @@ class VsmSpec:
     token_socket: str = ""
     uid: int = 0
     mcp: bool = True  # serve MCP (config mcp_server)
+    # What its agent was granted (vsmd.protocol.CAPABILITIES); the context refuses the rest.
+    capabilities: tuple[str, ...] = CAPABILITIES
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,4 +68,5 @@ class VsmSpec:
         data["agent_modules"] = tuple(data.get("agent_modules", ()))
         data["ancestors"] = tuple(data.get("ancestors", ()))
         data["cgroup_procs"] = tuple(data.get("cgroup_procs", ()))
+        data["capabilities"] = tuple(data.get("capabilities", CAPABILITIES))
         return cls(**data)

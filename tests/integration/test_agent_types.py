@@ -64,3 +64,27 @@ def test_types_settings_and_entry_points(
         assert res.returncode == 1 and "INVALID_CONFIG" in res.stderr, res.stderr
         assert "who: 1 is not of type 'string'" in res.stderr
         assert [v.id for v in c.list_child_vsms()] == [hello.id]
+
+
+def test_capabilities_are_granted_down_the_tree_and_enforced(
+    broker_url: str, tmp_path: Path
+) -> None:
+    with running_daemon(broker_url, tmp_path / "state") as d:
+        c = d.client()
+        top = d.vsmctl("spawn", "--name", "boxed", "--capabilities", "state,mcp,messaging", "-q")
+        assert top.returncode == 0, top.stderr
+        boxed = top.stdout.strip()
+        assert c.show(boxed).policy["capabilities"] == ["mcp", "messaging", "state"]
+        # Its MCP spawn_child runs as the VSM, which may not spawn: refused in the VSM.
+        res = d.vsmctl("call", boxed, "spawn_child", "--arg", "name=kid")
+        assert res.returncode == 4, (res.stdout, res.stderr)
+        assert "VSM boxed was not granted the spawn capability" in res.stderr
+        # A parent hands out no more than it holds; by default a child gets its type's
+        # capabilities within its parent's.
+        free = c.spawn_recursive_vsm(None, SpawnConfig(name="free")).id
+        kid = d.vsmctl("spawn", "--parent", free, "--name", "k", "--capabilities", "state")
+        assert kid.returncode == 0, kid.stderr
+        over = d.vsmctl("spawn", "--parent", boxed, "--name", "x", "--capabilities", "spawn")
+        assert over.returncode == 4 and "cannot grant spawn: it does not hold it" in over.stderr
+        bad = d.vsmctl("spawn", "--name", "y", "--capabilities", "teleport")
+        assert bad.returncode == 2 and "teleport" in bad.stderr  # a usage error, nothing sent

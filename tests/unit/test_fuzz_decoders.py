@@ -135,6 +135,10 @@ kind_values: dict[str, st.SearchStrategy[Any]] = {
     )
     | st.dictionaries(wire_text, wire_values, max_size=3)
     | st.builds(lambda d, v: {"d": nested(d, v)}, st.integers(190, 260), wire_scalars),
+    "list[str]": st.lists(
+        st.sampled_from(("messaging", "state", "spawn", "http", "teleport")) | wire_text,
+        max_size=4,
+    ),
 }
 
 

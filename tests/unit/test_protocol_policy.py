@@ -52,6 +52,7 @@ def test_full_policy_is_valid_and_to_dict_keeps_what_is_set() -> None:
         max_children=3,
         budget_descendants=0,
         budget_memory_mb=128,
+        capabilities=["state", "http"],
     )
     assert policy.validate() is policy
     assert set(policy.to_dict()) == set(POLICY_FIELDS)
@@ -74,6 +75,8 @@ def test_full_policy_is_valid_and_to_dict_keeps_what_is_set() -> None:
         ("cpu_percent", 0.0),
         ("cpu_percent", -5.0),
         ("cpu_percent", 100.0 * 1024 + 1),
+        ("capabilities", ["state", "teleport"]),
+        ("capabilities", [5]),
     ],
 )
 def test_invalid_policy_values_name_their_field(field: str, value: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from vsmd.agents.types import AgentType, make_type
 from vsmd.errors import ConfigError, NotFound
-from vsmd.mcp.registry import McpRegistry
+from vsmd.mcp.registry import McpGrant
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class AgentContext(Protocol):
     parent_id: str | None
     config: dict[str, Any]
     state: AsyncStateApi
-    mcp: McpRegistry
+    mcp: McpGrant
     """Tools, resources and prompts this VSM's MCP server adds to those every VSM has."""
 
     def mcp_client(self, target: str, timeout: float = 30.0) -> AbstractAsyncContextManager[Any]:
@@ -131,7 +131,7 @@ class SyncContext(Protocol):
     parent_id: str | None
     config: dict[str, Any]
     state: SyncStateApi
-    mcp: McpRegistry
+    mcp: McpGrant
 
     def spawn_child(
         self,

@@ -14,10 +14,8 @@ from typing import Any
 import jsonschema
 
 from vsmd.errors import ConfigError, InvalidConfig
+from vsmd.protocol import CAPABILITIES
 
-# What a spawn can grant an agent (the agent types issue): talk to other VSMs, keep state,
-# spawn in its subtree, HTTP, a language model, metrics, MCP tools of its own.
-CAPABILITIES = ("messaging", "state", "spawn", "http", "llm", "metrics", "mcp")
 # What a type that declares nothing gets: everything but the outside world.
 DEFAULT_CAPABILITIES = frozenset({"messaging", "state", "spawn", "metrics", "mcp"})
 ANY_CONFIG: dict[str, Any] = {"type": "object"}

@@ -38,6 +38,7 @@ from vsmd.errors import (
     QuotaExceeded,
     ShuttingDown,
     SpawnError,
+    Unauthorized,
     VsmdError,
 )
 from vsmd.protocol import Policy, SpawnConfig, VsmInfo
@@ -190,6 +191,7 @@ class SpawnManager(Lifecycle):
             self.registry, self.config, parent_id, config.policy.validate()
         )
         budget.check(self.registry, self.config, parent_id, policy)
+        policy = self._grant(parent, agent, policy)
         self.admission.admit(parent_id)  # last: a refused spawn must not use up a token
         return VsmRecord(
             id=vsm_id,
@@ -201,6 +203,36 @@ class SpawnManager(Lifecycle):
             config=dict(config.settings),
             policy=policy,
         )
+
+    def capabilities_of(self, rec: VsmRecord) -> frozenset[str]:
+        """What the VSM's agent was granted: what its spawn asked for, else its type's
+        capabilities within what its parent holds."""
+        if rec.policy.capabilities is not None:
+            return frozenset(rec.policy.capabilities)
+        own = self.agents.get(rec.agent).capabilities if rec.agent in self.agents else frozenset()
+        parent = self.registry.find(rec.parent) if rec.parent is not None else None
+        return own if parent is None else own & self.capabilities_of(parent)
+
+    def _grant(self, parent: VsmRecord | None, agent: str, policy: Policy) -> Policy:
+        """A spawn may ask for capabilities, never more than its parent holds: a VSM cannot
+        hand out what it was not given."""
+        if policy.capabilities is None:
+            return policy
+        asked = frozenset(policy.capabilities)
+        held = asked if parent is None else self.capabilities_of(parent)
+        if not asked <= held:
+            assert parent is not None
+            missing = ", ".join(sorted(asked - held))
+            raise Unauthorized(
+                f"VSM {parent.path} cannot grant {missing}: it does not hold it",
+                field="capabilities",
+            )
+        return dataclasses.replace(policy, capabilities=sorted(asked))
+
+    def require(self, rec: VsmRecord, capability: str) -> None:
+        """Unauthorized unless the VSM was granted ``capability``."""
+        if capability not in self.capabilities_of(rec):
+            raise Unauthorized(f"VSM {rec.path} was not granted the {capability} capability")
 
     def _check_limits(self, parent: VsmRecord | None, depth: int) -> None:
         if depth > self.config.max_depth:
@@ -282,6 +314,7 @@ class SpawnManager(Lifecycle):
             state=state,
             sync=sync,
             mcp=self.config.mcp_server,
+            capabilities=tuple(sorted(self.capabilities_of(rec))),
         )
         rec.forking, rec.term_sent = True, False
         rec.start_requested = time.monotonic()

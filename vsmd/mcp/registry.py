@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vsmd.errors import ConfigError
+from vsmd.errors import ConfigError, Unauthorized
 
 FULL, READ, NONE = "full", "read", "none"
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -115,6 +115,53 @@ class McpRegistry:
     ) -> None:
         _check_name("prompt", name)
         self.prompts[name] = Prompt(name, description, arguments or [], handler)
+
+
+class McpGrant:
+    """``ctx.mcp`` as an agent sees it: the VSM's registry, if its spawn granted ``mcp``."""
+
+    def __init__(self, registry: McpRegistry, granted: bool, path: str) -> None:
+        self._registry = registry
+        self._granted = granted
+        self._path = path
+
+    @property
+    def registry(self) -> McpRegistry:
+        self._need()
+        return self._registry
+
+    def _need(self) -> None:
+        if not self._granted:
+            raise Unauthorized(f"VSM {self._path} was not granted the mcp capability")
+
+    def tool(
+        self,
+        name: str,
+        handler: Handler,
+        description: str = "",
+        input_schema: dict[str, Any] | None = None,
+        read_only: bool = False,
+    ) -> None:
+        self.registry.tool(name, handler, description, input_schema, read_only)
+
+    def resource(
+        self,
+        uri: str,
+        handler: Callable[[Caller], Any],
+        name: str | None = None,
+        description: str = "",
+        mime_type: str = "application/json",
+    ) -> None:
+        self.registry.resource(uri, handler, name, description, mime_type)
+
+    def prompt(
+        self,
+        name: str,
+        handler: Callable[[dict[str, str], Caller], Any],
+        description: str = "",
+        arguments: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.registry.prompt(name, handler, description, arguments)
 
 
 def _check_name(what: str, name: str) -> None:

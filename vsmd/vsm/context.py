@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mcp.client.session import ClientSession
 
-from vsmd.errors import ProtocolError, Unreachable, from_dict
+from vsmd.errors import ProtocolError, Unauthorized, Unreachable, from_dict
 from vsmd.mcp.client import open_session
-from vsmd.mcp.registry import McpRegistry
+from vsmd.mcp.registry import McpGrant
 from vsmd.protocol import Envelope, loads_object
 
 if TYPE_CHECKING:
@@ -42,7 +42,12 @@ class Context:
         self.parent_id = spec.parent_id
         self.config = spec.config
         self.state = runtime.state
-        self.mcp = McpRegistry()  # the runtime puts its server's registry here
+        self._caps = frozenset(spec.capabilities)
+        self.mcp = McpGrant(runtime.mcp, "mcp" in self._caps, spec.path)
+
+    def _need(self, capability: str) -> None:
+        if capability not in self._caps:
+            raise Unauthorized(f"VSM {self.path} was not granted the {capability} capability")
 
     # --- addressing ------------------------------------------------------------------------
 
@@ -71,12 +76,14 @@ class Context:
     # --- the API ---------------------------------------------------------------------------
 
     async def send(self, target: str, kind: str, body: dict[str, Any] | None = None) -> None:
+        self._need("messaging")
         self._rt.bus.sent += 1
         await self._rt.bus.publish(self._key(target), self._envelope(kind, body), mandatory=True)
 
     async def request(
         self, target: str, kind: str, body: dict[str, Any] | None = None, timeout: float = 10.0
     ) -> Any:
+        self._need("messaging")
         key = self._key(target)
         self._rt.bus.sent += 1
         return await self._rt.call(key, self._envelope(kind, body), timeout)
@@ -84,6 +91,7 @@ class Context:
     async def broadcast(
         self, kind: str, body: dict[str, Any] | None = None, depth: int | None = None
     ) -> None:
+        self._need("messaging")
         if depth is not None and (type(depth) is not int or depth < 1):
             raise ProtocolError("depth must be 1 or more, or None for the whole subtree")
         topo = self._rt.topo
@@ -96,6 +104,7 @@ class Context:
         await self._rt.bus.publish(key, self._envelope(kind, body, **extra))
 
     async def alert(self, severity: str, text: str, data: dict[str, Any] | None = None) -> None:
+        self._need("messaging")
         if severity not in SEVERITIES:
             raise ProtocolError(f"severity must be one of {', '.join(SEVERITIES)}")
         root = self._rt.bus.ancestors[0] if self._rt.bus.ancestors else self.vsm_id
@@ -111,6 +120,7 @@ class Context:
         config: dict[str, Any] | None = None,
         policy: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        self._need("spawn")
         # Policy fields (restart, memory_mb, budget_descendants ...) travel as in an admin spawn.
         body: dict[str, Any] = {**(policy or {}), "config": config or {}}
         if name is not None:

@@ -47,10 +47,10 @@ class VsmRuntime:
         self.agent = registry.create(spec.agent, spec.config)
         self.bus = VsmBus(spec, self.topo, self._on_message)
         self.state = StateReplica(spec, self._send_state, self._flush_state)
-        self.ctx = Context(self)
         # Every VSM an MCP server from the start: the tools every VSM has, and the agent's own
-        # (ctx.mcp); sessions are made as clients come.
-        self.mcp = self.ctx.mcp = McpRegistry()
+        # (ctx.mcp, if its spawn granted mcp); sessions are made as clients come.
+        self.mcp = McpRegistry()
+        self.ctx = Context(self)
         self.events = Events(self._changed("events"))
         self.state.on_change = self._changed("state")
         self.started = time.time()

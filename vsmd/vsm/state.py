@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from vsmd.errors import ProtocolError, TooLarge
+from vsmd.errors import ProtocolError, TooLarge, Unauthorized
 from vsmd.protocol import dumps
 from vsmd.spec import VsmSpec
 from vsmd.state import Clock, Entry, Key, StateMap, decode, effective_policy, encode
@@ -47,20 +47,29 @@ class StateReplica:
     def data(self) -> dict[str, Any]:
         return self.own.section("data")
 
+    def _may(self, capability: str) -> None:
+        if capability not in self.spec.capabilities:
+            raise Unauthorized(f"VSM {self.spec.path} was not granted the {capability} capability")
+
     def set(self, key: str, value: Any) -> None:
+        self._may("state")
         self._write("data", key, value)
 
     def delete(self, key: str) -> None:
+        self._may("state")
         self._write("data", key, None, deleted=True)
 
     def gauge(self, name: str, value: float) -> None:
+        self._may("metrics")
         self._write("metrics", f"g.{name}", value)
 
     def count(self, name: str, n: int = 1) -> None:
+        self._may("metrics")
         current = self.own.section("metrics").get(f"c.{name}", 0)
         self._write("metrics", f"c.{name}", current + n)
 
     def health(self, status: str) -> None:
+        self._may("metrics")
         if status not in HEALTH:
             raise ProtocolError(f"health must be one of {', '.join(HEALTH)}")
         self._write("metrics", "health", status)
@@ -73,6 +82,7 @@ class StateReplica:
 
     def set_policy(self, key: str, value: Any) -> None:
         """Tighten this VSM's own policy (it can never loosen what came from above)."""
+        self._may("state")
         self._write("policy", key, value)
 
     def rates(self, msg_in: float, msg_out: float) -> None:
