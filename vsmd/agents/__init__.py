@@ -222,9 +222,16 @@ class AgentRegistry:
 
     def __init__(self) -> None:
         from vsmd.agents.builtin import ReadingAgent, TreeAgent
+        from vsmd.agents.llm_worker import LlmWorkerAgent
 
         self._types: dict[str, AgentType] = {}
-        for name, factory in (("noop", NoopAgent), ("tree", TreeAgent), ("reading", ReadingAgent)):
+        builtin: tuple[tuple[str, AgentFactory], ...] = (
+            ("noop", NoopAgent),
+            ("tree", TreeAgent),
+            ("reading", ReadingAgent),
+            ("llm_worker", LlmWorkerAgent),
+        )
+        for name, factory in builtin:
             self.register(name, factory)
 
     def register(
