@@ -29,6 +29,8 @@ venv: $(STAMP)
 # that it asks for a newer Node: its CLI over stdio, all the test uses, runs on Node 20. No
 # install scripts: its only one sets up a source checkout and does nothing in node_modules.
 $(INSPECTOR): $(INSPECTOR_DIR)/package.json $(INSPECTOR_DIR)/package-lock.json
+	@command -v npm >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm)
 	npm ci --prefix $(INSPECTOR_DIR) --no-audit --no-fund --ignore-scripts
 	touch $(INSPECTOR)
 
