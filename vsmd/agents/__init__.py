@@ -221,14 +221,18 @@ class AgentRegistry:
     """The AgentFactory: every agent type by name, with its config schema and capabilities."""
 
     def __init__(self) -> None:
+        from vsmd.agents.api import ApiAgent
         from vsmd.agents.builtin import ReadingAgent, TreeAgent
         from vsmd.agents.llm_worker import LlmWorkerAgent
+        from vsmd.agents.sensor import SensorAgent
 
         self._types: dict[str, AgentType] = {}
         builtin: tuple[tuple[str, AgentFactory], ...] = (
             ("noop", NoopAgent),
             ("tree", TreeAgent),
             ("reading", ReadingAgent),
+            ("sensor", SensorAgent),
+            ("api", ApiAgent),
             ("llm_worker", LlmWorkerAgent),
         )
         for name, factory in builtin:
