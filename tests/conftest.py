@@ -30,6 +30,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     sweep_namespaces(shared_broker_url())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every daemon the tests start publishes where it runs (vsmd/locator.py) into this
+    session's own runtime directory, not the developer's, where their vsmctl would see
+    them."""
+    path = tmp_path_factory.mktemp("xdg-runtime")
+    path.chmod(0o700)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_RUNTIME_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def broker_url() -> str:
     url = shared_broker_url()

@@ -22,12 +22,12 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 
+from vsmctl.discover import resolve
 from vsmd.bus.connection import close_quietly, connect, redact
 from vsmd.bus.publish import ConfirmedPublisher
 from vsmd.bus.rpc import RpcChannel
 from vsmd.bus.subscribe import Subscription
 from vsmd.bus.topology import Topology
-from vsmd.config import DEFAULT_BROKER_URL
 from vsmd.errors import (
     BrokerError,
     NoDaemon,
@@ -56,7 +56,6 @@ from vsmd.protocol import (
     loads_object,
 )
 from vsmd.security.credentials import ENV as CRED_ENV
-from vsmd.security.credentials import find as find_credentials
 from vsmd.state import decode
 
 DEFAULT_TIMEOUT = 60.0  # above the daemon's default spawn_timeout (30 s)
@@ -79,22 +78,15 @@ class VsmClient:
         env: Mapping[str, str] | None = None,
         credentials_path: str | None = None,
     ) -> None:
-        env = os.environ if env is None else env
-        self.namespace = namespace or env.get("VSM_NAMESPACE") or "vsm"
-        # A secure daemon wants an operator's or viewer's login: from credentials when no URL
-        # is given (ConfigError, one line, when named credentials cannot be read). Named
-        # credentials also name the namespace, unless one is given.
-        creds = None
-        if not (broker_url or env.get("VSM_BROKER_URL")) or credentials_path or env.get(CRED_ENV):
-            creds = find_credentials(env, credentials_path, self.namespace)
-            if creds is not None and not (namespace or env.get("VSM_NAMESPACE")):
-                self.namespace = creds.namespace
-        self.credentials = creds
-        self.broker_url = (
-            broker_url
-            or env.get("VSM_BROKER_URL")
-            or (creds.broker_url if creds else DEFAULT_BROKER_URL)
+        # Which daemon, with which login: vsmctl/discover.py (ConfigError, one line, when
+        # credentials named or found cannot be read).
+        target = resolve(
+            broker_url, namespace, os.environ if env is None else env, credentials_path
         )
+        self.namespace = target.namespace
+        self.broker_url = target.broker_url
+        self.credentials = target.credentials
+        self.located = target.located
         self.timeout = timeout
         self.topo = Topology(self.namespace)
         self._conn: Any = None
@@ -104,6 +96,8 @@ class VsmClient:
 
     def _no_daemon(self, why: str = "") -> NoDaemon:
         extra = f" ({why})" if why else ""
+        if self.located is not None and self.located.where is None:
+            extra += f"; {self.located.describe()}"  # the user may wonder why this broker
         return NoDaemon(
             f"no vsmd answering on namespace {self.namespace} at broker "
             f"{redact(self.broker_url)}{extra}"

@@ -25,6 +25,7 @@ from vsmd.bus.daemon_bus import DaemonBus
 from vsmd.bus.topology import Topology
 from vsmd.config import Config
 from vsmd.daemon import cgroups, metrics, notify
+from vsmd.daemon.announce import announce
 from vsmd.daemon.broker_log import BrokerLogFollower
 from vsmd.daemon.conn_guard import ConnectionGuard
 from vsmd.daemon.control import Control
@@ -453,6 +454,7 @@ class Daemon:
             self.config.spawn_strategy,
             self.config.max_total,
         )
+        announced = announce(self.config, self.trust is not None, os.environ)
         notify.start(self.notifier, self.timers, lambda: len(self.manager.registry))
         for hook in self._ready_hooks:
             hook(self)
@@ -465,6 +467,7 @@ class Daemon:
                 self._drain()
                 self._run_timers()
         finally:
+            announced.withdraw()  # first: vsmctl should not find a daemon on its way out
             if self.metrics is not None:
                 self.metrics.stop()
             self.pool.stop()
