@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from vsmctl import agents_cmd, mcp_cmds, messaging, state_cmds, top
+from vsmctl import agents_cmd, mcp_cmds, messaging, state_cmds, submit_cmd, top
 from vsmctl.client import DEFAULT_TIMEOUT, VsmClient
 from vsmctl.complete import complete_vsm_id
 from vsmctl.options import Broker, Json, Namespace, Timeout
@@ -283,6 +283,7 @@ def ping(
 
 # After the commands above, so that help lists them first.
 messaging.register(app)
+submit_cmd.register(app)
 state_cmds.register(app)
 top.register(app)
 mcp_cmds.register(app)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from vsmd.agents.types import AgentType, make_type
 from vsmd.errors import ConfigError, NotFound
 from vsmd.mcp.registry import McpGrant
+from vsmd.tasks.api import TaskQueueApi
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,10 @@ class AgentContext(Protocol):
 
     async def alert(self, severity: str, text: str, data: dict[str, Any] | None = None) -> None:
         """Algedonic signal: straight to the tree's root and the daemon (an ``alert`` event)."""
+        ...
+
+    def task_queue(self) -> TaskQueueApi:
+        """This VSM's durable task queue (the ``worker`` type; needs ``messaging``)."""
         ...
 
     def request_stop(self, code: int = 0) -> None:
@@ -225,6 +230,7 @@ class AgentRegistry:
         from vsmd.agents.builtin import ReadingAgent, TreeAgent
         from vsmd.agents.llm_worker import LlmWorkerAgent
         from vsmd.agents.sensor import SensorAgent
+        from vsmd.agents.worker import WorkerAgent
 
         self._types: dict[str, AgentType] = {}
         builtin: tuple[tuple[str, AgentFactory], ...] = (
@@ -234,6 +240,7 @@ class AgentRegistry:
             ("sensor", SensorAgent),
             ("api", ApiAgent),
             ("llm_worker", LlmWorkerAgent),
+            ("worker", WorkerAgent),
         )
         for name, factory in builtin:
             self.register(name, factory)

@@ -1,12 +1,15 @@
 """What a namespace leaves on the broker, and removing it.
 
-A namespace's named objects are the four below (docs/protocol.md, "Topology"). VSM inboxes
+A namespace's named objects are the four below (docs/protocol.md, "Topology"), and the task
+queues of its workers (``<ns>.tasks.<id>``), which outlive their processes on purpose: AMQP
+cannot list them, so the caller names the VSMs (the daemon's journal has them). VSM inboxes
 are exclusive and event followers' queues exclusive and auto-deleted: both go with their
-connections, so nothing else of a namespace can outlive its processes.
+connections.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pika
@@ -26,8 +29,11 @@ def persistent_queues(topo: Topology) -> tuple[str, ...]:
     return (topo.admin_queue, topo.daemon_queue, topo.dead_queue)
 
 
-def remove_namespace(url: str, namespace: str, force: bool = False) -> list[str]:
-    """Delete every queue and exchange of ``namespace``; returns the names that existed.
+def remove_namespace(
+    url: str, namespace: str, force: bool = False, vsm_ids: Iterable[str] = ()
+) -> list[str]:
+    """Delete every queue and exchange of ``namespace``, and the task queues of ``vsm_ids``;
+    returns the names that existed.
 
     Refuses (``Conflict``) while a daemon consumes the admin queue: the broker checks that
     itself (``if_unused``), so a daemon that starts between a look and the delete cannot lose
@@ -41,6 +47,9 @@ def remove_namespace(url: str, namespace: str, force: bool = False) -> list[str]
             # The daemon consumes these two; the dead-letter queue has no consumer of its own.
             guarded = not force and queue != topo.dead_queue
             if _delete(conn, "queue", queue, guarded):
+                removed.append(queue)
+        for queue in (topo.task_queue(i) for i in vsm_ids):
+            if _delete(conn, "queue", queue, False):
                 removed.append(queue)
         if _delete(conn, "exchange", topo.exchange, False):
             removed.append(topo.exchange)

@@ -36,6 +36,10 @@ class Topology:
         """Messages from the VSM at ``path`` to the daemon (and anyone bound above it)."""
         return f"up.{path}.{kind}"
 
+    def task_queue(self, vsm_id: str) -> str:
+        """A worker's durable task queue: it outlives the VSM's processes, not the VSM."""
+        return f"{self.namespace}.tasks.{vsm_id}"
+
     @property
     def dead_queue(self) -> str:
         """Messages that failed validation and had nobody to answer, with the reason."""

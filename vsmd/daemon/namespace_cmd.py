@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from vsmd.config import Config
 from vsmd.errors import BrokerError, ConfigError, VsmdError
 
 EXIT_CONFIG = 2
@@ -30,14 +31,26 @@ def remove(
     force: Annotated[
         bool, typer.Option(help="Remove it even while a daemon consumes its queues.")
     ] = False,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="The daemon's state directory: its journal names the workers' task queues. "
+            "Env: VSM_STATE_DIR.",
+        ),
+    ] = None,
 ) -> None:
-    """Delete every queue and exchange of NAME; refused while a daemon answers on it."""
+    """Delete every queue and exchange of NAME, and the task queues of the workers in the
+    daemon's journal (its state directory); refused while a daemon answers on it."""
     from vsmd.bus.connection import redact
     from vsmd.bus.namespace import remove_namespace
     from vsmd.config import load_config
 
     try:
-        config = load_config(config_file, overrides={"broker_url": broker, "namespace": name})
+        config = load_config(
+            config_file,
+            overrides={"broker_url": broker, "namespace": name, "state_dir": state_dir},
+        )
         url = config.broker_url
         if url in ("embedded", "auto", "docker"):
             # A private node holds nothing but its own daemon's namespace, and that daemon
@@ -47,7 +60,7 @@ def remove(
         typer.echo(f"vsmd: {err.message}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
     try:
-        removed = remove_namespace(url, name, force=force)
+        removed = remove_namespace(url, name, force=force, vsm_ids=_journaled(config))
     except BrokerError as err:
         typer.echo(f"vsmd: {err.message}", err=True)
         raise typer.Exit(EXIT_NO_BROKER) from None
@@ -58,3 +71,17 @@ def remove(
         typer.echo(f"removed {', '.join(removed)} from {redact(url)}")
     else:
         typer.echo(f"namespace {name} has nothing on {redact(url)}")
+
+
+def _journaled(config: Config) -> list[str]:
+    """The VSMs the daemon's journal holds (their task queues are named by id), if it has one."""
+    from vsmd.daemon.journal import Journal
+
+    path = config.state_dir / f"journal-{config.namespace}.db"
+    if not path.exists():
+        return []
+    journal = Journal(path)
+    try:
+        return [e.id for e in journal.load()]
+    finally:
+        journal.close()

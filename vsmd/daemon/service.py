@@ -20,6 +20,7 @@ from typing import Any
 import pika.spec
 
 from vsmd.agents import build_registry
+from vsmd.agents.worker import owns_task_queue
 from vsmd.bus.connection import redact
 from vsmd.bus.daemon_bus import DaemonBus
 from vsmd.bus.topology import Topology
@@ -289,6 +290,13 @@ class Daemon:
             self.bus.delete_queue(self.topo.inbox(rec.id))
         except BrokerError as err:
             log.warning("could not delete the inbox of %s: %s", rec.id, err.message)
+        if not self.manager.shutting_down and owns_task_queue(self.manager.agents, rec.agent):
+            # Its tasks wait through its restarts and ours (the journal brings it back), not
+            # past its removal.
+            try:
+                self.bus.delete_queue(self.topo.task_queue(rec.id))
+            except BrokerError as err:
+                log.warning("could not delete the task queue of %s: %s", rec.id, err.message)
 
     def _handle_event(self, ev: dict[str, Any]) -> None:
         # An exception leaving the loop would stop the daemon, and its cleanup kill every VSM.

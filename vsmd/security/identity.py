@@ -59,6 +59,10 @@ def vsm_scopes(minter: TokenMinter, topo: Topology, place: Place) -> list[str]:
         minter.scope("configure", inbox),
         minter.scope("read", inbox),
         minter.scope("write", inbox),  # queue.bind needs write on the queue
+        # Its task queue (the worker type): declared and consumed by the VSM itself; anyone
+        # publishes to it through the default exchange, and the worker checks user_id.
+        minter.scope("configure", topo.task_queue(v)),
+        minter.scope("read", topo.task_queue(v)),
         # Replies to direct reply-to and dead letters go through the default exchange; every
         # receiver checks user_id, so this reaches nobody who does not check who wrote it.
         minter.scope("write", "amq.default"),

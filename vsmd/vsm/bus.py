@@ -1,6 +1,7 @@
 """A VSM's one broker connection, on the VSM's event loop: inbox, publishing, requests.
 
-aio-pika is imported here and nowhere else in the VSM; its errors become vsmd's at this edge.
+aio-pika is imported here and in vsmd/vsm/task_queue.py (a worker's task queue on this same
+connection) and nowhere else in the VSM; its errors become vsmd's at this edge.
 The inbox is exclusive: it exists exactly while the VSM is connected, so a message to a VSM that
 is down is returned by the broker (mandatory publish) instead of waiting in a queue nobody reads,
 and its bindings go with it.
@@ -37,6 +38,7 @@ INBOX_LOCKED_RETRY = 10.0
 
 Incoming = aio_pika.abc.AbstractIncomingMessage
 OnMessage = Callable[[Incoming], Awaitable[None]]
+Attach = Callable[[aio_pika.abc.AbstractChannel], Awaitable[None]]
 
 # What a dropped or refused connection looks like from aio-pika and aiormq.
 _LOST: tuple[type[BaseException], ...] = (
@@ -47,6 +49,7 @@ _LOST: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
 )
+LOST = _LOST  # for vsmd/vsm/task_queue.py, the other aio-pika edge of the VSM
 
 
 def amqp_url(spec: VsmSpec, user: str | None = None, token: str | None = None) -> str:
@@ -92,6 +95,10 @@ class VsmBus:
         self._pending: dict[str, asyncio.Future[Incoming]] = {}
         # MCP client sessions of this VSM: their answers by correlation id (vsmd.mcp.transport).
         self._listeners: dict[str, Any] = {}
+        # Consumers set up again on every open, each on a channel of its own (a worker's task
+        # queue wants its own prefetch); their channels are watched as the inbox's is.
+        self._attached: list[Attach] = []
+        self._watched: list[aio_pika.abc.AbstractChannel] = []
         self.lost = asyncio.Event()
         # Messages this VSM sent on its own account (replies, agent messages, MCP), for its
         # rates: not its state deltas, which the rates themselves cause.
@@ -125,6 +132,8 @@ class VsmBus:
             # consume-ok comes after every bind above (AMQP keeps a channel's order), and a bind
             # that failed has closed the channel by then: so the inbox is bound when we are ready.
             await self._inbox.consume(self._on_message)
+            for setup in self._attached:  # before ready: a spawn returns with them in place
+                await self._attach(setup)
             self._up = True
         except _LOST as exc:
             await self.close()
@@ -172,8 +181,24 @@ class VsmBus:
 
     def _on_channel_close(self, channel: Any, *_args: Any) -> None:
         # Only once set up: during open() a closed channel is retried or fails open() itself.
-        if self._up and channel is self._ch:
+        if self._up and (channel is self._ch or channel in self._watched):
             self._on_close()
+
+    async def attach(self, setup: Attach) -> None:
+        """Consume something more on this connection (the one a VSM may hold): ``setup`` gets
+        a channel of its own now if connected, and again on every reconnect, before the
+        VSM's ready report. The broker closing that channel counts as a lost connection."""
+        self._attached.append(setup)
+        if self._up:
+            try:
+                await self._attach(setup)
+            except _LOST as exc:
+                raise BrokerError(f"cannot set up a consumer: {_describe(exc)}") from None
+
+    async def _attach(self, setup: Attach) -> None:
+        ch = await self._open_channel()
+        self._watched.append(ch)
+        await setup(ch)
 
     def _on_close(self, *_args: Any) -> None:
         self.lost.set()
@@ -188,6 +213,7 @@ class VsmBus:
         self._up = False
         conn, self._conn = self._conn, None
         self._ch = self._exchange = self._inbox = None
+        self._watched = []
         self._replies_on = False
         if conn is not None:
             with contextlib.suppress(*_LOST, RuntimeError):

@@ -22,6 +22,7 @@ from vsmd.protocol import Envelope, loads_object
 if TYPE_CHECKING:
     from vsmd.vsm.runtime import VsmRuntime
     from vsmd.vsm.state import StateReplica
+    from vsmd.vsm.task_queue import TaskQueue
 
 T = TypeVar("T")
 _ID = re.compile(r"[0-9a-f]{12}")
@@ -44,6 +45,7 @@ class Context:
         self.state = runtime.state
         self._caps = frozenset(spec.capabilities)
         self.mcp = McpGrant(runtime.mcp, "mcp" in self._caps, spec.path)
+        self._tasks: TaskQueue | None = None
 
     def _need(self, capability: str) -> None:
         if capability not in self._caps:
@@ -138,6 +140,15 @@ class Context:
         """An initialized MCP session with this VSM or one of its descendants (by id or
         path); others refuse it. ``async with ctx.mcp_client(child_id) as s: ...``"""
         return open_session(self._rt.bus, self._rt.topo, target, self.vsm_id, self.path, timeout)
+
+    def task_queue(self) -> TaskQueue:
+        """This VSM's durable task queue, as the worker agent type uses it (docs/agents.md)."""
+        self._need("messaging")
+        if self._tasks is None:
+            from vsmd.vsm.task_queue import TaskQueue  # only a worker loads it
+
+            self._tasks = TaskQueue(self._rt.bus, self._rt.topo, self._rt.spec)
+        return self._tasks
 
     def request_stop(self, code: int = 0) -> None:
         self._rt.request_stop(code)

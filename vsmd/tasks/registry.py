@@ -1,0 +1,111 @@
+"""The tasks a worker can run: callables registered by name, never code from a message.
+
+A module named in the worker's ``tasks_modules`` exposes ``register_tasks(registry)``; an
+installed package names a task in the entry-point group ``vsmd.tasks`` (registered under the
+entry point's name). A task takes the args dict and returns anything JSON can carry; a plain
+function runs in a worker thread, an ``async def`` on the VSM's loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from vsmd.errors import ConfigError, NotFound, ProtocolError
+from vsmd.tasks.message import check_name
+
+Task = Callable[[dict[str, Any]], Any]
+ENTRY_POINTS = "vsmd.tasks"
+
+
+def is_async(fn: Task) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    call = getattr(fn, "__call__", None)  # noqa: B004 - the method itself is what we inspect
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+class TaskRegistry:
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    def register(self, name: str, fn: Task) -> None:
+        try:
+            check_name(name)
+        except ProtocolError as err:
+            raise ConfigError(err.message) from None
+        if not callable(fn):
+            raise ConfigError(f"task {name!r} is not callable")
+        self._tasks[name] = fn
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def get(self, name: str) -> Task:
+        found = self._tasks.get(name)
+        if found is None:
+            served = ", ".join(self.names()) or "none"
+            raise NotFound(f"unknown task {name[:64]!r}; this worker serves: {served}", task=name)
+        return found
+
+    def only(self, names: Iterable[str]) -> TaskRegistry:
+        """The same registry restricted to ``names``; ConfigError names any it lacks."""
+        wanted = list(names)
+        missing = [n for n in wanted if n not in self._tasks]
+        if missing:
+            known = ", ".join(self.names()) or "none"
+            raise ConfigError(f"no such tasks: {', '.join(missing)}; registered: {known}")
+        out = TaskRegistry()
+        for n in wanted:
+            out.register(n, self._tasks[n])
+        return out
+
+
+def _load_entry_points(registry: TaskRegistry) -> None:
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        try:
+            fn = ep.load()
+        except Exception as exc:  # a broken package: said at start, as a bad module
+            raise ConfigError(
+                f"cannot load task entry point {ep.name!r} ({ep.value}): {exc}"
+            ) from None
+        registry.register(ep.name, fn)
+
+
+def load_tasks(modules: Iterable[str], entry_points: bool = True) -> TaskRegistry:
+    """Every task of the installed packages (``entry_points``) and of ``modules``; a module
+    registered later wins a name. ConfigError for a module that cannot be used."""
+    registry = TaskRegistry()
+    if entry_points:
+        _load_entry_points(registry)
+    for mod_name in modules:
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import tasks module {mod_name!r}: {exc}") from None
+        hook = getattr(module, "register_tasks", None)
+        if not callable(hook):
+            raise ConfigError(f"tasks module {mod_name!r} has no register_tasks(registry)")
+        hook(registry)
+    return registry
+
+
+RunSync = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+async def run_task(fn: Task, args: dict[str, Any], run_sync: RunSync) -> Any:
+    """Call the task: on the loop if it is async, else through ``run_sync`` (a thread)."""
+    if is_async(fn):
+        return await fn(args)
+    result = await run_sync(lambda: fn(args))
+    if inspect.isawaitable(result):  # a plain callable that hands back a coroutine
+        return await result
+    return result

@@ -1,0 +1,211 @@
+"""A VSM's durable task queue (``<ns>.tasks.<vsm id>``), on the VSM's one broker connection.
+
+Unlike the inbox it is durable and not exclusive: it outlives the VSM's processes, so a task
+that was being run when the process died is handed to the restarted one. The daemon deletes it
+when the VSM is removed (not at its own shutdown: the journal brings the worker back).
+Consumed on a channel of its own, whose prefetch is the worker's concurrency; settled
+deliveries are published with confirms on the VSM's main channel before they are acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import aio_pika.abc
+
+from vsmd.errors import BrokerError, ProtocolError, Timeout, Unauthorized
+from vsmd.security.identity import DAEMON_USER, OPERATOR_USER, vsm_id_of
+from vsmd.tasks.api import OnDelivery
+from vsmd.tasks.message import (
+    ATTEMPTS,
+    ERROR,
+    MAX_ERROR,
+    REASON,
+    TASK,
+    VSM,
+    TaskRequest,
+    attempts_of,
+    check_args,
+    check_name,
+)
+from vsmd.vsm.bus import LOST, REPLY_TO, Incoming
+from vsmd.vsm.context import unpack_reply
+
+if TYPE_CHECKING:
+    from vsmd.bus.topology import Topology
+    from vsmd.spec import VsmSpec
+    from vsmd.vsm.bus import VsmBus
+
+log = logging.getLogger("vsmd.vsm")
+PERSISTENT = aio_pika.DeliveryMode.PERSISTENT  # durable queue: tasks survive a broker restart
+# An ack on a channel that closed under us: aio-pika's and aiormq's errors, or a RuntimeError.
+_ACK_LOST: tuple[type[BaseException], ...] = (*LOST, RuntimeError)
+
+
+class TaskQueue:
+    """Implements :class:`vsmd.tasks.api.TaskQueueApi`."""
+
+    def __init__(self, bus: VsmBus, topo: Topology, spec: VsmSpec) -> None:
+        self.bus = bus
+        self.spec = spec
+        self.name = topo.task_queue(spec.vsm_id)
+        self.limit = spec.max_message_bytes
+        self.dead_queue = topo.dead_queue
+        self._consumer: tuple[aio_pika.abc.AbstractQueue, str] | None = None
+        self._handling: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    # --- consuming -------------------------------------------------------------------------
+
+    async def serve(self, on_delivery: OnDelivery, concurrency: int, expires: float | None) -> None:
+        arguments: dict[str, Any] = {"x-expires": int(expires * 1000)} if expires else {}
+
+        async def handle(msg: Incoming) -> None:
+            # aio-pika runs each delivery in a task of its own; they are ours to wait for.
+            task = asyncio.current_task()
+            assert task is not None
+            self._handling.add(task)
+            try:
+                await on_delivery(AmqpDelivery(self, msg))
+            except Exception:  # a bug of ours: the delivery comes again, and counts
+                log.exception("vsm %s: a task delivery failed", self.spec.vsm_id)
+                with contextlib.suppress(Exception):  # gone with the channel, or settled
+                    await msg.nack(requeue=True)
+            finally:
+                self._handling.discard(task)
+
+        async def setup(ch: aio_pika.abc.AbstractChannel) -> None:
+            if self._stopping:
+                return
+            await ch.set_qos(prefetch_count=concurrency)
+            queue = await ch.declare_queue(self.name, durable=True, arguments=arguments)
+            self._consumer = (queue, await queue.consume(handle))
+
+        await self.bus.attach(setup)
+
+    async def stop(self, grace: float) -> None:
+        self._stopping = True  # a reconnect meanwhile must not consume again
+        if self._consumer is not None:
+            queue, tag = self._consumer
+            with contextlib.suppress(*_ACK_LOST):
+                await queue.cancel(tag)
+        if self._handling:
+            await asyncio.wait(set(self._handling), timeout=grace)
+
+    def admit(self, user: str | None) -> None:
+        """Secure mode: tasks from the daemon, operators, this VSM and its ancestors, judged by
+        the broker-checked user_id. (A task put back for another attempt is the VSM's own.)"""
+        if not self.spec.token_socket or user in (DAEMON_USER, OPERATOR_USER):
+            return
+        sender = vsm_id_of(user)
+        if sender is not None and (sender == self.spec.vsm_id or sender in self.bus.ancestors):
+            return
+        raise Unauthorized(f"{user or 'an unnamed sender'} may not give {self.spec.path} tasks")
+
+    # --- submitting to ourselves (the MCP tool submit_task) ---------------------------------
+
+    async def submit(
+        self, task: str, args: dict[str, Any], wait: bool, timeout: float
+    ) -> dict[str, Any] | Any:
+        req = TaskRequest(check_name(task), check_args(args), self.spec.vsm_id, self.spec.path)
+        if len(req.encode()) > self.limit:
+            raise ProtocolError(f"task is over {self.limit} bytes")
+        if not wait:
+            await self._publish(req, {})
+            return {"submitted": req.id, "task": task, "queue": self.name}
+        answer = _Answer()
+        await self.bus.listen(req.id, answer)
+        try:
+            await self._publish(req, {"reply_to": REPLY_TO, "correlation_id": req.id})
+            try:
+                raw = await asyncio.wait_for(asyncio.shield(answer.future), timeout)
+            except TimeoutError:
+                raise Timeout(
+                    f"task {task!r} had no result within {timeout:g} s; it stays queued"
+                ) from None
+        finally:
+            self.bus.unlisten(req.id)
+        return unpack_reply(raw)
+
+    async def _publish(self, req: TaskRequest, props: dict[str, Any]) -> None:
+        self.bus.sent += 1
+        await self.bus.publish(
+            self.name, req.encode(), exchange="", mandatory=True, delivery_mode=PERSISTENT, **props
+        )
+
+
+class _Answer:
+    """A listener (vsmd.mcp.transport's Link protocol) for the one reply to a submitted task."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def on_message(self, body: bytes) -> None:
+        if not self.future.done():
+            self.future.set_result(body)
+
+    async def on_lost(self) -> None:
+        if not self.future.done():
+            self.future.set_exception(BrokerError("lost the broker before the task's result came"))
+
+
+class AmqpDelivery:
+    """Implements :class:`vsmd.tasks.api.Delivery` for one aio-pika message."""
+
+    def __init__(self, queue: TaskQueue, msg: Incoming) -> None:
+        self._q = queue
+        self._msg = msg
+        self.body = msg.body
+        self.redelivered = bool(msg.redelivered)
+        self.attempts = attempts_of(msg.headers)
+        self.reply_to = msg.reply_to
+        self.user = msg.user_id
+
+    def _live(self) -> None:
+        """A delivery whose channel closed is the broker's again and will come anew: nothing
+        of this attempt (one that outlived a lost connection) may reach anyone."""
+        try:
+            _ = self._msg.channel  # raises once that channel is closed
+        except LOST:
+            raise BrokerError("the task's channel closed; the broker hands it out again") from None
+
+    async def reply(self, payload: bytes) -> None:
+        assert self.reply_to is not None
+        self._live()
+        await self._q.bus.reply(self.reply_to, self._msg.correlation_id, payload)
+
+    async def retry(self, attempts: int, error: str) -> None:
+        self._live()
+        # The submitter's reply_to and correlation id go along: the result still finds it.
+        await self._q.bus.publish(
+            self._q.name,
+            self.body,
+            exchange="",
+            delivery_mode=PERSISTENT,
+            headers={ATTEMPTS: attempts, ERROR: error[:MAX_ERROR]},
+            reply_to=self.reply_to,
+            correlation_id=self._msg.correlation_id,
+        )
+
+    async def dead_letter(self, reason: str, task: str, error: str, attempts: int) -> None:
+        self._live()
+        headers = {
+            REASON: reason[:MAX_ERROR],
+            VSM: self._q.spec.vsm_id,
+            TASK: task,
+            ERROR: error[:MAX_ERROR],
+            ATTEMPTS: attempts,
+        }
+        await self._q.bus.publish(
+            self._q.dead_queue, self.body, exchange="", delivery_mode=PERSISTENT, headers=headers
+        )
+
+    async def ack(self) -> None:
+        try:
+            await self._msg.ack()
+        except _ACK_LOST as exc:
+            raise BrokerError(f"cannot ack a task: {type(exc).__name__}: {exc}") from None
