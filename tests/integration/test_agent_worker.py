@@ -98,11 +98,27 @@ def sub(broker_url: str) -> Iterator[Submitter]:
     s.close()
 
 
-def spawn_worker(c: VsmClient, name: str, policy: Policy | None = None, **settings: Any) -> VsmInfo:
+@pytest.fixture
+def made(broker_url: str) -> Iterator[list[str]]:
+    """The task queues of the workers a test spawned: deleted after it even when it failed
+    before it terminated them (the daemon's stop keeps them; the harness does not know them)."""
+    queues: list[str] = []
+    yield queues
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    ch = conn.channel()
+    for q in queues:
+        ch.queue_delete(q)
+    conn.close()
+
+
+def spawn_worker(
+    c: VsmClient, made: list[str], name: str, policy: Policy | None = None, **settings: Any
+) -> VsmInfo:
     config = SpawnConfig(name=name, agent="worker", settings={**TASKS, **settings})
     if policy is not None:
         config = SpawnConfig(config.name, config.agent, config.settings, policy)
     info = c.spawn_recursive_vsm(None, config)
+    made.append(c.topo.task_queue(info.id))
     # A spawn returns once the VSM is ready, before its agent's start declared the queue; a
     # call is answered after the start (TaskSubmitter does the same when its publish bounces).
     assert c.call(info.id, STATUS_CALL)["queue"] == c.topo.task_queue(info.id)
@@ -124,9 +140,11 @@ def counters(c: VsmClient, vsm_id: str) -> dict[str, Any]:
     return metrics
 
 
-def test_submit_and_wait_from_python_vsmctl_and_mcp(daemon: DaemonProc, broker_url: str) -> None:
+def test_submit_and_wait_from_python_vsmctl_and_mcp(
+    daemon: DaemonProc, broker_url: str, made: list[str]
+) -> None:
     c = daemon.client()
-    w = spawn_worker(c, "calc", concurrency=2)
+    w = spawn_worker(c, made, "calc", concurrency=2)
     tasks = TaskSubmitter(c)
     assert tasks.submit(w.id, "add", {"a": 1, "b": 2}, wait=True) == {"sum": 3}
     assert tasks.submit(w.id, "shout", {"text": "hi"}, wait=True) == "HI"  # an async task
@@ -166,9 +184,11 @@ def test_submit_and_wait_from_python_vsmctl_and_mcp(daemon: DaemonProc, broker_u
     c.terminate_child_vsm(noop.id)
 
 
-def test_kill_mid_task_redoes_it_once(daemon: DaemonProc, sub: Submitter, tmp_path: Path) -> None:
+def test_kill_mid_task_redoes_it_once(
+    daemon: DaemonProc, sub: Submitter, tmp_path: Path, made: list[str]
+) -> None:
     c = daemon.client()
-    w = spawn_worker(c, "sturdy", Policy(restart="permanent"), concurrency=1)
+    w = spawn_worker(c, made, "sturdy", Policy(restart="permanent"), concurrency=1)
     queue = c.topo.task_queue(w.id)
     started, release = tmp_path / "started", tmp_path / "release"
     started.mkdir()
@@ -195,9 +215,11 @@ def test_kill_mid_task_redoes_it_once(daemon: DaemonProc, sub: Submitter, tmp_pa
     c.terminate_child_vsm(w.id)
 
 
-def test_poison_task_is_dead_lettered_with_its_error(daemon: DaemonProc, sub: Submitter) -> None:
+def test_poison_task_is_dead_lettered_with_its_error(
+    daemon: DaemonProc, sub: Submitter, made: list[str]
+) -> None:
     c = daemon.client()
-    w = spawn_worker(c, "fragile", max_attempts=2)
+    w = spawn_worker(c, made, "fragile", max_attempts=2)
     queue = c.topo.task_queue(w.id)
     sub.dead_letters(c.topo.dead_queue)  # whatever an earlier test left there
     tasks = TaskSubmitter(c)
@@ -227,9 +249,11 @@ def test_poison_task_is_dead_lettered_with_its_error(daemon: DaemonProc, sub: Su
     c.terminate_child_vsm(w.id)
 
 
-def test_concurrency_is_bounded(daemon: DaemonProc, sub: Submitter, tmp_path: Path) -> None:
+def test_concurrency_is_bounded(
+    daemon: DaemonProc, sub: Submitter, tmp_path: Path, made: list[str]
+) -> None:
     c = daemon.client()
-    w = spawn_worker(c, "pair", concurrency=2)
+    w = spawn_worker(c, made, "pair", concurrency=2)
     queue = c.topo.task_queue(w.id)
     running, release = tmp_path / "running", tmp_path / "release"
     running.mkdir()
@@ -275,12 +299,12 @@ def test_bad_settings_are_refused_before_any_fork(daemon: DaemonProc) -> None:
 
 
 def test_a_stop_keeps_the_queue_and_namespace_remove_takes_it(
-    broker_url: str, tmp_path: Path
+    broker_url: str, tmp_path: Path, made: list[str]
 ) -> None:
     state = tmp_path / "state"
     with running_daemon(broker_url, state) as d:
         c = d.client()
-        w = spawn_worker(c, "kept")
+        w = spawn_worker(c, made, "kept")
         queue = c.topo.task_queue(w.id)
         TaskSubmitter(c).submit(w.id, "add", {"a": 1, "b": 1})
         assert d.stop() == 0
@@ -301,7 +325,7 @@ def test_a_stop_keeps_the_queue_and_namespace_remove_takes_it(
 
 
 def test_a_lost_connection_hands_the_task_out_again_to_the_same_process(
-    broker_url: str, tmp_path: Path, sub: Submitter
+    broker_url: str, tmp_path: Path, sub: Submitter, made: list[str]
 ) -> None:
     """The broker requeues what the worker held when its connection dropped; the worker
     consumes its queue again after its reconnect and runs the task once more (as an attempt)."""
@@ -310,7 +334,7 @@ def test_a_lost_connection_hands_the_task_out_again_to_the_same_process(
         running_daemon(proxy.url, tmp_path / "state", None, {"probe_interval": 0}) as d,
     ):
         c = d.client()
-        w = spawn_worker(c, "cut", concurrency=1)
+        w = spawn_worker(c, made, "cut", concurrency=1)
         assert w.pid is not None
         queue = c.topo.task_queue(w.id)
         started, release = tmp_path / "started", tmp_path / "release"
