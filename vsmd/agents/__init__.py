@@ -80,6 +80,8 @@ class AgentContext(Protocol):
     state: AsyncStateApi
     mcp: McpGrant
     """Tools, resources and prompts this VSM's MCP server adds to those every VSM has."""
+    capabilities: frozenset[str]
+    """What this VSM's spawn granted its agent (docs/api.md, capabilities)."""
 
     def mcp_client(self, target: str, timeout: float = 30.0) -> AbstractAsyncContextManager[Any]:
         """An initialized MCP ``ClientSession`` with this VSM or a descendant (id or path)."""
@@ -137,6 +139,7 @@ class SyncContext(Protocol):
     config: dict[str, Any]
     state: SyncStateApi
     mcp: McpGrant
+    capabilities: frozenset[str]
 
     def spawn_child(
         self,

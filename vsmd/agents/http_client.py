@@ -36,12 +36,10 @@ class Fetched:
 
 
 def holds(ctx: object, capability: str) -> bool:
-    """Whether the VSM was granted ``capability``. The context has no public view of its
-    grant yet and enforces only what it mediates itself, so agents that reach outside check
-    http here; a context that records no grant (an embedding's own) refuses nothing."""
+    """Whether the VSM was granted ``capability`` (``ctx.capabilities``). The context enforces
+    only what it mediates itself, so agents that reach outside check http here; a context that
+    records no grant (an embedding's own) refuses nothing."""
     granted = getattr(ctx, "capabilities", None)
-    if granted is None:
-        granted = getattr(ctx, "_caps", None)
     return granted is None or capability in granted
 
 

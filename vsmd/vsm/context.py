@@ -44,6 +44,7 @@ class Context:
         self.config = spec.config
         self.state = runtime.state
         self._caps = frozenset(spec.capabilities)
+        self.capabilities = self._caps  # what its spawn granted (docs/api.md)
         self.mcp = McpGrant(runtime.mcp, "mcp" in self._caps, spec.path)
         self._tasks: TaskQueue | None = None
 
@@ -175,6 +176,7 @@ class ThreadContext:
         self.config = ctx.config
         self.state = ThreadState(ctx.state, loop)
         self.mcp = ctx.mcp  # plain handlers registered here run in a worker thread
+        self.capabilities = ctx.capabilities
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

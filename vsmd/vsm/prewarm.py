@@ -17,7 +17,7 @@ from mcp.server.lowlevel import Server
 
 from vsmd.agents import AgentRegistry
 from vsmd.mcp.host import Session
-from vsmd.protocol import Envelope
+from vsmd.protocol import CAPABILITIES, Envelope
 from vsmd.spec import VsmSpec
 from vsmd.vsm.runtime import VsmRuntime
 from vsmd.vsm.state import StateReplica
@@ -82,6 +82,8 @@ def prewarm(template: VsmSpec, registry: AgentRegistry, mcp_server: Server[Sessi
         agent="noop",
         ancestors=(),
         config={},
+        # Every path the cycle runs, whatever the first VSM asked for was granted.
+        capabilities=CAPABILITIES,
     )
     try:
         # The MCP session first, once: the plain cycles after it fill the holes its garbage
