@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from bench import nerves, suite
+from bench import mcp_step, nerves, suite
 from bench.analysis import where_time_goes
 from bench.discussion import discussion
 from bench.goals import evaluate
@@ -137,6 +137,7 @@ def _run(
             steps.append(("nosampler", lambda: suite.run_sampler_off(ctx)))
         steps.append(("trust", lambda: suite.run_trust(ctx)))
         steps.append(("nerves", lambda: nerves.run_nerves(ctx)))
+        steps.append(("mcp", lambda: mcp_step.run_mcp(ctx)))
         for name, step in steps:
             if only is None or name in only:
                 suite.guarded(ctx, name, step)
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small N, about a minute")
     parser.add_argument("--out", type=Path, help="directory for benchmarks.md and .json")
     parser.add_argument(
-        "--only", help="comma-separated steps to run (vsmd, floor, nerves ...): a partial report"
+        "--only",
+        help="comma-separated steps to run (vsmd, floor, nerves, mcp ...): a partial report",
     )
     parser.add_argument(
         "--from-json", type=Path, help="only re-render benchmarks.md from a run's JSON"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 
+from bench.mcp_agents import McpChild, McpParent
 from bench.nerve_agents import NerveChild, NerveParent
 from vsmd.agents import AgentContext, AgentRegistry, AsyncAgent
 
@@ -23,3 +24,5 @@ def register_agents(registry: AgentRegistry) -> None:
     registry.register("gccollect", CollectAgent)
     registry.register("nerveparent", NerveParent)
     registry.register("nervechild", NerveChild)
+    registry.register("mcpparent", McpParent)
+    registry.register("mcpchild", McpChild)

@@ -199,6 +199,43 @@ def nerve_goals(res: Results) -> list[Goal]:
     return goals
 
 
+MCP_CALL_MS = 1.0  # tools/call parent -> child, p50
+MCP_RATE = 2000.0  # calls/s of 10 sessions against one VSM
+MCP_CLIENTS = 10
+
+
+def cpu_per_call(res: Results, key: str) -> float | None:
+    """CPU ms per call of the calling VSM, the called VSM and the broker together."""
+    parts = [res.median(f"{key}.cpu_{who}_ms") for who in ("client", "server", "broker")]
+    return sum(p for p in parts if p is not None) if None not in parts else None
+
+
+def mcp_goals(res: Results) -> list[Goal]:
+    m, p99 = res.median, res.p99
+    call = m("mcp.call.noop_ms")
+    n, at = at_size(res, "mcp.rate.", ".calls_per_s", MCP_CLIENTS)
+    rate = m(f"mcp.rate.{n}.calls_per_s")
+    cpu = cpu_per_call(res, f"mcp.rate.{n}")
+    return [
+        _check(
+            "MCP tools/call parent → child p50",
+            f"≤ {num(MCP_CALL_MS)} ms",
+            call,
+            call is not None and call <= MCP_CALL_MS,
+            f"{_ms(call)} (p99 {num(p99('mcp.call.noop_ms') or 0)}); ctx.request "
+            f"{_ms(m('mcp.rr_ms'))}; bare aio-pika with confirms {_ms(m('mcpfloor.rr_vsmd_ms'))}",
+        ),
+        _check(
+            f"MCP calls/s, {MCP_CLIENTS} sessions against one VSM",
+            f"≥ {MCP_RATE:,.0f} /s",
+            rate,
+            rate is not None and rate >= MCP_RATE,
+            f"{num(rate or 0)} calls/s; CPU per call (both VSMs and the broker) {_ms(cpu)}",
+            at,
+        ),
+    ]
+
+
 def before_goals(res: Results) -> list[Goal]:
     """spawn → ready and idle USS with VSMs on one asyncio loop against the figures before."""
     spawn = res.median("vsmd.spawn_ready_ms")
@@ -249,6 +286,7 @@ def evaluate(res: Results, sampler: dict[str, Any]) -> list[Goal]:
         _sampler_goal(res, sampler),
         *before_goals(res),
         *nerve_goals(res),
+        *mcp_goals(res),
         *trust_goals(res),
     ]
     return goals

@@ -52,6 +52,7 @@ def method(data: dict[str, Any]) -> list[str]:
         "again with an agent (`bench/agents.py`) that calls `gc.collect()` at start. "
         "**Sampler off**: the default daemon with `sample_interval = 86400`.",
         *_nerves(plan),
+        *_mcp(plan),
         "",
     ]
 
@@ -90,4 +91,32 @@ def _nerves(plan: dict[str, Any]) -> list[str]:
         + ", published at once without confirms, consumed without acks. Request/reply: "
         "direct reply-to, without and with publisher confirms and mandatory publishing (as a "
         "VSM's channel).",
+    ]
+
+
+def _mcp(plan: dict[str, Any]) -> list[str]:
+    if "mcp_calls" not in plan:
+        return []  # a run from before these figures
+    return [
+        '- **MCP** (a daemon with `agent_modules = ["bench.agents"]`; agents in '
+        "`bench/mcp_agents.py`). The child adds a tool that does nothing (`noop`) with "
+        "`ctx.mcp.tool`; the parent opens `ctx.mcp_client(child)` and calls `noop`, then the "
+        f"built-in `status`, {plan['mcp_calls']:,} times each, one call at a time, after 5 to "
+        "warm up (the first also lists the tools), timing each with `time.perf_counter`; then "
+        f"`ctx.request` of the same child as often. *Rate*: the parent opens "
+        f"{plan['mcp_clients']} sessions with the child and each calls `noop` one call after "
+        f"another for {plan['mcp_seconds']:g} s ({plan['mcp_rate_repeats']} runs); the "
+        "window ends when the last call is back. *CPU per call*: the calling VSM, the called "
+        "VSM and the broker, from /proc/PID/task/*/schedstat read by the parent just before "
+        "and after the calls, divided by the calls. *Floor*: bare aio-pika request/reply "
+        "(`bench/nerve_floor.py`, direct reply-to) with requests and replies of the sizes a "
+        "`noop` tools/call and its answer have on the wire (taken from one call on a session "
+        "of the bench's own), as many round trips, without and with confirms and mandatory "
+        "publishing.",
+        "- **MCP memory**: two daemons up at once, one with `mcp_server = false`, both with "
+        f"`bench.agents` loaded; {plan['mcp_vsms']} idle VSMs of the default agent each, spawned "
+        "at once. USS (psutil `memory_full_info()`) of every VSM once two readings 0.2 s apart "
+        "agree on the median; then the bench opens one MCP session with each VSM of the daemon "
+        "with MCP in turn (initialize, `status`, close; its own connection), and both daemons' "
+        "VSMs are measured again the same way.",
     ]

@@ -84,7 +84,8 @@ async def server(a: dict[str, Any]) -> None:
     ch = await conn.channel(publisher_confirms=like_vsmd)
     await ch.set_qos(prefetch_count=64)
     queue = await ch.declare_queue(a["queue"], exclusive=True)
-    reply = b'{"ok":true,"result":{}}'
+    # A reply as vsmd's to an empty result, or one of the size asked (an MCP answer, say).
+    reply = body(int(a["reply_size"]), 0) if a.get("reply_size") else b'{"ok":true,"result":{}}'
 
     async def on_message(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
         orjson.loads(msg.body)

@@ -29,7 +29,7 @@ from vsmd.state import Clock, Entry, encode
 PREFIX = "ns"  # vsmd's figures here; the floor's are "nsfloor."
 
 
-def _spawn(pipe: AdminPipe, n: int, parent: str | None, agent: str) -> list[dict[str, Any]]:
+def spawn_vsms(pipe: AdminPipe, n: int, parent: str | None, agent: str) -> list[dict[str, Any]]:
     _start, replies = pipe.run([Spawn(parent=parent, agent=agent) for _ in range(n)], 60 + n)
     infos = [r["result"] for _t, r in replies if r.get("ok")]
     if len(infos) != n:
@@ -66,9 +66,9 @@ def run_nerves(ctx: suite.Ctx) -> None:
 def _state(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe, sizes: dict[str, int]) -> None:
     """One parent, one child: latency and request/reply; then more children: the rate."""
     plan, res = ctx.plan, ctx.res
-    [parent] = _spawn(pipe, 1, None, "nerveparent")
+    [parent] = spawn_vsms(pipe, 1, None, "nerveparent")
     try:
-        [child] = _spawn(pipe, 1, parent["id"], "nervechild")
+        [child] = spawn_vsms(pipe, 1, parent["id"], "nervechild")
         sizes["probe"] = state_bytes(child, "probe", [time.time(), 0, time.monotonic()])
         sizes["burst"] = state_bytes(child, "burst", [time.time(), 100_000, False])
         sizes["call"] = call_bytes(parent, "echo")
@@ -89,7 +89,8 @@ def _state(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe, sizes: dict[str, int]) 
                 f"{PREFIX}.rr_ms", "request/reply parent -> child (ctx.request)", "ms", out["ms"], 1
             )
         k = plan.nerve_children
-        kids = [child["id"], *[i["id"] for i in _spawn(pipe, k - 1, parent["id"], "nervechild")]]
+        more = spawn_vsms(pipe, k - 1, parent["id"], "nervechild")
+        kids = [child["id"], *[i["id"] for i in more]]
         for _ in range(plan.nerve_rate_repeats):
             _rate(ctx, d, parent["id"], kids)
     finally:
@@ -135,9 +136,9 @@ def _rate(ctx: suite.Ctx, d: VsmdProc, parent: str, kids: list[str]) -> None:
 
 def _broadcast(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe) -> None:
     plan, res, n = ctx.plan, ctx.res, ctx.plan.nerve_subtree
-    [root] = _spawn(pipe, 1, None, "nerveparent")
+    [root] = spawn_vsms(pipe, 1, None, "nerveparent")
     try:
-        _spawn(pipe, n, root["id"], "nervechild")
+        spawn_vsms(pipe, n, root["id"], "nervechild")
         with d.client(300.0) as c:
             rounds = plan.nerve_rounds
             t0 = c.call(root["id"], "bcast", {"rounds": rounds, "gap": 0.5})["t0"]
@@ -211,8 +212,17 @@ def _pair(url: str, mode: str, n: int, size: int, gap: float) -> tuple[dict[str,
     return got, got["last"] - float(start)
 
 
-def _rr(url: str, n: int, size: int, like_vsmd: bool) -> list[float]:
-    base = {"url": url, "queue": f"bench-nerve-{uuid.uuid4().hex[:12]}", "like_vsmd": like_vsmd}
+def floor_rr(
+    url: str, n: int, size: int, like_vsmd: bool, reply_size: int | None = None
+) -> list[float]:
+    """ms of ``n`` bare request/reply round trips (requests of ``size`` bytes; replies of
+    ``reply_size`` bytes, else a vsmd reply of an empty result)."""
+    base = {
+        "url": url,
+        "queue": f"bench-nerve-{uuid.uuid4().hex[:12]}",
+        "like_vsmd": like_vsmd,
+        "reply_size": reply_size,
+    }
     server = _proc("server", base)
     try:
         _ready(server)
@@ -250,8 +260,8 @@ def _floors(ctx: suite.Ctx, sizes: dict[str, int]) -> None:
         "nsfloor.rr_ms",
         "request/reply, direct reply-to",
         "ms",
-        _rr(ctx.url, plan.nerve_rr, call, False),
+        floor_rr(ctx.url, plan.nerve_rr, call, False),
         1,
     )
     label = "request/reply, direct reply-to, with confirms and mandatory as vsmd"
-    res.add("nsfloor.rr_vsmd_ms", label, "ms", _rr(ctx.url, plan.nerve_rr, call, True), 1)
+    res.add("nsfloor.rr_vsmd_ms", label, "ms", floor_rr(ctx.url, plan.nerve_rr, call, True), 1)

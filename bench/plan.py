@@ -34,6 +34,11 @@ class Plan:
     nerve_floor_cap: int  # most messages of the rate's floor (0: as many as vsmd's deltas)
     nerve_subtree: int  # VSMs under the root that broadcasts
     nerve_rounds: int  # broadcasts, 0.5 s apart
+    mcp_calls: int  # sequential MCP tools/call parent -> child (and as many bare round trips)
+    mcp_clients: int  # MCP sessions calling one VSM at once, for the rate
+    mcp_seconds: float  # how long each of them calls
+    mcp_rate_repeats: int
+    mcp_vsms: int  # idle VSMs per daemon whose memory is measured with and without MCP
 
     def to_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -66,6 +71,11 @@ FULL = Plan(
     nerve_floor_cap=0,
     nerve_subtree=1000,
     nerve_rounds=10,
+    mcp_calls=1000,
+    mcp_clients=10,
+    mcp_seconds=3.0,
+    mcp_rate_repeats=2,
+    mcp_vsms=100,
 )
 
 QUICK = Plan(
@@ -95,4 +105,9 @@ QUICK = Plan(
     nerve_floor_cap=3000,
     nerve_subtree=50,
     nerve_rounds=5,
+    mcp_calls=200,
+    mcp_clients=10,
+    mcp_seconds=1.0,
+    mcp_rate_repeats=1,
+    mcp_vsms=30,
 )

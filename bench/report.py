@@ -6,6 +6,7 @@ import statistics
 from typing import Any
 
 from bench.goals import Goal, num
+from bench.mcp_report import mcp_section
 from bench.method import method
 from bench.nerve_report import nervous
 from bench.stats import Results
@@ -16,6 +17,7 @@ SECTIONS = (
     ("Peers on the same broker and workload", ("floor.", "supervisord.")),
     ("vsmd, other strategies and settings", ("nofreeze.", "exec.", "nosampler.")),
     ("Nervous system: between VSMs, and bare aio-pika", ("ns.", "nsfloor.")),
+    ("MCP: between VSMs, bare aio-pika, idle memory", ("mcp.", "mcpfloor.")),
     (
         "Trust boundary: cooperative and secure, each on a node of its own",
         ("trustoff.", "truston."),
@@ -104,6 +106,7 @@ def render(data: dict[str, Any], res: Results, goals: list[Goal], extra: list[st
         *headline(res),
         *side_by_side(res),
         *nervous(res, int(data["machine"].get("logical_cpus") or 1)),
+        *mcp_section(res, int(data["machine"].get("logical_cpus") or 1)),
         *strategies(res),
         *idle(res),
         *extra,
