@@ -253,7 +253,7 @@ def test_messages_never_show_a_query_or_a_password() -> None:
 
 def test_the_http_grant_is_read_from_the_context() -> None:
     class Ctx:
-        _caps = frozenset({"state"})
+        capabilities = frozenset({"state"})
 
     assert not holds(Ctx(), "http")
     assert holds(object(), "http")  # a context that records no grant refuses nothing

@@ -134,7 +134,7 @@ class FakeCtx:
     def __init__(self, state: FakeState, caps: frozenset[str]) -> None:
         self.path = "plant.sensor"
         self.state = state
-        self._caps = caps
+        self.capabilities = caps
         self.registry = McpRegistry()
         self.mcp = McpGrant(self.registry, "mcp" in caps, self.path)
 
