@@ -19,7 +19,7 @@ import typer
 from vsmctl import agents_cmd, mcp_cmds, messaging, state_cmds, submit_cmd, top
 from vsmctl.client import DEFAULT_TIMEOUT, VsmClient
 from vsmctl.complete import complete_vsm_id
-from vsmctl.options import Broker, Json, Namespace, Timeout
+from vsmctl.options import Broker, Json, Namespace, Timeout, parse_pairs
 from vsmctl.options import call as _call
 from vsmctl.options import print_json as _json
 from vsmd.errors import VsmdError
@@ -42,14 +42,7 @@ def _settings(pairs: list[str], config_file: Path | None) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise typer.BadParameter(f"{config_file} must hold a JSON object")
         settings.update(loaded)
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--set wants KEY=VALUE, got {pair!r}")
-        try:
-            settings[key] = orjson.loads(value)  # numbers, booleans, lists stay typed
-        except orjson.JSONDecodeError:
-            settings[key] = value
+    settings.update(parse_pairs(pairs, "--set"))
     return settings
 
 

@@ -10,7 +10,16 @@ import typer
 
 from vsmctl.client import DEFAULT_TIMEOUT
 from vsmctl.complete import complete_vsm_id
-from vsmctl.options import Broker, Json, Namespace, Timeout, call, print_json, refuse
+from vsmctl.options import (
+    Broker,
+    Json,
+    Namespace,
+    Timeout,
+    call,
+    parse_pairs,
+    print_json,
+    refuse,
+)
 from vsmd.errors import VsmdError, from_dict
 
 Opt = typer.Option
@@ -40,16 +49,7 @@ def _session(
 
 
 def _args(pairs: list[str]) -> dict[str, Any]:
-    args: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--arg wants KEY=VALUE, got {pair!r}")
-        try:
-            args[key] = orjson.loads(value)  # numbers, booleans, objects stay typed
-        except orjson.JSONDecodeError:
-            args[key] = value
-    return args
+    return parse_pairs(pairs, "--arg")
 
 
 def _json_or_text(text: str) -> Any:

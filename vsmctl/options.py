@@ -53,3 +53,17 @@ def call(
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def parse_pairs(pairs: list[str], option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` options: JSON values stay typed (numbers, booleans, lists), else text."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{option} wants KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            out[key] = value
+    return out

@@ -4,6 +4,7 @@ show are the example's files, pip installs the example, and a daemon runs it as 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,9 +36,11 @@ def test_the_docs_show_the_example_and_the_example_runs(
     doc = (REPO / "docs" / "agents.md").read_text()
     for name in FILES:
         assert (EXAMPLE / name).read_text() in doc, f"docs/agents.md does not show {name} as it is"
-    site = tmp_path / "site"
+    site, source = tmp_path / "site", tmp_path / "greeting_agents"
+    # A copy: building a package writes build/ and *.egg-info into its source tree.
+    shutil.copytree(EXAMPLE, source)
     pip = subprocess.run(
-        [str(BIN / "pip"), "install", "-q", "--no-deps", "--target", str(site), str(EXAMPLE)],
+        [str(BIN / "pip"), "install", "-q", "--no-deps", "--target", str(site), str(source)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -83,7 +83,8 @@ def test_a_command_is_run_without_a_shell_with_a_timeout() -> None:
     bad = CommandSource([py, "-c", "import sys; sys.exit('disk gone')"], 10, 1024)
     with pytest.raises(SourceError, match="exited with 1: disk gone"):
         asyncio.run(bad.sample())
-    slow = CommandSource([py, "-c", "import time; time.sleep(30)"], 0.3, 1024)
+    # A command that never ends by itself: only the source's timeout stops it.
+    slow = CommandSource([py, "-c", "import threading; threading.Event().wait()"], 0.3, 1024)
     with pytest.raises(SourceError, match=r"did not finish within 0\.3 s"):
         asyncio.run(slow.sample())
     with pytest.raises(SourceError, match="cannot run /no/such/tool"):
