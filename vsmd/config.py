@@ -44,6 +44,8 @@ class Config:
     state_dir: Path = Path("/var/lib/vsmd")
     spawn_strategy: str = "forkserver"
     gc_freeze: bool = True
+    # The kernel's KSM may merge VSMs' identical pages (docs/spawning.md, "Memory").
+    memory_merge: bool = False
     # Every VSM an MCP server (docs/mcp.md); false saves the per-VSM server objects.
     mcp_server: bool = True
     # Each VSM holds one AMQP connection; the broker's open-files limit caps the tree.

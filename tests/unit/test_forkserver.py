@@ -133,6 +133,36 @@ def test_gc_freeze_before_fork_unless_turned_off(
     assert frozen == [True]
 
 
+def test_memory_merge_marks_the_fork_server_once_when_asked(
+    server: ForkServer, fake_os: FakeOs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks: list[bool] = []
+    monkeypatch.setattr(forkserver, "merge_pages", lambda: marks.append(True))
+    fake_os.fork_results = [PID, PID + 1, PID + 2]
+    server.spawn(spawn_msg("a"))
+    assert marks == []
+    server.spawn({**spawn_msg("b"), "memory_merge": True})
+    server.spawn({**spawn_msg("c"), "memory_merge": True})
+    assert marks == [True]  # the mark is inherited by every later fork: once is enough
+
+
+def test_memory_merge_refused_by_the_kernel_is_logged_and_the_spawn_goes_on(
+    server: ForkServer,
+    fake_os: FakeOs,
+    daemon_end: socket.socket,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refuse() -> None:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(forkserver, "merge_pages", refuse)
+    fake_os.fork_results = [PID]
+    server.spawn({**spawn_msg("a"), "memory_merge": True})
+    assert [m["ev"] for m in received(daemon_end)] == ["spawned"]
+    assert "the kernel refused page merging: Invalid argument" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("status", "code", "sig"),
     [

@@ -25,7 +25,7 @@ from vsmd.bus.connection import redact
 from vsmd.bus.daemon_bus import DaemonBus
 from vsmd.bus.topology import Topology
 from vsmd.config import Config
-from vsmd.daemon import cgroups, metrics, notify
+from vsmd.daemon import cgroups, metrics, notify, pagemerge
 from vsmd.daemon.announce import announce
 from vsmd.daemon.broker_log import BrokerLogFollower
 from vsmd.daemon.conn_guard import ConnectionGuard
@@ -60,7 +60,11 @@ class Daemon:
         self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.agents = build_registry(config.agent_modules)
         self.pool = ForkServerPool(
-            self._post, config.agent_modules, config.spawn_strategy, config.gc_freeze
+            self._post,
+            config.agent_modules,
+            config.spawn_strategy,
+            config.gc_freeze,
+            memory_merge=config.memory_merge,
         )
         self.bus = DaemonBus(
             config.broker_url,
@@ -444,6 +448,7 @@ class Daemon:
         # Before the fork server: with cgroup v2 the daemon may first move to a leaf of its own.
         self.manager.cgroups = cgroups.setup(self.config)
         self.pool.start()
+        pagemerge.report(self.config, secure=self.trust is not None)
         states = self.store.load()
         restored, _dropped = self.manager.restore()
         if states:

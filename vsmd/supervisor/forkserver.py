@@ -35,6 +35,7 @@ from vsmd.supervisor.oscalls import (
     die_with_parent,
     drop_to,
     hide_memory,
+    merge_pages,
 )
 from vsmd.supervisor.rlimits import apply_rlimits
 from vsmd.vsm.prewarm import prewarm
@@ -62,6 +63,7 @@ class ForkServer:
         self._wake_r, self._wake_w = os.pipe()
         self.freeze = True
         self.warm = False
+        self.merging = False  # pages marked for the kernel's KSM (memory_merge)
         self.orphaned = False  # the daemon died: set by the death signal's handler
         self.cgroups: dict[int, tuple[str, ...]] = {}  # pid -> the cgroups it joined
         # One MCP server for every VSM forked here, built before any fork: shared pages.
@@ -87,6 +89,12 @@ class ForkServer:
     def spawn(self, msg: dict[str, Any]) -> None:
         spec = VsmSpec.from_dict(msg["spec"])
         strategy = msg.get("strategy", "forkserver")
+        if not self.merging and msg.get("memory_merge", False):
+            self.merging = True  # once; every VSM forked from now on inherits the mark
+            try:
+                merge_pages()
+            except OSError as exc:
+                log.warning("memory_merge: the kernel refused page merging: %s", exc.strerror)
         if not self.warm and strategy == "forkserver" and msg.get("prewarm", True):
             self.warm = True  # once, on the first spawn: the first to bring a broker URL
             prewarm(spec, self.registry, self.mcp_server)

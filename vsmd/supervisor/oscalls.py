@@ -11,6 +11,8 @@ from typing import Protocol
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_MEMORY_MERGE = 67  # Linux 6.4
+KSM_RUN = "/sys/kernel/mm/ksm/run"
 EXIT_PARENT_GONE = 71  # our parent died before we asked to die with it
 
 
@@ -69,6 +71,26 @@ def hide_memory() -> None:
     """PR_SET_DUMPABLE 0: other processes of our uid can no longer read /proc/<pid>/mem or
     environ, nor ptrace us (only CAP_SYS_PTRACE can). Holds our secrets in, not theirs out."""
     _prctl(PR_SET_DUMPABLE, 0)
+
+
+def merge_pages() -> None:
+    """PR_SET_MEMORY_MERGE: every page of this process and of the processes it forks from now
+    on may be merged by the kernel's KSM with identical pages of any other process. A VSM's
+    private pages are mostly fork-server pages it copied on a write and that hold the same
+    bytes again, or the same bytes as its siblings' copies: KSM gives them back.
+
+    Raises OSError (EINVAL: a kernel without it; EPERM: without CAP_SYS_RESOURCE).
+    """
+    _prctl(PR_SET_MEMORY_MERGE, 1)
+
+
+def ksm_running() -> bool | None:
+    """Whether the kernel's page-merging thread runs: None when this kernel has no KSM."""
+    try:
+        with open(KSM_RUN) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return None
 
 
 def drop_to(uid: int, parent: int) -> None:

@@ -50,12 +50,14 @@ class ForkServerPool:
         agent_modules: tuple[str, ...] = (),
         strategy: str = "forkserver",
         gc_freeze: bool = True,
+        memory_merge: bool = False,
         hello_timeout: float = HELLO_TIMEOUT,
     ) -> None:
         self._sink = sink
         self._agent_modules = agent_modules
         self.strategy = strategy
         self.gc_freeze = gc_freeze
+        self.memory_merge = memory_merge
         self.hello_timeout = hello_timeout
         # While no fork server runs: when the daemon tries again (monotonic), for the refusals.
         self.retry_at: float | None = None
@@ -183,6 +185,7 @@ class ForkServerPool:
                 "spec": spec.to_dict(),
                 "strategy": self.strategy,
                 "gc_freeze": self.gc_freeze,
+                "memory_merge": self.memory_merge,
             }
         )
 
