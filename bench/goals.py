@@ -236,6 +236,29 @@ def mcp_goals(res: Results) -> list[Goal]:
     ]
 
 
+MCP_USS_MIB = 6.0  # idle VSM with its MCP server ready
+FLOOR_USS_MIB = 4.5  # idle VSM, the spawn-floor goal
+
+
+def merge_goals(res: Results) -> list[Goal]:
+    """Idle USS of VSMs with the MCP server, with memory_merge on (bench/merge_step.py)."""
+    have = sizes(res, "merge.", ".idle.merged_uss_mib")
+    k = f"merge.{have[-1]}" if have else "merge.none"
+    uss, served = res.median(f"{k}.idle.merged_uss_mib"), res.median(f"{k}.served.merged_uss_mib")
+    plain = res.median(f"{k}.idle.plain_uss_mib")
+    text = (
+        f"{num(uss or 0)} MiB (N={have[-1] if have else 0}; after one MCP session "
+        f"{num(served or 0)}; memory_merge off {num(plain or 0)})"
+    )
+    return [
+        _check(name, f"≤ {num(target)} MiB", uss, uss is not None and uss <= target, text)
+        for name, target in (
+            ("idle VSM USS with its MCP server ready, memory_merge on", MCP_USS_MIB),
+            ("idle VSM USS, memory_merge on (spawn-floor goal)", FLOOR_USS_MIB),
+        )
+    ]
+
+
 def before_goals(res: Results) -> list[Goal]:
     """spawn → ready and idle USS with VSMs on one asyncio loop against the figures before."""
     spawn = res.median("vsmd.spawn_ready_ms")
@@ -287,6 +310,7 @@ def evaluate(res: Results, sampler: dict[str, Any]) -> list[Goal]:
         *before_goals(res),
         *nerve_goals(res),
         *mcp_goals(res),
+        *merge_goals(res),
         *trust_goals(res),
     ]
     return goals

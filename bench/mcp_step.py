@@ -191,7 +191,7 @@ def _memory(ctx: suite.Ctx, on: VsmdProc, on_pipe: AdminPipe) -> None:
                 daemons = {"off": off, "on": on}
                 first = _settled_uss(ctx, daemons, n)
                 log(f"mcp: one session with each of {n} VSMs")
-                took = asyncio.run(_one_session_each(on, on_ids))
+                took = asyncio.run(one_session_each(on, on_ids))
                 res.add(
                     f"{PREFIX}.mem.{n}.sessions_s", "open, status, close with each", "s", [took], n
                 )
@@ -231,7 +231,7 @@ def _settled_uss(
         time.sleep(0.2)
 
 
-async def _one_session_each(d: VsmdProc, ids: list[str]) -> float:
+async def one_session_each(d: VsmdProc, ids: list[str]) -> float:
     """One MCP session with each VSM in turn: initialize, call status, close. Seconds taken."""
     link = StandaloneLink(d.broker_url, d.namespace)
     start = time.perf_counter()
