@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from bench import mcp_step, nerves, suite
+from bench import mcp_step, nerves, suite, worker_step
 from bench.analysis import where_time_goes
 from bench.discussion import discussion
 from bench.goals import evaluate
@@ -138,6 +138,7 @@ def _run(
         steps.append(("trust", lambda: suite.run_trust(ctx)))
         steps.append(("nerves", lambda: nerves.run_nerves(ctx)))
         steps.append(("mcp", lambda: mcp_step.run_mcp(ctx)))
+        steps.append(("workers", lambda: worker_step.run_workers(ctx)))
         for name, step in steps:
             if only is None or name in only:
                 suite.guarded(ctx, name, step)
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="directory for benchmarks.md and .json")
     parser.add_argument(
         "--only",
-        help="comma-separated steps to run (vsmd, floor, nerves, mcp ...): a partial report",
+        help="comma-separated steps (vsmd, floor, nerves, mcp, workers ...): a partial report",
     )
     parser.add_argument(
         "--from-json", type=Path, help="only re-render benchmarks.md from a run's JSON"

@@ -53,6 +53,7 @@ def method(data: dict[str, Any]) -> list[str]:
         "**Sampler off**: the default daemon with `sample_interval = 86400`.",
         *_nerves(plan),
         *_mcp(plan),
+        *_workers(plan),
         "",
     ]
 
@@ -119,4 +120,32 @@ def _mcp(plan: dict[str, Any]) -> list[str]:
         "agree on the median; then the bench opens one MCP session with each VSM of the daemon "
         "with MCP in turn (initialize, `status`, close; its own connection), and both daemons' "
         "VSMs are measured again the same way.",
+    ]
+
+
+def _workers(plan: dict[str, Any]) -> list[str]:
+    if "worker_tasks" not in plan:
+        return []  # a run from before these figures
+    batches = ", ".join(f"{n:,} tasks through {k}" for k, n in plan["worker_tasks"])
+    return [
+        "- **Workers** (a daemon of its own; `worker` VSMs with `tasks_modules = "
+        '["bench.worker_tasks"]` and otherwise the default settings, `concurrency` 4; the '
+        "ten under a parent of the default agent). One process of the bench "
+        "(`bench/worker_floor.py`) submits tasks as `TaskSubmitter` does: a task envelope each, "
+        "persistent, mandatory, with publisher confirms and direct reply-to on the publishing "
+        "channel; but 64 publishes in flight at once, not one, and the messages built before "
+        "the window. It first runs 5 tasks one at a time through each queue, then publishes "
+        f"a batch ({batches}) spread over the queues in turn and waits for every result; "
+        "tasks/s is the batch over the time from its first publish until the last result. The "
+        "task does nothing: a plain function (the worker runs it in one of its threads), and "
+        "for one worker also an `async def` (run on the VSM's loop). *Floor*: the same "
+        "submitter against bare aio-pika consumers, one process and durable queue each, "
+        "declared as a worker declares its queue: a consuming channel with prefetch 4 and "
+        "manual acks; each delivery is decoded, the same no-op function called on the loop, "
+        "its result published with confirms to the reply-to on the connection's other channel "
+        "(as a VSM's replies go on its main one), then acked. vsmd and the floor take turns, "
+        f"{plan['worker_repeats']} {'batch' if plan['worker_repeats'] == 1 else 'batches'} of "
+        "each. *CPU per task*: the workers or consumers, "
+        "the daemon and the parent, and the broker from /proc/PID/task/*/schedstat read by the "
+        "bench around the batch, the submitter its own; divided by the tasks.",
     ]

@@ -39,6 +39,8 @@ class Plan:
     mcp_seconds: float  # how long each of them calls
     mcp_rate_repeats: int
     mcp_vsms: int  # idle VSMs per daemon whose memory is measured with and without MCP
+    worker_tasks: tuple[tuple[int, int], ...]  # (workers, tasks submitted to them in one batch)
+    worker_repeats: int  # batches of each, vsmd and the floor taking turns
 
     def to_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -76,6 +78,8 @@ FULL = Plan(
     mcp_seconds=3.0,
     mcp_rate_repeats=2,
     mcp_vsms=100,
+    worker_tasks=((1, 2000), (10, 4000)),
+    worker_repeats=3,
 )
 
 QUICK = Plan(
@@ -110,4 +114,6 @@ QUICK = Plan(
     mcp_seconds=1.0,
     mcp_rate_repeats=1,
     mcp_vsms=30,
+    worker_tasks=((1, 200), (10, 400)),
+    worker_repeats=1,
 )

@@ -11,6 +11,7 @@ from bench.method import method
 from bench.nerve_report import nervous
 from bench.stats import Results
 from bench.tables import headline, idle, side_by_side, spread, strategies, table
+from bench.worker_report import worker_section
 
 SECTIONS = (
     ("vsmd, default strategy (fork server with gc.freeze)", ("vsmd.", "python.")),
@@ -18,6 +19,7 @@ SECTIONS = (
     ("vsmd, other strategies and settings", ("nofreeze.", "exec.", "nosampler.")),
     ("Nervous system: between VSMs, and bare aio-pika", ("ns.", "nsfloor.")),
     ("MCP: between VSMs, bare aio-pika, idle memory", ("mcp.", "mcpfloor.")),
+    ("Workers: vsmd and bare aio-pika", ("worker.", "workerfloor.")),
     (
         "Trust boundary: cooperative and secure, each on a node of its own",
         ("trustoff.", "truston."),
@@ -107,6 +109,7 @@ def render(data: dict[str, Any], res: Results, goals: list[Goal], extra: list[st
         *side_by_side(res),
         *nervous(res, int(data["machine"].get("logical_cpus") or 1)),
         *mcp_section(res, int(data["machine"].get("logical_cpus") or 1)),
+        *worker_section(res, int(data["machine"].get("logical_cpus") or 1)),
         *strategies(res),
         *idle(res),
         *extra,
