@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from bench import mcp_step, nerves, suite, worker_step
+from bench import loop_step, mcp_step, merge_step, nerves, suite, worker_step
 from bench.analysis import where_time_goes
 from bench.discussion import discussion
 from bench.goals import evaluate
@@ -139,6 +139,8 @@ def _run(
         steps.append(("nerves", lambda: nerves.run_nerves(ctx)))
         steps.append(("mcp", lambda: mcp_step.run_mcp(ctx)))
         steps.append(("workers", lambda: worker_step.run_workers(ctx)))
+        steps.append(("merge", lambda: merge_step.run_merge(ctx)))
+        steps.append(("loops", lambda: loop_step.run_loops(ctx)))
         for name, step in steps:
             if only is None or name in only:
                 suite.guarded(ctx, name, step)

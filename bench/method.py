@@ -54,6 +54,7 @@ def method(data: dict[str, Any]) -> list[str]:
         *_nerves(plan),
         *_mcp(plan),
         *_workers(plan),
+        *_merge_and_loops(plan),
         "",
     ]
 
@@ -148,4 +149,26 @@ def _workers(plan: dict[str, Any]) -> list[str]:
         "each. *CPU per task*: the workers or consumers, "
         "the daemon and the parent, and the broker from /proc/PID/task/*/schedstat read by the "
         "bench around the batch, the submitter its own; divided by the tasks.",
+    ]
+
+
+def _merge_and_loops(plan: dict[str, Any]) -> list[str]:
+    n = plan.get("mcp_vsms")
+    if n is None:
+        return []
+    return [
+        f"- **Page merging** (`bench/merge_step.py`): two daemons with {n:,} idle VSMs each, "
+        "both with the MCP server, one with `memory_merge = true`. The step switches the "
+        "kernel's KSM on for its window (`run`, `pages_to_scan`, `sleep_millisecs` in "
+        "/sys/kernel/mm/ksm, put back as found at its end; it needs root and Linux 6.4+, "
+        "otherwise the run notes it was not measured). Figures are taken once the merging "
+        "daemon's median USS moved less than 0.05 MiB over one full KSM pass (at least two "
+        "passes), then again after one MCP session with each VSM of both daemons. *PSS of "
+        "all*: psutil PSS summed over a daemon's VSMs. *KSM's CPU*: the ksmd thread's "
+        "/proc schedstat from all VSMs up until the first figures.",
+        "- **Event loops** (`bench/loop_step.py`): two daemons side by side with "
+        '`event_loop = "uvloop"` and `"asyncio"`, the agents of the MCP step; in turns, each '
+        "measures a quarter of the MCP step's calls (tools/call of `noop` and `ctx.request`, "
+        "parent to child) and a quarter of its spawns (spawn → ready with `VsmClient`, each "
+        "terminated before the next).",
     ]

@@ -6,7 +6,9 @@ import statistics
 from typing import Any
 
 from bench.goals import Goal, num
+from bench.loop_step import loop_section
 from bench.mcp_report import mcp_section
+from bench.merge_report import merge_section
 from bench.method import method
 from bench.nerve_report import nervous
 from bench.stats import Results
@@ -20,6 +22,8 @@ SECTIONS = (
     ("Nervous system: between VSMs, and bare aio-pika", ("ns.", "nsfloor.")),
     ("MCP: between VSMs, bare aio-pika, idle memory", ("mcp.", "mcpfloor.")),
     ("Workers: vsmd and bare aio-pika", ("worker.", "workerfloor.")),
+    ("Page merging (memory_merge)", ("merge.",)),
+    ("Event loops: uvloop and asyncio", ("loop.",)),
     (
         "Trust boundary: cooperative and secure, each on a node of its own",
         ("trustoff.", "truston."),
@@ -110,6 +114,8 @@ def render(data: dict[str, Any], res: Results, goals: list[Goal], extra: list[st
         *nervous(res, int(data["machine"].get("logical_cpus") or 1)),
         *mcp_section(res, int(data["machine"].get("logical_cpus") or 1)),
         *worker_section(res, int(data["machine"].get("logical_cpus") or 1)),
+        *merge_section(res),
+        *loop_section(res),
         *strategies(res),
         *idle(res),
         *extra,

@@ -46,6 +46,8 @@ class Config:
     gc_freeze: bool = True
     # The kernel's KSM may merge VSMs' identical pages (docs/spawning.md, "Memory").
     memory_merge: bool = False
+    # The event loop of every VSM: "uvloop" or "asyncio" (docs/runtime-choice.md).
+    event_loop: str = "uvloop"
     # Every VSM an MCP server (docs/mcp.md); false saves the per-VSM server objects.
     mcp_server: bool = True
     # Each VSM holds one AMQP connection; the broker's open-files limit caps the tree.
@@ -162,6 +164,7 @@ class Config:
         _choice(self.cgroups, "cgroups", CGROUP_MODES)
         _choice(self.log_format, "log_format", LOG_FORMATS)
         _choice(self.trust, "trust", TRUST_MODES)
+        _choice(self.event_loop, "event_loop", ("uvloop", "asyncio"))
         _choice(self.on_violation, "on_violation", ("warn", "terminate"))
         if not self.token_ttl >= 60:
             raise ConfigError(f"invalid token_ttl {self.token_ttl!r}: must be at least 60 s")

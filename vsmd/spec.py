@@ -56,6 +56,7 @@ class VsmSpec:
     token_socket: str = ""
     uid: int = 0
     mcp: bool = True  # serve MCP (config mcp_server)
+    event_loop: str = "uvloop"  # config event_loop
     # What its agent was granted (vsmd.protocol.CAPABILITIES); the context refuses the rest.
     capabilities: tuple[str, ...] = CAPABILITIES
 

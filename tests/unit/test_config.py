@@ -313,3 +313,10 @@ def test_gc_freeze_rejects_a_number(tmp_path: Path) -> None:
     path.write_text("[vsmd]\ngc_freeze = 2\n")
     with pytest.raises(ConfigError, match="gc_freeze"):
         load_config(path, env={})
+
+
+def test_event_loop_is_one_of_two() -> None:
+    assert Config().event_loop == "uvloop"
+    assert Config(event_loop="asyncio").event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="event_loop"):
+        Config(event_loop="trio")

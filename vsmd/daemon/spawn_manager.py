@@ -314,6 +314,7 @@ class SpawnManager(Lifecycle):
             state=state,
             sync=sync,
             mcp=self.config.mcp_server,
+            event_loop=self.config.event_loop,
             capabilities=tuple(sorted(self.capabilities_of(rec))),
         )
         rec.forking, rec.term_sent = True, False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -62,10 +63,23 @@ def amqp_url(spec: VsmSpec, user: str | None = None, token: str | None = None) -
     return str(url.update_query(heartbeat=spec.heartbeat))
 
 
+async def _connect_unix(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream to a Unix socket, ``path`` abstract (leading NUL) or not: connected here,
+    because uvloop's own connect by path does not reach abstract sockets."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, path)
+        return await asyncio.open_unix_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
 async def fetch_token(path: str, timeout: float = 15.0) -> tuple[str, str, float]:
     """(user, token, ttl) from the daemon's token socket; BrokerError when it says no."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+        reader, writer = await asyncio.wait_for(_connect_unix(path), timeout)
         try:
             raw = await asyncio.wait_for(reader.read(), timeout)
         finally:

@@ -19,6 +19,7 @@ from vsmd.agents import AgentRegistry
 from vsmd.mcp.host import Session
 from vsmd.protocol import CAPABILITIES, Envelope
 from vsmd.spec import VsmSpec
+from vsmd.vsm import loop as vsm_loop
 from vsmd.vsm.runtime import VsmRuntime
 from vsmd.vsm.state import StateReplica
 
@@ -91,6 +92,6 @@ def prewarm(template: VsmSpec, registry: AgentRegistry, mcp_server: Server[Sessi
         for i in range(CYCLES + 1):
             mcp = i == 0 and spec.mcp
             runtime = VsmRuntime(spec, registry, mcp_server)
-            asyncio.run(asyncio.wait_for(_cycle(runtime, mcp), 5.0))
+            vsm_loop.run(asyncio.wait_for(_cycle(runtime, mcp), 5.0), spec.event_loop)
     except Exception as exc:  # best effort: whatever happens, the fork server goes on forking
         log.warning("prewarm skipped: %s", exc)

@@ -29,6 +29,7 @@ from vsmd.mcp.server import build_server
 from vsmd.protocol import Envelope, error_reply, loads_object, ok_reply
 from vsmd.security.identity import DAEMON_USER, OPERATOR_USER, VIEWER_USER, vsm_id_of
 from vsmd.spec import EXIT_AGENT, EXIT_BROKER, EXIT_OK, EXIT_SPEC, VsmSpec
+from vsmd.vsm import loop as vsm_loop
 from vsmd.vsm.bus import Incoming, VsmBus
 from vsmd.vsm.context import Context, ThreadContext, unpack_reply
 from vsmd.vsm.mcp_tools import BuiltinTools, Events, caller_of
@@ -234,6 +235,7 @@ class VsmRuntime:
                     "pid": os.getpid(),
                     "path": self.spec.path,
                     "entry": entry,
+                    "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
                     "refused": self.refused,
                 }
             )
@@ -420,7 +422,7 @@ def run_vsm(
     except VsmdError as err:
         print(f"vsm {spec.vsm_id}: {err.message}", file=sys.stderr)
         return EXIT_SPEC
-    return asyncio.run(runtime.main())
+    return vsm_loop.run(runtime.main(), spec.event_loop)
 
 
 def main(argv: list[str] | None = None) -> int:
