@@ -28,6 +28,7 @@ KSM = Path("/sys/kernel/mm/ksm")
 # default, so that a pass over 200 VSMs takes seconds, not minutes. Reported with the figures.
 PAGES_TO_SCAN = 2000
 SLEEP_MS = 20
+MIN_PASSES = 4  # full KSM passes before USS may count as settled (see _settle)
 SETTLED_MIB = 0.05  # median USS moving less than this over one full pass: settled
 
 
@@ -77,10 +78,11 @@ def _uss(d: VsmdProc) -> tuple[list[float], float]:
 
 
 def _settle(ctx: suite.Ctx, merged: VsmdProc, n: int, timeout: float) -> float:
-    """Wait until the merged daemon's median USS holds still over one full KSM pass (at least
-    two passes after the call: a page is merged once it looked the same on two). Seconds."""
+    """Wait until the merged daemon's median USS holds still over one full KSM pass. KSM
+    merges a page on the pass after the one that first saw it unchanged, so the passes before
+    that change nothing: compare from the fourth pass after the call on. Seconds."""
     start = time.monotonic()
-    scans = int(_read("full_scans"))
+    scans = first = int(_read("full_scans"))
     last: float | None = None
     while time.monotonic() - start < timeout:
         time.sleep(0.5)
@@ -88,6 +90,8 @@ def _settle(ctx: suite.Ctx, merged: VsmdProc, n: int, timeout: float) -> float:
         if now == scans:
             continue
         scans = now
+        if now - first < MIN_PASSES - 1:
+            continue
         uss, _pss = _uss(merged)
         median = statistics.median(uss) if len(uss) == n else None
         if median is not None and last is not None and abs(median - last) < SETTLED_MIB:

@@ -162,8 +162,9 @@ def _merge_and_loops(plan: dict[str, Any]) -> list[str]:
         "kernel's KSM on for its window (`run`, `pages_to_scan`, `sleep_millisecs` in "
         "/sys/kernel/mm/ksm, put back as found at its end; it needs root and Linux 6.4+, "
         "otherwise the run notes it was not measured). Figures are taken once the merging "
-        "daemon's median USS moved less than 0.05 MiB over one full KSM pass (at least two "
-        "passes), then again after one MCP session with each VSM of both daemons. *PSS of "
+        "daemon's median USS moved less than 0.05 MiB over one full KSM pass (compared from the "
+        "fourth pass on: KSM merges a page only on the pass after the one that saw it "
+        "unchanged), then again after one MCP session with each VSM of both daemons. *PSS of "
         "all*: psutil PSS summed over a daemon's VSMs. *KSM's CPU*: the ksmd thread's "
         "/proc schedstat from all VSMs up until the first figures.",
         "- **Event loops** (`bench/loop_step.py`): two daemons side by side with "

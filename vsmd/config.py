@@ -14,6 +14,7 @@ from vsmd.errors import ConfigError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 SPAWN_STRATEGIES = ("forkserver", "exec")
+EVENT_LOOPS = ("uvloop", "asyncio")  # vsmd.vsm.loop runs each
 CGROUP_MODES = ("auto", "off")
 LOG_FORMATS = ("text", "json")
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -164,7 +165,7 @@ class Config:
         _choice(self.cgroups, "cgroups", CGROUP_MODES)
         _choice(self.log_format, "log_format", LOG_FORMATS)
         _choice(self.trust, "trust", TRUST_MODES)
-        _choice(self.event_loop, "event_loop", ("uvloop", "asyncio"))
+        _choice(self.event_loop, "event_loop", EVENT_LOOPS)
         _choice(self.on_violation, "on_violation", ("warn", "terminate"))
         if not self.token_ttl >= 60:
             raise ConfigError(f"invalid token_ttl {self.token_ttl!r}: must be at least 60 s")

@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 import uvloop
 
 T = TypeVar("T")
-EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def _factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -19,6 +18,6 @@ def _factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run(main: Coroutine[Any, Any, T], kind: str) -> T:
-    """Run ``main`` to its end on a new loop of ``kind`` (one of EVENT_LOOPS), then close it."""
+    """Run ``main`` to its end on a new loop of ``kind`` (config.EVENT_LOOPS), then close it."""
     with asyncio.Runner(loop_factory=_factory(kind)) as runner:
         return runner.run(main)
