@@ -65,3 +65,11 @@ def test_the_docs_show_the_example_and_the_example_runs(
         bad = d.vsmctl("spawn", "--agent", "greeter", "--set", "language=de")
         assert bad.returncode == 1
         assert bad.stderr == shown["vsmctl spawn --agent greeter --set language=de"]
+        # The package's task, found by a worker through the vsmd.tasks entry point.
+        worker = d.vsmctl("spawn", "--name", "cards", "--agent", "worker", "-q")
+        assert re.fullmatch(r"[0-9a-f]{12}", worker.stdout.strip()), worker.stderr
+        card = d.vsmctl(
+            "submit", worker.stdout.strip(), "greeting.card", "--arg", "who=Ada", "--wait"
+        )
+        assert card.returncode == 0, card.stderr
+        assert card.stdout == shown["vsmctl submit $w greeting.card --arg who=Ada --wait"]

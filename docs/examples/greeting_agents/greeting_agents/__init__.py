@@ -32,3 +32,8 @@ class Greeter(AsyncAgent):
     ) -> dict[str, Any]:
         ctx.state.count("greetings")
         return {"greeting": self.greet(str(body.get("who", sender.id)))}
+
+
+def card(args: dict[str, Any]) -> dict[str, Any]:
+    """A task for worker VSMs: a greeting card for ``who``."""
+    return {"card": f"Dear {args['who']}, best wishes."}
