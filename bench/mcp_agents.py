@@ -18,6 +18,7 @@ from typing import Any
 import mcp_types as types
 from mcp.client.session import ClientSession
 
+from bench.schedstat import task_seconds
 from vsmd.agents import AgentContext, AsyncAgent, Sender
 from vsmd.mcp.registry import Caller
 
@@ -26,20 +27,7 @@ NOOP = "noop"
 
 def cpu_seconds(pid: int | None) -> float | None:
     """On-CPU time of every thread of ``pid`` (None: no such process, or not readable)."""
-    if pid is None:
-        return None
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    total = 0
-    for tid in tasks:
-        with (
-            contextlib.suppress(OSError, ValueError, IndexError),
-            open(f"/proc/{pid}/task/{tid}/schedstat") as f,
-        ):
-            total += int(f.read().split()[0])
-    return total / 1e9
+    return None if pid is None else task_seconds(pid)
 
 
 class CpuOf:

@@ -19,6 +19,7 @@ from bench import suite
 from bench import vsmd_figs as figs
 from bench.mcp_step import AGENTS, one_session_each
 from bench.resources import memory
+from bench.schedstat import task_seconds
 from bench.stats import log
 from bench.vsmd_proc import VsmdProc
 
@@ -46,13 +47,13 @@ def _read(name: str) -> str:
 
 
 def _ksmd_seconds() -> float:
-    """On-CPU time of the kernel's ksmd thread (ns precision from schedstat)."""
+    """On-CPU time of the kernel's ksmd thread."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         with contextlib.suppress(OSError):
             if Path(f"/proc/{pid}/comm").read_text().strip() == "ksmd":
-                return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+                return task_seconds(int(pid)) or 0.0
     return 0.0
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterable
 
 import psutil
 
+from bench.schedstat import task_seconds
 from bench.vsmd_proc import VsmdProc
 
 MIB = 2**20
@@ -53,30 +53,10 @@ def memory(d: VsmdProc, broker: int | None) -> dict[str, list[float]]:
     return out
 
 
-def _task_seconds(pid: int) -> float | None:
-    """On-CPU time of every thread of ``pid`` in ns precision (/proc/PID/task/*/schedstat).
-
-    /proc/PID/stat counts whole clock ticks per process and truncates: a process that ran
-    for 8 ms reads as 0, which would hide the start-up cost of a thousand short starts.
-    """
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    total = 0
-    for tid in tasks:
-        with (
-            contextlib.suppress(OSError, ValueError, IndexError),
-            open(f"/proc/{pid}/task/{tid}/schedstat") as f,
-        ):
-            total += int(f.read().split()[0])
-    return total / 1e9
-
-
 def _cpu(procs: list[psutil.Process]) -> float:
     total = 0.0
     for p in procs:
-        precise = _task_seconds(p.pid)
+        precise = task_seconds(p.pid)
         if precise is not None:
             total += precise
             continue

@@ -6,13 +6,12 @@ daemon and the fork server both load it, so a spawn of an unknown type is refuse
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from vsmd import plugins
 from vsmd.agents.types import AgentType, make_type
 from vsmd.errors import ConfigError, NotFound
 from vsmd.mcp.registry import McpGrant
@@ -291,31 +290,18 @@ ENTRY_POINTS = "vsmd.agents"
 def _load_entry_points(registry: AgentRegistry) -> None:
     """Types of installed packages: an entry point in group ``vsmd.agents`` names an agent
     class (registered under the entry point's name) or a ``register_agents(registry)``."""
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken package: said at start, as a bad agent module
-            raise ConfigError(
-                f"cannot load agent entry point {ep.name!r} ({ep.value}): {exc}"
-            ) from None
+    for name, obj in plugins.entry_points(ENTRY_POINTS, "agent"):
         if isinstance(obj, type) and issubclass(obj, BaseAgent | AsyncAgent):
-            registry.register(ep.name, obj)
+            registry.register(name, obj)
         elif callable(obj):
             obj(registry)
         else:
-            raise ConfigError(f"agent entry point {ep.name!r} is no agent class or function")
+            raise ConfigError(f"agent entry point {name!r} is no agent class or function")
 
 
 def build_registry(modules: Iterable[str]) -> AgentRegistry:
     registry = AgentRegistry()
     _load_entry_points(registry)
-    for mod_name in modules:
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import agent module {mod_name!r}: {exc}") from None
-        hook = getattr(module, "register_agents", None)
-        if not callable(hook):
-            raise ConfigError(f"agent module {mod_name!r} has no register_agents(registry)")
+    for hook in plugins.module_hooks(modules, "register_agents", "agent"):
         hook(registry)
     return registry

@@ -8,12 +8,11 @@ function runs in a worker thread, an ``async def`` on the VSM's loop.
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from vsmd import plugins
 from vsmd.errors import ConfigError, NotFound, ProtocolError
 from vsmd.tasks.message import check_name
 
@@ -69,31 +68,14 @@ class TaskRegistry:
         return out
 
 
-def _load_entry_points(registry: TaskRegistry) -> None:
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
-        try:
-            fn = ep.load()
-        except Exception as exc:  # a broken package: said at start, as a bad module
-            raise ConfigError(
-                f"cannot load task entry point {ep.name!r} ({ep.value}): {exc}"
-            ) from None
-        registry.register(ep.name, fn)
-
-
 def load_tasks(modules: Iterable[str], entry_points: bool = True) -> TaskRegistry:
     """Every task of the installed packages (``entry_points``) and of ``modules``; a module
     registered later wins a name. ConfigError for a module that cannot be used."""
     registry = TaskRegistry()
     if entry_points:
-        _load_entry_points(registry)
-    for mod_name in modules:
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import tasks module {mod_name!r}: {exc}") from None
-        hook = getattr(module, "register_tasks", None)
-        if not callable(hook):
-            raise ConfigError(f"tasks module {mod_name!r} has no register_tasks(registry)")
+        for name, fn in plugins.entry_points(ENTRY_POINTS, "task"):
+            registry.register(name, fn)
+    for hook in plugins.module_hooks(modules, "register_tasks", "tasks"):
         hook(registry)
     return registry
 
