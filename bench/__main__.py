@@ -26,7 +26,16 @@ from typing import Any
 
 import psutil
 
-from bench import loop_step, mcp_step, merge_step, nerves, suite, worker_step
+from bench import (
+    before_step,
+    loop_step,
+    mcp_step,
+    merge_step,
+    nerves,
+    scale_step,
+    suite,
+    worker_step,
+)
 from bench.analysis import where_time_goes
 from bench.discussion import discussion
 from bench.goals import evaluate
@@ -96,6 +105,7 @@ def _run(
         steps = [
             ("vsmd", lambda: suite.run_vsmd_main(ctx)),
             ("floor", lambda: suite.run_floor(ctx)),
+            ("multiprocessing", lambda: suite.run_multiprocessing(ctx)),
             ("supervisord", lambda: suite.run_supervisord(ctx)),
             (
                 "nofreeze",
@@ -141,6 +151,8 @@ def _run(
         steps.append(("workers", lambda: worker_step.run_workers(ctx)))
         steps.append(("merge", lambda: merge_step.run_merge(ctx)))
         steps.append(("loops", lambda: loop_step.run_loops(ctx)))
+        steps.append(("before", lambda: before_step.run_before(ctx)))
+        steps.append(("scale", lambda: scale_step.run_scale(ctx)))
         for name, step in steps:
             if only is None or name in only:
                 suite.guarded(ctx, name, step)
@@ -199,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="directory for benchmarks.md and .json")
     parser.add_argument(
         "--only",
-        help="comma-separated steps (vsmd, floor, nerves, mcp, workers ...): a partial report",
+        help="comma-separated steps (vsmd, floor, nerves, mcp ...): a partial report",
     )
     parser.add_argument(
         "--from-json", type=Path, help="only re-render benchmarks.md from a run's JSON"

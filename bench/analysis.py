@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench import daemon_steps
 from bench.goals import num
 from bench.stats import Results
 
@@ -36,10 +37,10 @@ def _floor_line(spawn: float | None, floor: float | None, setup: float | None) -
         return None
     diff = spawn - floor
     text = (
-        f"- One spawn → ready through vsmd takes {num(spawn)} ms; the floor (one "
-        "multiprocessing child: fork, connect, declare, consume, publish) takes "
-        f"{num(floor)} ms, {num(setup)} ms of it the child's own broker work (connection and "
-        f"queue set-up: {setup / spawn:.0%} of vsmd's spawn → ready)."
+        f"- One spawn → ready through vsmd takes {num(spawn)} ms; the floor (one forked "
+        'child doing a VSM\'s broker work until its confirmed "ready") takes '
+        f"{num(floor)} ms, {num(setup)} ms of it the child's own broker work (connection, "
+        f"inbox and bindings: {setup / spawn:.0%} of vsmd's spawn → ready)."
     )
     if diff > 0.5:
         return text + (
@@ -49,8 +50,8 @@ def _floor_line(spawn: float | None, floor: float | None, setup: float | None) -
         )
     return text + (
         f" vsmd is level with the floor ({num(diff)} ms): its own steps (admin round trip, "
-        'admission, fork-server hop, handling "ready") cost no more than multiprocessing\'s '
-        "start of one process."
+        'admission, fork-server hop, handling "ready") cost no more than the noise between '
+        "the two series."
     )
 
 
@@ -91,7 +92,8 @@ def _mem(res: Results, prefix: str, prefer: int | None = None) -> float | None:
 # (name, key prefix with {n}, up-time key, the processes' CPU, the manager's CPU parts)
 CONTENDERS = (
     ("vsmd", "vsmd.burst.{n}", "vsmd.burst.{n}.up_s", "vsms", ("daemon", "forkserver")),
-    ("floor", "floor.{n}", "floor.{n}.up_s", "children", ("bench", "forkserver")),
+    ("floor", "floor.{n}", "floor.{n}.up_s", "children", ("bench", "parent")),
+    ("multiprocessing", "mproc.{n}", "mproc.{n}.up_s", "children", ("bench", "forkserver")),
     ("supervisord", "supervisord.{n}", "supervisord.{n}.up_s", "children", ("supervisord",)),
 )
 
@@ -121,8 +123,9 @@ def cpu_table(res: Results) -> list[str]:
         "",
         "CPU seconds (time on a CPU from /proc/PID/task/*/schedstat, medians over the repeats) "
         "spent from the first request to the last ready. *Manager*: vsmd's daemon + fork "
-        "server; the floor's parent (this bench process) + multiprocessing's fork server; "
-        "supervisord. *Cores busy*: all these CPU seconds over the wall time.",
+        "server; the floor's forking parent + this bench process (it collects the "
+        '"ready" messages); multiprocessing\'s fork server + this bench process; supervisord. '
+        "*Cores busy*: all these CPU seconds over the wall time.",
         "",
         "| Contender | N | wall s | processes CPU s | manager CPU s | broker CPU s "
         "| total CPU s | cores busy |",
@@ -165,17 +168,29 @@ def _cpu_lines(res: Results, cores: int) -> list[str | None]:
             v[1] if v else None,
         )
     ]
-    if v and f and f[1] < v[1]:
+    if v and f:
         lines.append(
             _line(
-                "The floor keeps only {} cores busy against vsmd's {}: multiprocessing starts "
-                "its children one at a time (each `Process.start()` waits for the new pid from "
-                "its fork server), while vsmd's daemon queues spawn requests to its fork server "
-                "without waiting. Here the floor is a floor for the CPU per process ({} ms), not "
-                "for the wall time.",
-                f[1],
-                v[1],
+                "The floor's children, parent and the broker cost {} ms of CPU per process in "
+                "all with {} cores busy; vsmd's VSMs, the broker, the daemon and the fork server "
+                "cost {} ms per VSM ({}x the floor's) with {} cores busy.",
                 f[0],
+                f[1],
+                v[0],
+                v[0] / f[0],
+                v[1],
+            )
+        )
+    mp = _per_process_cpu(res, "multiprocessing", n)
+    if mp:
+        lines.append(
+            _line(
+                "multiprocessing, with a lighter workload per child (no confirm mode, no "
+                "bindings), costs {} ms of CPU per process with {} cores busy: each "
+                "`Process.start()` waits for the new pid from its fork server, so its children "
+                "start one after the other.",
+                mp[0],
+                mp[1],
             )
         )
     down = f"vsmd.burst.{n}.down"
@@ -215,7 +230,8 @@ def where_time_goes(res: Results, cores: int, interval: float = 1.0) -> list[str
         meds = " / ".join(num(m(f"floor.{n}.setup_ms") or 0) for n in crowd)
         p99s = " / ".join(num(res.p99(f"floor.{n}.setup_ms") or 0) for n in crowd)
         lines.append(
-            f"- A floor child's own connect + declare + consume + publish takes "
+            f"- A floor child's own broker work (connect, inbox, bindings, consume, confirmed "
+            '"ready") takes '
             f"{num(m('floor.1.setup_ms') or 0)} ms alone and {meds} ms (median; p99 {p99s}) "
             f"with {' / '.join(f'{n:,}' for n in crowd)} started at once: the contenders share "
             "the broker's connection set-up and the cores."
@@ -257,4 +273,4 @@ def where_time_goes(res: Results, cores: int, interval: float = 1.0) -> list[str
             )
         )
     kept = [ln for ln in lines if ln]
-    return ["## Where the time goes", "", *kept, "", *cpu_table(res)]
+    return ["## Where the time goes", "", *kept, "", *cpu_table(res), *daemon_steps.table(res)]

@@ -35,11 +35,15 @@ def _default_strategy(res: Results) -> list[str | None]:
         ),
         "- A direct fork of the daemon is not offered: the daemon has threads (the fork-server "
         "reader, the signal watcher, pika's wake-ups), and a fork of a threaded process may "
-        "inherit a lock held by another thread. The floor above, multiprocessing's own "
-        "single-threaded fork server with pika pre-imported, is what such a fork would cost.",
+        "inherit a lock held by another thread. The floor above, a single-threaded parent "
+        "with pika pre-imported forking each child, is what such a fork would cost.",
         "- `exec` stays available for users who want nothing shared with the fork server "
         '(`spawn_strategy = "exec"`).',
     ]
+
+
+def _over(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def _missed(res: Results) -> list[str | None]:
@@ -56,8 +60,8 @@ def _missed(res: Results) -> list[str | None]:
             "processes supervisord's children use {} CPU s (a fresh interpreter importing pika "
             "each) and the broker {} CPU s; vsmd's VSMs use {} CPU s and the broker {} CPU s. "
             "The ratio of the CPU work, about {}x, bounds the wall-time ratio on this machine, "
-            "whatever vsmd does; vsmd itself runs close to the floor (the ratios above). 10x would "
-            "need machines "
+            "whatever vsmd does (vsmd took {}x the floor's wall time for the same 1,000). 10x "
+            "would need machines "
             "where supervisord's per-process interpreter start is dearer relative to the broker, "
             "or cheaper AMQP connection set-up (most of a VSM's start, see above).",
             sup,
@@ -65,6 +69,7 @@ def _missed(res: Results) -> list[str | None]:
             vsm,
             broker_vsm,
             bound,
+            _over(m("vsmd.burst.1000.up_s"), m("floor.1000.up_s")),
         ),
         _line(
             "**Idle VSM USS <= 6 MiB: missed by {} MiB.** An idle VSM writes to {} MiB of pages "

@@ -38,11 +38,21 @@ def method(data: dict[str, Any]) -> list[str]:
         "from /proc/PID/task/*/schedstat (ns precision) of the daemon, the fork server, every "
         "VSM and the broker. **Memory** after that window: psutil `memory_full_info()` "
         "(RSS, USS, PSS) of every VSM; RSS of the daemon, fork server and broker.",
-        "- **Peers** run `bench/child.py`, the start of a VSM without vsmd: pika connection, "
-        'channel, qos, declare and consume an own queue, publish "ready", idle serving '
-        "heartbeats, close on SIGTERM. (A VSM also binds its queue to the tree's exchange.) "
-        "**Floor**: `multiprocessing` with the `forkserver` start method, pika and the child "
-        "pre-imported, its fork server warmed up; N `Process.start()` then N `terminate()`. "
+        "- **Floor** (`bench/forkfloor.py`): one single-threaded parent with pika and "
+        "`bench/child.py` imported (and gc.freeze, as vsmd's fork server) calls `os.fork()` N "
+        "times at once; each child makes the broker operations of a root VSM's start, one for "
+        "one: a pika connection, a channel in confirm mode, qos, an exclusive inbox, four "
+        "bindings on a topic exchange without waiting for bind-ok, a consumer, and "
+        '"ready" published through the exchange, mandatory and confirmed; then it idles serving '
+        "heartbeats and closes on SIGTERM. No daemon, no fork-server hop, no admission, no "
+        "journal. *Down*: SIGTERM to every child, until the parent has reaped them all. Before "
+        "every run of every contender the bench waits until the broker's open files have held "
+        "still for 1 s (it has closed the previous run's connections).",
+        "- **Peers** run `bench/child.py`'s lighter workload: pika connection, channel, qos, "
+        'declare and consume an own exclusive queue, publish "ready" straight to the '
+        "collector's queue, idle serving heartbeats, close on SIGTERM. **multiprocessing**: "
+        "the `forkserver` start method, pika and the child pre-imported, its fork server "
+        "warmed up; N `Process.start()` then N `terminate()`. "
         "**supervisord** (from the `bench` extra): one program with `numprocs = N`, "
         "`autostart = false`, `startsecs = 0`; `startAllProcesses(wait=False)` over XML-RPC "
         'until N "ready", then `stopAllProcesses(wait=True)`.',
@@ -172,4 +182,11 @@ def _merge_and_loops(plan: dict[str, Any]) -> list[str]:
         "measures a quarter of the MCP step's calls (tools/call of `noop` and `ctx.request`, "
         "parent to child) and a quarter of its spawns (spawn → ready with `VsmClient`, each "
         "terminated before the next).",
+        "- **Before the asyncio runtime** (`bench/before_step.py`): the tree of git `d0d971f^` "
+        "(the last whose VSMs ran on pika in threads) taken out of git into the run's work "
+        "directory and started as a second daemon on the same node, next to today's with its "
+        "defaults. One spawn → ready at a time on each side in turns (admin requests on an "
+        "open channel, the same for both), then N idle VSMs on one side at a time in the order "
+        "old, now, now, old: the burst that brings them up, and their USS once its median held "
+        "still after at least 3 s idle.",
     ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.goals import BEFORE_SPAWN_MS, BEFORE_USS_MIB, at_size, num, sizes
+from bench.goals import num, sizes
 from bench.stats import Results
 from bench.tables import table
 
@@ -111,18 +111,6 @@ def _prose(res: Results, cores: int) -> list[str | None]:
             )
         )
     lines.append(_floor_vs_goals(res))
-    mem_n, _at_n = at_size(res, "vsmd.mem.", ".vsm_uss_mib", 1000)
-    lines.append(
-        _line(
-            "VSMs on one asyncio loop: spawn → ready {} ms against {} ms before; an idle VSM's "
-            "USS {} MiB at N = {} against {} MiB before (the last full run before the change).",
-            m("vsmd.spawn_ready_ms"),
-            BEFORE_SPAWN_MS,
-            m(f"vsmd.mem.{mem_n}.vsm_uss_mib"),
-            mem_n,
-            BEFORE_USS_MIB,
-        )
-    )
     return lines
 
 

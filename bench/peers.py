@@ -1,6 +1,7 @@
-"""The peers, same workload (bench.child) on the same broker: supervisord supervising N
-programs, and the floor, raw multiprocessing with the forkserver start method (pika
-pre-imported) starting N processes."""
+"""The peers, on the same broker: the floor (a plain pre-imported parent forking N children
+that each do a VSM's broker work, bench.forkfloor), raw multiprocessing with the forkserver
+start method (pika pre-imported) starting N processes, and supervisord supervising N programs;
+the last two run bench.child's plain workload."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from bench import child
 from bench.bus import BenchError, ReadyListener
 from bench.resources import CpuWindow
 from bench.vsmd_proc import BIN, REPO
+from vsmd.bus.connection import close_quietly, connect
 
 
 @dataclass
@@ -48,17 +52,100 @@ def _setup_ms(arrivals: list[tuple[float, dict[str, Any]]]) -> list[float]:
 
 
 class Floor:
+    """N children forked at once by bench.forkfloor, each doing a VSM's broker work."""
+
+    def __init__(self, url: str, broker_pid: int | None) -> None:
+        self.broker_pid = broker_pid
+        self.exchange = f"bench-floor-{uuid.uuid4().hex[:12]}"
+        self._conn = connect(url, heartbeat=0, timeout=10.0)
+        self._conn.channel().exchange_declare(self.exchange, "topic")
+        self.listener = ReadyListener(url, bind=(self.exchange, "up.*.ready"))
+        self.proc = subprocess.Popen(
+            [str(BIN / "python"), "-m", "bench.forkfloor", url, self.exchange],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self._lines = _LineReader(self.proc)
+        if self._lines.read(60.0) != "ok":
+            raise BenchError("the floor's parent did not start")
+
+    def _ask(self, command: str, timeout: float) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self._lines.read(timeout)
+
+    def run(self, n: int) -> PeerRun:
+        self.listener.reset()
+        window = CpuWindow(
+            {"broker": [self.broker_pid], "bench": [os.getpid()], "parent": [self.proc.pid]}
+        )
+        start = time.perf_counter()
+        pids = [int(p) for p in self._ask(f"up {n}", ready_timeout(n)).split()]
+        try:
+            arrivals = self.listener.wait_for(n, ready_timeout(n))
+            up = max(at for at, _b in arrivals) - start
+            cpu = window.stop({"children": pids})
+        finally:
+            start = time.perf_counter()
+            answer = self._ask("down", ready_timeout(n))
+            down = time.perf_counter() - start
+        if answer != "down":
+            raise BenchError(f"the floor's parent answered {answer!r} to down")
+        return PeerRun(up, down, _setup_ms(arrivals), cpu)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # the parent stops what is left and exits
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.listener.close()
+        with contextlib.suppress(Exception):
+            self._conn.channel().exchange_delete(self.exchange)
+        close_quietly(self._conn)
+
+
+class _LineReader:
+    """Lines from a child's stdout, each awaited with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.buf = b""
+
+    def read(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise BenchError(f"no answer from the floor's parent within {timeout:g} s")
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                raise BenchError("the floor's parent exited")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode().strip()
+
+
+# --- multiprocessing ------------------------------------------------------------------------
+
+
+class Multiprocessing:
     """N processes from multiprocessing's fork server, each running bench.child.
 
     Must run under ``python -m bench``: started from a script path, every child would first
-    re-import that script as ``__mp_main__`` and the floor would be far too slow.
+    re-import that script as ``__mp_main__`` and every start would be far too slow.
     """
 
     def __init__(self, url: str, broker_pid: int | None) -> None:
         main = sys.modules["__main__"]
         spec = getattr(main, "__spec__", None)
         if getattr(main, "__file__", None) and not getattr(spec, "name", "").endswith("__main__"):
-            raise BenchError("run the floor under `python -m bench`, not from a script path")
+            raise BenchError("run multiprocessing under `python -m bench`, not from a script path")
         self.url = url
         self.broker_pid = broker_pid
         self.ctx: multiprocessing.context.ForkServerContext = multiprocessing.get_context(

@@ -1,4 +1,4 @@
-"""How much of everything to measure: the full run (~15 min on 2 cores) or --quick (< 2 min)."""
+"""How much of everything to measure: the full run (~25 min on 2 cores) or --quick (~3 min)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class Plan:
     exec_latency: int  # sequential spawns for the exec strategy (about a second each)
     exec_burst: tuple[int, int]
     gc_burst: tuple[int, int]  # VSMs whose agent runs gc.collect(), with and without gc.freeze
-    peers: tuple[tuple[int, int, int], ...]  # (N, floor repeats, supervisord repeats)
+    peers: tuple[tuple[int, int, int], ...]  # (N, floor and multiprocessing repeats, supervisord)
     nerve_probes: int  # state writes child -> parent, one at a time, for the latency
     nerve_gap: float  # s between two of them
     nerve_rr: int  # request/reply parent -> child
@@ -41,6 +41,7 @@ class Plan:
     mcp_vsms: int  # idle VSMs per daemon whose memory is measured with and without MCP
     worker_tasks: tuple[tuple[int, int], ...]  # (workers, tasks submitted to them in one batch)
     worker_repeats: int  # batches of each, vsmd and the floor taking turns
+    scale: tuple[int, int]  # (VSMs per batch, largest N) of the scale step
 
     def to_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -80,6 +81,7 @@ FULL = Plan(
     mcp_vsms=100,
     worker_tasks=((1, 2000), (10, 4000)),
     worker_repeats=3,
+    scale=(500, 3000),
 )
 
 QUICK = Plan(
@@ -116,4 +118,5 @@ QUICK = Plan(
     mcp_vsms=30,
     worker_tasks=((1, 200), (10, 400)),
     worker_repeats=1,
+    scale=(100, 200),
 )

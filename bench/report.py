@@ -5,25 +5,29 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from bench.before_report import before_section
 from bench.goals import Goal, num
 from bench.loop_step import loop_section
 from bench.mcp_report import mcp_section
 from bench.merge_report import merge_section
 from bench.method import method
 from bench.nerve_report import nervous
+from bench.scale_report import scale_section
 from bench.stats import Results
 from bench.tables import headline, idle, side_by_side, spread, strategies, table
 from bench.worker_report import worker_section
 
 SECTIONS = (
     ("vsmd, default strategy (fork server with gc.freeze)", ("vsmd.", "python.")),
-    ("Peers on the same broker and workload", ("floor.", "supervisord.")),
+    ("Floor and peers on the same broker", ("floor.", "mproc.", "supervisord.")),
     ("vsmd, other strategies and settings", ("nofreeze.", "exec.", "nosampler.")),
     ("Nervous system: between VSMs, and bare aio-pika", ("ns.", "nsfloor.")),
     ("MCP: between VSMs, bare aio-pika, idle memory", ("mcp.", "mcpfloor.")),
     ("Workers: vsmd and bare aio-pika", ("worker.", "workerfloor.")),
     ("Page merging (memory_merge)", ("merge.",)),
     ("Event loops: uvloop and asyncio", ("loop.",)),
+    ("Before the asyncio runtime, side by side", ("before.",)),
+    ("Scale: idle VSMs on one machine", ("scale.",)),
     (
         "Trust boundary: cooperative and secure, each on a node of its own",
         ("trustoff.", "truston."),
@@ -116,6 +120,8 @@ def render(data: dict[str, Any], res: Results, goals: list[Goal], extra: list[st
         *worker_section(res, int(data["machine"].get("logical_cpus") or 1)),
         *merge_section(res),
         *loop_section(res),
+        *before_section(res),
+        *scale_section(res, int(data["machine"].get("logical_cpus") or 1)),
         *strategies(res),
         *idle(res),
         *extra,

@@ -103,3 +103,29 @@ class CpuWindow:
         out = {k: cpu_of(v) - self.before[k] for k, v in self.named.items()}
         out.update({k: cpu_of(v) for k, v in born.items()})
         return out
+
+
+def broker_settled(broker: int | None, timeout: float = 30.0, steady: float = 1.0) -> bool:
+    """Wait until the broker's open files have held still for ``steady`` seconds.
+
+    The pause between two runs: the broker closes a run's connections after their clients are
+    gone, and a run started meanwhile would share the cores with that clean-up. False when
+    they still moved at ``timeout`` (the caller notes it) or the broker is not ours to watch.
+    """
+    procs = _procs([broker])
+    if not procs:
+        return False
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            fds = procs[0].num_fds()
+        except psutil.Error:
+            return False
+        now = time.monotonic()
+        if fds != last:
+            last, since = fds, now
+        elif now - since >= steady:
+            return True
+        time.sleep(0.1)
+    return False

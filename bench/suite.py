@@ -1,5 +1,6 @@
-"""The run: vsmd with each strategy, the floor and supervisord, one after the other, on one
-private broker node. Every step is guarded: a failure is recorded and the run goes on."""
+"""The run: vsmd with each strategy, the floor, multiprocessing and supervisord, one after the
+other, on one private broker node, with a pause before each run until the broker has closed
+the last one's connections. Every step is guarded: a failure is recorded and the run goes on."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import peers
+from bench import daemon_steps, peers
 from bench import vsmd_figs as figs
 from bench.bus import AdminPipe
 from bench.plan import Plan
-from bench.resources import CpuWindow, idle_cpu, memory
+from bench.resources import CpuWindow, broker_settled, idle_cpu, memory
 from bench.stats import Results, log
 from bench.vsmd_proc import BIG_CONFIG, VsmdProc, start_vsmd
 from vsmd.config import Config
@@ -102,6 +103,7 @@ def one_burst(
     agent: str | None = None,
 ) -> None:
     timeout = 60.0 + 0.5 * n
+    pause(ctx, f"{prefix} burst of {n}")
     managers: dict[str, list[int | None]] = {
         # A daemon on a node of its own (the trust runs) loads that node, not the bench's.
         "broker": [d.own_broker_pid() or ctx.broker_pid],
@@ -109,9 +111,11 @@ def one_burst(
         "daemon": [d.pid],
         "forkserver": [d.forkserver_pid()],
     }
+    steps_before = daemon_steps.read(pipe)  # before the CPU window: its ping is not the burst's
     window = CpuWindow(managers)
     up, ids = figs.burst_up(pipe, n, timeout, agent)
     add_cpu(ctx, f"{prefix}.burst.{n}", n, window.stop({"vsms": d.vsm_pids()}))
+    daemon_steps.record(ctx.res, prefix, n, steps_before, daemon_steps.read(pipe))
     ctx.res.add(
         f"{prefix}.burst.{n}.up_s", "burst: N spawns at once, until all ready", "s", [up], n
     )
@@ -281,7 +285,14 @@ def add_cpu(ctx: Ctx, key: str, n: int, cpu: dict[str, float], phase: str = "com
         ctx.res.add(f"{key}.cpu_{who}_s", f"CPU while {phase}: {who}", "CPU s", [secs], n)
 
 
+def pause(ctx: Ctx, before: str) -> None:
+    """Between two runs: until the broker has closed the last one's connections."""
+    if not broker_settled(ctx.broker_pid):
+        ctx.res.note(f"before {before}: the broker's open files still moved after 30 s")
+
+
 def _peer_once(ctx: Ctx, prefix: str, n: int, run: Callable[[int], peers.PeerRun]) -> None:
+    pause(ctx, f"{prefix} {n}")
     r = run(n)
     up, down, setup = r.up, r.down, r.setup_ms
     add_cpu(ctx, f"{prefix}.{n}", n, r.cpu)
@@ -290,20 +301,27 @@ def _peer_once(ctx: Ctx, prefix: str, n: int, run: Callable[[int], peers.PeerRun
     ctx.res.add(
         f"{prefix}.{n}.down_s", "N processes stopped at once, until all gone", "s", [down], n
     )
-    ctx.res.add(f"{prefix}.{n}.setup_ms", "child's own connect+declare+publish", "ms", setup, n)
+    ctx.res.add(f"{prefix}.{n}.setup_ms", "child's own broker work until ready", "ms", setup, n)
 
 
-def run_floor(ctx: Ctx) -> None:
-    log("floor: multiprocessing forkserver")
-    floor = peers.Floor(ctx.url, ctx.broker_pid)
+def _peer_runs(ctx: Ctx, prefix: str, peer: peers.Floor | peers.Multiprocessing) -> None:
     try:
         for n, reps, _sup in ctx.plan.peers:
             for _ in range(reps):
-                guarded(
-                    ctx, f"floor {n}", functools.partial(_peer_once, ctx, "floor", n, floor.run)
-                )
+                step = functools.partial(_peer_once, ctx, prefix, n, peer.run)
+                guarded(ctx, f"{prefix} {n}", step)
     finally:
-        floor.close()
+        peer.close()
+
+
+def run_floor(ctx: Ctx) -> None:
+    log("floor: a plain pre-imported parent forking children that do a VSM's broker work")
+    _peer_runs(ctx, "floor", peers.Floor(ctx.url, ctx.broker_pid))
+
+
+def run_multiprocessing(ctx: Ctx) -> None:
+    log("multiprocessing: forkserver start method")
+    _peer_runs(ctx, "mproc", peers.Multiprocessing(ctx.url, ctx.broker_pid))
 
 
 def run_supervisord(ctx: Ctx) -> None:

@@ -49,23 +49,22 @@ def side_by_side(res: Results) -> list[str]:
         v = res.median(f"vsmd.burst.{n}.up_s")
         if n == 1 and (ms := res.median("vsmd.spawn_ready_ms")) is not None:
             v = ms / 1000  # one VSM: spawn -> ready through VsmClient
-        f = res.median(f"floor.{n}.up_s")
-        s = res.median(f"supervisord.{n}.up_s")
+        f, mp, s = (res.median(f"{p}.{n}.up_s") for p in ("floor", "mproc", "supervisord"))
         if v is None and f is None and s is None:
             continue
-        rate = f"{num(n / v)}" if v else "—"
         rows.append(
             [
                 f"{n:,}",
                 _s(v),
-                rate,
+                f"{num(n / v)}" if v else "—",
                 _s(f),
+                _s(mp),
                 _s(s),
                 _ratio(v, f),
+                _ratio(mp, f),
                 _ratio(s, v),
                 _s(res.median(f"vsmd.burst.{n}.down_s")),
-                _s(res.median(f"floor.{n}.down_s")),
-                _s(res.median(f"supervisord.{n}.down_s")),
+                *(_s(res.median(f"{p}.{n}.down_s")) for p in ("floor", "mproc", "supervisord")),
             ]
         )
     head = [
@@ -73,11 +72,14 @@ def side_by_side(res: Results) -> list[str]:
         "vsmd up (s)",
         "vsmd VSMs/s",
         "floor up (s)",
+        "multiprocessing up (s)",
         "supervisord up (s)",
         "vsmd/floor",
+        "multiprocessing/floor",
         "supervisord/vsmd",
         "vsmd down (s)",
         "floor down (s)",
+        "multiprocessing down (s)",
         "supervisord down (s)",
     ]
     return [
@@ -85,7 +87,12 @@ def side_by_side(res: Results) -> list[str]:
         "",
         'Medians. *Up*: from the first request to the last "ready". *Down*: from the first '
         "stop request until every process is gone. N = 1 is one process at a time (for vsmd: "
-        "spawn → ready through VsmClient).",
+        "spawn → ready through VsmClient). *Floor*: a plain parent with pika imported forks N "
+        "children at once, each doing the broker work of a VSM's start (connection, confirm "
+        'mode, an exclusive inbox bound under four keys, a consumer, a confirmed "ready" '
+        "through a topic exchange); no daemon. *multiprocessing*: its forkserver start method "
+        "(children started one at a time) with the lighter workload supervisord's programs run "
+        '(an exclusive queue, "ready" straight to the collector\'s queue).',
         "",
         *table(head, rows),
     ]

@@ -486,8 +486,15 @@ class VsmInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VsmInfo:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        known = {k: v for k, v in data.items() if k in _INFO_NAMES}  # a newer daemon's go
+        if len(known) < len(_INFO_NAMES):
+            return cls(**known)  # defaults filled in, missing required fields refused
+        # Every field there (a `list` of thousands): the frozen dataclass's __init__ sets each
+        # field through object.__setattr__ and cost twice what the rest of decoding does.
+        info = object.__new__(cls)
+        info.__dict__.update(known)
+        return info
 
 
 _INFO_FIELDS = tuple(f.name for f in dataclasses.fields(VsmInfo))
+_INFO_NAMES = frozenset(_INFO_FIELDS)

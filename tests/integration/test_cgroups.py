@@ -223,6 +223,28 @@ def test_kill_9_of_vsmd_leaves_no_process_and_no_cgroup(broker_url: str, tmp_pat
 def test_cgroups_off_keeps_vsms_in_the_daemons_cgroup(broker_url: str, tmp_path: Path) -> None:
     with running_daemon(broker_url, tmp_path, config={"cgroups": "off"}) as d:
         assert 'cgroups: off (cgroups = "off")' in d.log()
-        vsm = d.client().spawn_recursive_vsm(None, SpawnConfig(name="x"))
+        c = d.client()
+        vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="x"))
         assert vsm.pid is not None
         assert "vsmd-" not in Path(f"/proc/{vsm.pid}/cgroup").read_text()
+        assert c.ping()["spawn_steps"]["cgroups"]["count"] == 0
+
+
+@pytest.mark.usefixtures("usable")
+def test_each_vsm_joins_its_cgroups_and_the_daemon_times_making_them(
+    broker_url: str, tmp_path: Path
+) -> None:
+    with running_daemon(broker_url, tmp_path) as d:
+        c = d.client()
+        before = c.ping()["spawn_steps"]["cgroups"]
+        vsms = [c.spawn_recursive_vsm(None, SpawnConfig(name=n)) for n in ("a", "b")]
+        after = c.ping()["spawn_steps"]["cgroups"]
+        assert after["count"] - before["count"] == 2
+        assert after["seconds"] > before["seconds"]
+        for vsm in vsms:
+            assert vsm.pid is not None
+            # Joined through each hierarchy's tasks file (cgroup v1) or cgroup.procs (v2):
+            # either way the whole process, and only it, is in its own leaf.
+            for d_ in vsm_cgroups(vsm.pid).values():
+                assert d_.name == LEAF and d_.parent.name == vsm.id
+                assert procs(d_) == {vsm.pid}

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.harness import DaemonProc, poll_for, running_daemon
+from vsmd.daemon.steptimes import STEPS
 from vsmd.errors import Conflict, NotFound, Throttled
 from vsmd.protocol import SpawnConfig
 
@@ -97,3 +98,49 @@ def test_metrics_count_what_the_daemon_did(broker_url: str, tmp_path: Path) -> N
 def test_no_endpoint_unless_asked(daemon: DaemonProc) -> None:
     daemon.client().ping()
     assert "metrics on" not in daemon.log()
+
+
+def test_spawn_steps_count_each_step_of_a_spawn(broker_url: str, tmp_path: Path) -> None:
+    # Two spawns pass, the third is THROTTLED: the refusal is the spawn path's one event.
+    # Without cgroups, so the counts are the same on every host; test_cgroups.py counts those.
+    config = {
+        "metrics_listen": "127.0.0.1:0",
+        "spawn_rate": 0.001,
+        "spawn_burst": 2,
+        "cgroups": "off",
+    }
+    with running_daemon(broker_url, tmp_path, config=config) as d:
+        url = metrics_url(d)
+        c = d.client()
+        before = c.ping()["spawn_steps"]
+        for name in ("a", "b"):
+            c.spawn_recursive_vsm(None, SpawnConfig(name=name))
+        with pytest.raises(Throttled):
+            c.spawn_recursive_vsm(None, SpawnConfig(name="c"))
+        # The loop sent each reply from within the ready handling, and answers this after it.
+        after = c.ping()["spawn_steps"]
+        grew = {step: after[step]["count"] - before[step]["count"] for step in STEPS}
+        assert grew == {
+            "admission": 3,
+            "journal": 2,
+            "cgroups": 0,
+            "fork_request": 2,
+            "ready": 2,
+            "reply": 2,
+            "events": 1,
+        }
+        timed: list[str] = [step for step in STEPS if step != "cgroups"]
+        for step in timed:
+            assert after[step]["seconds"] > before[step]["seconds"], step
+            assert after[step]["cpu_seconds"] > before[step]["cpu_seconds"], step
+
+        def caught_up() -> Samples | None:
+            s = scrape(url)
+            return s if value(s, "vsmd_spawn_step_total", step="admission") == 3 else None
+
+        s = poll_for(caught_up, 60, 0.5, "the endpoint to show the spawns' steps")
+        for step in STEPS:
+            assert value(s, "vsmd_spawn_step_total", step=step) == after[step]["count"], step
+        for step in timed:
+            assert value(s, "vsmd_spawn_step_seconds_total", step=step) > 0, step
+            assert value(s, "vsmd_spawn_step_cpu_seconds_total", step=step) > 0, step

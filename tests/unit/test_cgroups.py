@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -299,6 +300,46 @@ def test_join_writes_our_pid_to_every_hierarchy(tmp_path: Path) -> None:
     join_cgroups(tuple(str(f) for f in files))
     assert [f.read_text() for f in files] == [str(os.getpid())] * 2
     join_cgroups(())  # no cgroups: nothing to do
+
+
+def _joined_in_child(procs_files: tuple[str, ...]) -> int:
+    """join_cgroups in a forked child (one thread, as a VSM is then); its exit status."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            join_cgroups(procs_files)
+            code = 0
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_join_moves_the_one_thread_through_tasks_on_cgroup_v1(tmp_path: Path) -> None:
+    dirs = [tmp_path / "memory", tmp_path / "pids"]
+    for d in dirs:
+        d.mkdir()
+        (d / "tasks").write_text("")
+    assert _joined_in_child(tuple(str(d / "cgroup.procs") for d in dirs)) == 0
+    # "0" is the calling thread, all of a process with one: no thread-group move.
+    assert [(d / "tasks").read_text() for d in dirs] == ["0", "0"]
+    assert not any((d / "cgroup.procs").exists() for d in dirs)
+
+
+def test_join_with_threads_moves_the_thread_group(tmp_path: Path) -> None:
+    (tmp_path / "tasks").write_text("")
+    procs = tmp_path / "cgroup.procs"
+    # pytest's process may run threads of its own; make sure of one more.
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    helper.start()
+    try:
+        join_cgroups((str(procs),))
+    finally:
+        stop.set()
+        helper.join()
+    assert procs.read_text() == str(os.getpid())
+    assert (tmp_path / "tasks").read_text() == ""
 
 
 class FakeCgroups(Cgroups):

@@ -378,7 +378,7 @@ def assert_internal(reply: dict[str, Any], what: str) -> None:
     ("method", "cmd", "args"),
     [
         ("show", "show", {"id": "x"}),
-        ("list_child_vsms", "list", {}),
+        ("list_dicts", "list", {}),
         ("spawn_recursive_vsm", "spawn", {"name": "a"}),
         ("terminate_child_vsm", "terminate", {"id": "x"}),
     ],

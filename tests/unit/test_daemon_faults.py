@@ -136,7 +136,7 @@ def test_an_admin_request_that_hits_a_bug_gets_one_internal_reply(
     def broken(*_args: object) -> None:
         raise KeyError("not there")
 
-    monkeypatch.setattr(daemon.manager, "list_child_vsms", broken)
+    monkeypatch.setattr(daemon.manager, "list_dicts", broken)
     props = pika.spec.BasicProperties(reply_to="r", correlation_id="c1")
     daemon._on_admin(props, orjson.dumps({"v": 1, "cmd": "list"}))
     [reply] = [orjson.loads(b) for b in bus.replies]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -417,3 +418,17 @@ def test_policy_values_json_cannot_send_on_are_refused() -> None:
         check_policy_value("x-big", [2**70])
     with pytest.raises(ProtocolError):
         check_policy_value("max_children", 2**64)
+
+
+def test_vsm_info_from_a_whole_dict_is_still_frozen_and_equal() -> None:
+    info = VsmInfo.from_dict(sample_info().to_dict())
+    assert info == sample_info() and info.to_dict() == sample_info().to_dict()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.status = "exited"  # type: ignore[misc]
+
+
+def test_vsm_info_from_dict_without_a_required_field_is_refused() -> None:
+    data = sample_info().to_dict()
+    del data["path"]
+    with pytest.raises(TypeError, match="path"):
+        VsmInfo.from_dict(data)

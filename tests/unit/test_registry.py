@@ -184,3 +184,14 @@ def test_record_properties_and_info() -> None:
     assert info.children is not rec.children
     rec.status = S.FAILED
     assert not rec.live
+
+
+def test_info_dict_is_what_info_gives_as_a_dict() -> None:
+    rec = record("r1")
+    rec.children = ["c1"]
+    rec.metrics, rec.rates = {"rss_mb": 60.3, "health": "ok"}, {"sent_per_s": 1.5}
+    rec.unreachable_since = 1.0  # shown as "unreachable", in both
+    assert rec.info_dict() == rec.info().to_dict()
+    assert rec.info_dict()["status"] == "unreachable"
+    rec.info_dict()["children"].append("c2")  # a copy: the reply cannot change the record
+    assert rec.children == ["c1"]

@@ -140,6 +140,7 @@ class Control:
                     "uptime": round(time.time() - self.started, 3),
                     "vsms": len(self.manager.registry),
                     "idempotency": {"keys": len(self.replies), **self.replies.stats.to_dict()},
+                    "spawn_steps": self.manager.steps.snapshot(),
                 }
             )
         )
@@ -160,8 +161,7 @@ class Control:
         return fut
 
     def list(self, cmd: ListVsms, respond: Respond) -> None:
-        infos = self.manager.list_child_vsms(cmd.parent, cmd.recursive)
-        respond(ok_reply([i.to_dict() for i in infos]))
+        respond(ok_reply(self.manager.list_dicts(cmd.parent, cmd.recursive)))
 
     def agents(self, _cmd: ListAgents, respond: Respond) -> None:
         respond(ok_reply(self.manager.agents.describe()))
@@ -192,6 +192,17 @@ class Control:
 
     def handle_vsm(
         self, path: str, kind: str, body: bytes, respond: Respond, user: str | None = None
+    ) -> None:
+        if kind != "ready":
+            self._handle_vsm(path, kind, body, respond, user)
+            return
+        # A step of every spawn: decoding and checking the report count, not only on_ready.
+        began = self.manager.steps.begin()
+        self._handle_vsm(path, kind, body, respond, user)
+        self.manager.steps.end("ready", began)
+
+    def _handle_vsm(
+        self, path: str, kind: str, body: bytes, respond: Respond, user: str | None
     ) -> None:
         try:
             env = Envelope.decode(body, self.config.max_message_bytes)
@@ -256,8 +267,8 @@ class Control:
             raise ProtocolError(f"{kind}: 'id' must be a VSM id", field="id")
         if kind == "children":
             parent = self._within(sender, target)
-            infos = self.manager.list_child_vsms(parent, env.body.get("recursive") is True)
-            respond(ok_reply([i.to_dict() for i in infos]))
+            recursive = env.body.get("recursive") is True
+            respond(ok_reply(self.manager.list_dicts(parent, recursive)))
         elif kind == "terminate":
             if target is None or target == sender.id:
                 raise Unauthorized(f"VSM {sender.path} may terminate its descendants, not itself")

@@ -79,6 +79,7 @@ def build_snapshot(daemon: Daemon) -> dict[str, Any]:
         "admin": {cmd: h.frozen() for cmd, h in daemon.control.latency.items()},
         "reconnects": daemon.reconnects,
         "spawns": daemon.manager.spawned,
+        "steps": daemon.manager.steps.snapshot(),
         "top": top,
     }
 
@@ -114,6 +115,7 @@ class DaemonCollector(Collector):
         for cmd, (cmd_buckets, cmd_total) in sorted(snap["admin"].items()):
             admin.add_metric([cmd], cmd_buckets, cmd_total)
         yield admin
+        yield from _step_counters(snap["steps"])
         yield CounterMetricFamily(
             "vsmd_bus_reconnects", "Reconnects of the daemon to the broker", snap["reconnects"]
         )
@@ -150,6 +152,29 @@ def _event_counters(events: dict[str, int], refusals: dict[str, int]) -> Iterato
     for code, n in sorted(refusals.items()):
         refused.add_metric([code], n)
     yield refused
+
+
+def _step_counters(steps: dict[str, dict[str, float]]) -> Iterator[Metric]:
+    seconds = CounterMetricFamily(
+        "vsmd_spawn_step_seconds",
+        "Wall time the daemon's loop spent in each step of a spawn",
+        labels=["step"],
+    )
+    cpu = CounterMetricFamily(
+        "vsmd_spawn_step_cpu_seconds",
+        "CPU time the daemon's loop thread spent in each step of a spawn",
+        labels=["step"],
+    )
+    count = CounterMetricFamily(
+        "vsmd_spawn_step", "Times each step of a spawn ran on the daemon's loop", labels=["step"]
+    )
+    for step, figures in steps.items():
+        seconds.add_metric([step], figures["seconds"])
+        cpu.add_metric([step], figures["cpu_seconds"])
+        count.add_metric([step], figures["count"])
+    yield seconds
+    yield cpu
+    yield count
 
 
 def _top(top: list[tuple[str, str, float, float]]) -> Iterator[Metric]:

@@ -100,27 +100,33 @@ class VsmRecord:
         return self.status in LIVE
 
     def info(self) -> VsmInfo:
-        return VsmInfo(
-            id=self.id,
-            name=self.name,
-            parent=self.parent,
-            path=self.path,
-            depth=self.depth,
-            pid=self.pid,
-            status=self._shown_status(),
-            agent=self.agent,
-            config=self.config,
-            started_at=self.started_at,
-            exit_code=self.exit_code,
-            children=list(self.children),
-            restarts=self.restarts,
-            last_exit=self.last_exit,
-            last_reason=self.last_reason,
-            next_restart=self.next_restart,
-            policy=self.policy.to_dict(),
-            metrics={**self.metrics, **self.rates},
-            refused=self.refused,
-        )
+        return VsmInfo(**self.info_dict())
+
+    def info_dict(self) -> dict[str, Any]:
+        """What ``info().to_dict()`` gives, built directly: `list` of thousands of VSMs calls
+        this once per VSM, and a frozen dataclass made only to be turned into a dict cost
+        twice as much again."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "parent": self.parent,
+            "path": self.path,
+            "depth": self.depth,
+            "pid": self.pid,
+            "status": self._shown_status(),
+            "agent": self.agent,
+            "config": self.config,
+            "started_at": self.started_at,
+            "exit_code": self.exit_code,
+            "children": list(self.children),
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "last_reason": self.last_reason,
+            "next_restart": self.next_restart,
+            "policy": self.policy.to_dict(),
+            "metrics": {**self.metrics, **self.rates},
+            "refused": self.refused,
+        }
 
     def _shown_status(self) -> str:
         # Not a lifecycle state: the process runs, only the bus cannot reach it (a partition).

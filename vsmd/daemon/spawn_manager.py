@@ -27,6 +27,7 @@ from vsmd.daemon.lifecycle import Lifecycle, Notify, ProcessPool
 from vsmd.daemon.metrics import SPAWN_BUCKETS, Histogram
 from vsmd.daemon.quotas import Sample, Sampler
 from vsmd.daemon.registry import Status, VsmRecord
+from vsmd.daemon.steptimes import StepTimes
 from vsmd.daemon.throttle import Admission
 from vsmd.daemon.timers import Timers
 from vsmd.errors import (
@@ -73,17 +74,22 @@ class SpawnManager(Lifecycle):
         # For the metrics endpoint: fork request to ready report, and new VSMs that got there.
         self.spawn_ready = Histogram(SPAWN_BUCKETS)
         self.spawned = 0
+        # For the metrics endpoint and ping: the loop's own time per step of a spawn.
+        self.steps = StepTimes()
 
     # --- the API ---------------------------------------------------------------------------
 
     def spawn_recursive_vsm(self, parent_id: str | None, config: SpawnConfig) -> Future[VsmInfo]:
         fut: Future[VsmInfo] = Future()
+        # Timed on the loop for the metrics (steptimes.py); the fork request times itself.
+        began = self.steps.begin()
         try:
             rec = self._admit(parent_id, config)
         except VsmdError as err:
+            self.steps.end("admission", began)
             if err.code in ("THROTTLED", "QUOTA_EXCEEDED"):
                 parent = self.registry.find(parent_id) if parent_id else None
-                self.events.emit(
+                self._step_event(
                     err.code.lower(),
                     err.message,
                     parent_id,
@@ -92,6 +98,7 @@ class SpawnManager(Lifecycle):
                 )
             fut.set_exception(err)
             return fut
+        began = self.steps.end("admission", began)
         if self.journal is not None:
             try:  # before the registry: a VSM the journal cannot hold is not started at all
                 self.journal.put(
@@ -107,8 +114,10 @@ class SpawnManager(Lifecycle):
                     )
                 )
             except JournalUnavailable as err:
+                self.steps.end("journal", began)
                 fut.set_exception(err)
                 return fut
+            self.steps.end("journal", began)
         self.registry.add(rec)
         self._spawn_waiters[rec.id] = [fut]
         self._start(rec)
@@ -144,11 +153,18 @@ class SpawnManager(Lifecycle):
     def list_child_vsms(
         self, parent_id: str | None = None, recursive: bool = True
     ) -> list[VsmInfo]:
+        return [r.info() for r in self._listed(parent_id, recursive)]
+
+    def list_dicts(self, parent_id: str | None, recursive: bool) -> list[dict[str, Any]]:
+        """``list_child_vsms`` as the dicts the admin reply carries, without the dataclasses."""
+        return [r.info_dict() for r in self._listed(parent_id, recursive)]
+
+    def _listed(self, parent_id: str | None, recursive: bool) -> list[VsmRecord]:
         if recursive:
-            return [r.info() for r in self.registry.descendants(parent_id)]
+            return self.registry.descendants(parent_id)
         if parent_id is None:
-            return [r.info() for r in self.registry.roots()]
-        return [self.registry.get(c).info() for c in self.registry.get(parent_id).children]
+            return self.registry.roots()
+        return [self.registry.get(c) for c in self.registry.get(parent_id).children]
 
     def show(self, vsm_id: str) -> VsmInfo:
         return self.registry.get(vsm_id).info()
@@ -291,6 +307,13 @@ class SpawnManager(Lifecycle):
     # --- starting --------------------------------------------------------------------------
 
     def _start(self, rec: VsmRecord) -> None:
+        # Every fork request (new VSMs, restarts, restores) until it is on the fork server's
+        # socket; a request that fails counts here with its failure handling.
+        began = self.steps.begin()
+        self._request_fork(rec)
+        self.steps.end("fork_request", began)
+
+    def _request_fork(self, rec: VsmRecord) -> None:
         state: dict[str, Any] = {}
         sync = False
         if self.state_policy is not None:
@@ -335,9 +358,13 @@ class SpawnManager(Lifecycle):
         if self.cgroups is None:
             return spec
         policy = self._limits(rec)
-        procs = self.cgroups.prepare(
-            rec.id, rec.parent, leaf_limits(policy), subtree_limits(policy)
-        )
+        began = self.steps.begin()  # a step of its own: the kernel's work, not ours
+        try:
+            procs = self.cgroups.prepare(
+                rec.id, rec.parent, leaf_limits(policy), subtree_limits(policy)
+            )
+        finally:
+            self.steps.end("cgroups", began)
         return dataclasses.replace(spec, cgroup_procs=procs)
 
     def ancestors(self, rec: VsmRecord) -> tuple[str, ...]:
@@ -399,7 +426,7 @@ class SpawnManager(Lifecycle):
         if rec.timer:
             rec.timer.cancel()
         if rec.restarts:
-            self.events.emit(
+            self._step_event(
                 "restarted",
                 f"{rec.path} is running again (restart {rec.restarts})",
                 rec.id,
@@ -407,7 +434,7 @@ class SpawnManager(Lifecycle):
                 pid=rec.pid,
             )
         elif rec.ever_ready:
-            self.events.emit(
+            self._step_event(
                 "started",
                 f"{rec.path} is running again after a daemon restart",
                 rec.id,
@@ -415,8 +442,20 @@ class SpawnManager(Lifecycle):
                 pid=rec.pid,
             )
         rec.ever_ready = True
-        for fut in self._spawn_waiters.pop(rec.id, []):
-            fut.set_result(rec.info())
+        waiters = self._spawn_waiters.pop(rec.id, [])
+        if waiters:  # nobody waits on a restart or a restore: no reply step
+            began = self.steps.begin()
+            for fut in waiters:  # its callbacks encode and publish the reply
+                fut.set_result(rec.info())
+            self.steps.end("reply", began)
+
+    def _step_event(
+        self, kind: str, message: str, vsm_id: str | None, path: str | None, **details: Any
+    ) -> None:
+        """An event of a spawn (refused, or ready again): its time goes to the events step."""
+        began = self.steps.begin()
+        self.events.emit(kind, message, vsm_id, path, **details)
+        self.steps.end("events", began)
 
     def on_failure_report(self, vsm_id: str, reason: str) -> None:
         """The VSM said why it is about to exit (its agent raised)."""

@@ -16,9 +16,20 @@ import time
 def join_cgroups(procs_files: tuple[str, ...]) -> None:
     """Move this process into each cgroup; an OSError if one refuses (no start unconfined)."""
     pid = str(os.getpid())
+    one_thread = len(os.listdir("/proc/self/task")) == 1
     for path in procs_files:
-        with open(path, "w") as f:
-            f.write(pid)
+        tasks = os.path.join(os.path.dirname(path), "tasks")
+        if one_thread and os.path.exists(tasks):
+            # cgroup v1, and this process has one thread (it was just forked): "0" in ``tasks``
+            # moves the calling thread, i.e. all of it. A pid in cgroup.procs moves a thread
+            # group, for which the kernel first waits out an RCU grace period (9.3 ms against
+            # 1.2 ms for three hierarchies, measured here): on every spawn, and while it waits
+            # it holds the cgroup mutex the daemon needs to create the next VSM's cgroup.
+            with open(tasks, "w") as f:
+                f.write("0")
+        else:
+            with open(path, "w") as f:
+                f.write(pid)
 
 
 def _listed(procs_file: str) -> list[int]:
