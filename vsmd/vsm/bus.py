@@ -36,6 +36,12 @@ PROBE_EVERY = 1.0  # a pending request checks this often that its target still h
 # A restarted VSM may find its old exclusive inbox still held for a moment (the broker has not
 # yet seen the dead connection): declaring again is retried this long.
 INBOX_LOCKED_RETRY = 10.0
+# How long one connection attempt may take. A reconnect gives up soon and tries again with
+# backoff. The first connection at start waits longer: a burst of a thousand spawns makes
+# the broker take seconds per handshake (a 5 s limit failed 81 of 1,000 such spawns), and the
+# daemon's spawn_timeout, not this, is what ends a start that takes too long.
+CONNECT_TIMEOUT = 5.0
+START_CONNECT_TIMEOUT = 60.0
 
 Incoming = aio_pika.abc.AbstractIncomingMessage
 OnMessage = Callable[[Incoming], Awaitable[None]]
@@ -127,14 +133,16 @@ class VsmBus:
 
     # --- connection ------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         """Connect, declare and bind the inbox, consume it. BrokerError when it cannot."""
         self.lost.clear()
         token = None
         if self.spec.token_socket:  # a fresh token for every connection
             self.user, token, self.token_ttl = await fetch_token(self.spec.token_socket)
         try:
-            self._conn = await aio_pika.connect(amqp_url(self.spec, self.user, token), timeout=5.0)
+            self._conn = await aio_pika.connect(
+                amqp_url(self.spec, self.user, token), timeout=connect_timeout
+            )
             self._conn.close_callbacks.add(self._on_close)
             self._ch = await self._open_channel()
             await self._ch.set_qos(prefetch_count=PREFETCH)

@@ -30,7 +30,7 @@ from vsmd.protocol import Envelope, error_reply, loads_object, ok_reply
 from vsmd.security.identity import DAEMON_USER, OPERATOR_USER, VIEWER_USER, vsm_id_of
 from vsmd.spec import EXIT_AGENT, EXIT_BROKER, EXIT_OK, EXIT_SPEC, VsmSpec
 from vsmd.vsm import loop as vsm_loop
-from vsmd.vsm.bus import Incoming, VsmBus
+from vsmd.vsm.bus import START_CONNECT_TIMEOUT, Incoming, VsmBus
 from vsmd.vsm.context import Context, ThreadContext, unpack_reply
 from vsmd.vsm.mcp_tools import BuiltinTools, Events, caller_of
 from vsmd.vsm.state import StateReplica
@@ -386,7 +386,7 @@ class VsmRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         try:
-            await self.bus.open()
+            await self.bus.open(START_CONNECT_TIMEOUT)
             await self._publish_up("ready", {"pid": os.getpid()})
         except BrokerError as err:
             print(f"vsm {self.spec.vsm_id}: cannot start: {err.message}", file=sys.stderr)
