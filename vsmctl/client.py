@@ -17,7 +17,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
@@ -387,8 +387,11 @@ class VsmClient:
         result: dict[str, Any] = self.request(PolicyShow(id=vsm_id))
         return result
 
-    def watch(self, vsm_id: str) -> Generator[dict[str, Any], None, None]:
-        """The VSM's state changes as it publishes them, one dict per delta (never ends):
+    def watch(
+        self, vsm_id: str, stop: Callable[[], bool] | None = None
+    ) -> Generator[dict[str, Any], None, None]:
+        """The VSM's state changes as it publishes them, one dict per delta (never ends, or
+        ends within a second of ``stop()`` turning true):
         ``{"time", "id", "path", "changes": [{"section", "key", "value"} or {..., "deleted"}]}``.
         Only changes published after the subscription (on the first ``next``) are seen;
         ``close()`` unsubscribes."""
@@ -396,7 +399,7 @@ class VsmClient:
         self._channel()  # connects
         sub = Subscription(self._conn, self.topo.exchange, self.topo.up_key(info.path, "state"))
         try:
-            while True:
+            while stop is None or not stop():
                 raw = sub.get(1.0)
                 delta = None if raw is None else _delta(raw, info.id, info.path)
                 if delta is not None:

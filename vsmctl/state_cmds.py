@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 from typing import Annotated, Any
 
 import orjson
@@ -139,8 +141,14 @@ def watch(
 ) -> None:
     """Print a VSM's state changes as it makes them, until Ctrl-C (or --count updates)."""
 
+    # Ctrl-C sets a flag the loop reads between its 1 s waits. A KeyboardInterrupt raised
+    # inside pika's I/O could leave the connection mid-read, and the unsubscribe and close
+    # that follow then waited for an answer that never came.
+    stopped = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+
     def run(c: VsmClient) -> None:
-        for seen, delta in enumerate(c.watch(vsm_id), 1):
+        for seen, delta in enumerate(c.watch(vsm_id, stopped.is_set), 1):
             show(delta)
             if count is not None and seen >= count:
                 return

@@ -228,3 +228,19 @@ def test_watch_from_python_and_stop(tree: Tree) -> None:
         assert delta["id"] == g
         assert {"section": "data", "key": "py", "value": 1} in delta["changes"]
         assert c.state(g)["identity"]["id"] == g
+
+
+def test_a_client_watch_ends_when_its_stop_says_so(tree: Tree) -> None:
+    asked = threading.Event()
+    ended: list[bool] = []
+
+    def follow() -> None:
+        for _delta in tree.d.client().watch(tree.ids["m"], asked.is_set):
+            pass
+        ended.append(True)
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    asked.set()
+    t.join(30)
+    assert ended == [True]
