@@ -135,12 +135,7 @@ def old_daemon(ctx: suite.Ctx, tree: Path) -> Iterator[Side]:
     finally:
         if pipe is not None:
             pipe.close()
-        left = d.stop()
-        if left:
-            ctx.res.fail(f"old vsmd: processes outlived the daemon and were killed: {left}")
-        problems = d.log_problems()
-        if problems:
-            ctx.res.note("old vsmd logged: " + " | ".join(problems))
+        suite.stop_daemon(ctx, d, "old vsmd")
 
 
 def _wait_ready(d: VsmdProc, pipe: AdminPipe, timeout: float = 60.0) -> None:

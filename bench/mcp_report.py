@@ -5,21 +5,11 @@ from __future__ import annotations
 
 from bench.goals import MCP_CALL_MS, MCP_CLIENTS, MCP_RATE, at_size, cpu_per_call, num, sizes
 from bench.stats import Results
+from bench.tables import bullet as _line
+from bench.tables import dash as _v
 from bench.tables import table
 
 WHO = ("client", "server", "broker")
-
-
-def _v(v: float | None) -> str:
-    return num(v) if v is not None else "—"
-
-
-def _line(text: str, *values: float | None) -> str | None:
-    """A bullet of the report, or None when one of its figures was not measured."""
-    known = [v for v in values if v is not None]
-    if len(known) != len(values):
-        return None
-    return "- " + text.format(*(f"{v:,}" if isinstance(v, int) else num(v) for v in known))
 
 
 def _sub(a: float | None, b: float | None) -> float | None:

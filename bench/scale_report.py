@@ -5,23 +5,13 @@ from __future__ import annotations
 
 from bench.goals import MET, MISSED, NOT_MEASURED, Goal, num, sizes
 from bench.stats import Results
+from bench.tables import bullet as _line
+from bench.tables import dash as _v
 from bench.tables import table
 
 PREFIX = "scale"
 GOAL_N = 3000  # idle VSMs on the 2-core, 24 GiB machine
 GOAL_LIST_MS = 50.0  # `list` round trip through VsmClient, median
-
-
-def _v(v: float | None) -> str:
-    return num(v) if v is not None else "—"
-
-
-def _line(text: str, *values: float | None) -> str | None:
-    """A bullet of the report, or None when one of its figures was not measured."""
-    known = [v for v in values if v is not None]
-    if len(known) != len(values):
-        return None
-    return "- " + text.format(*(f"{v:,}" if isinstance(v, int) else num(v) for v in known))
 
 
 def scale_ns(res: Results) -> list[int]:

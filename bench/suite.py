@@ -66,12 +66,17 @@ def daemon(ctx: Ctx, tag: str, **extra: object) -> Iterator[tuple[VsmdProc, Admi
         yield d, pipe
     finally:
         pipe.close()
-        left = d.stop()
-        if left:
-            ctx.res.fail(f"vsmd ({tag}): processes outlived the daemon and were killed: {left}")
-        problems = d.log_problems()
-        if problems:
-            ctx.res.note(f"vsmd ({tag}) logged: " + " | ".join(problems))
+        stop_daemon(ctx, d, f"vsmd ({tag})")
+
+
+def stop_daemon(ctx: Ctx, d: VsmdProc, who: str) -> None:
+    """Stop it; what outlived it fails the run, what it logged is noted."""
+    left = d.stop()
+    if left:
+        ctx.res.fail(f"{who}: processes outlived the daemon and were killed: {left}")
+    problems = d.log_problems()
+    if problems:
+        ctx.res.note(f"{who} logged: " + " | ".join(problems))
 
 
 def measure_state(ctx: Ctx, d: VsmdProc, pipe: AdminPipe, prefix: str, n: int, admin: bool) -> None:

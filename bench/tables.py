@@ -17,6 +17,19 @@ def spread(fig: Figure) -> str:
     return f"{num(min(s))} to {num(max(s))}"
 
 
+def dash(v: float | None) -> str:
+    """A table cell: the figure, or a dash when it was not measured."""
+    return num(v) if v is not None else "—"
+
+
+def bullet(text: str, *values: float | None) -> str | None:
+    """A bullet of the report, or None when one of its figures was not measured."""
+    known = [v for v in values if v is not None]
+    if len(known) != len(values):
+        return None
+    return "- " + text.format(*(f"{v:,}" if isinstance(v, int) else num(v) for v in known))
+
+
 def table(head: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
