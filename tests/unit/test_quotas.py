@@ -1,4 +1,4 @@
-"""Quotas: the psutil sampler on a real process (this one) and rlimits in a child interpreter."""
+"""Quotas: the sampler on a real process (this one) and rlimits in a child interpreter."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from tests.support.harness import poll_for
 from tests.unit.conftest import MakeManager
 from tests.unit.fakes import FakePool, events_of
-from vsmd.daemon import quotas
+from vsmd.daemon import procstat
 from vsmd.daemon.quotas import Sample, Sampler, Violation
 from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.protocol import Policy, SpawnConfig
@@ -170,13 +170,13 @@ def test_the_process_table_is_read_at_most_once_per_refresh(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     scans: list[bool] = []
-    real = quotas._children_map
+    real = procstat.children_map
 
     def counting() -> dict[int, list[int]]:
         scans.append(True)
         return real()
 
-    monkeypatch.setattr(quotas, "_children_map", counting)
+    monkeypatch.setattr(procstat, "children_map", counting)
     sampler = Sampler(3, tree_refresh=3600.0)
     for _ in range(5):  # the slices of one pass
         sampler.sample([target(max_procs=HUGE)])

@@ -316,8 +316,15 @@ class Cgroups:
         if rel is None or "memory" not in self._roots:
             return 0
         name = "memory.oom_control" if self.version == 1 else "memory.events"
+        # Read on every sample of every VSM: os.read of a str path takes about half the time
+        # of Path.read_text, which a profile at 1,000 VSMs showed costing as much as the sample.
         try:
-            total = _counter(_read(self._roots["memory"] / rel / LEAF / name), "oom_kill")
+            fd = os.open(f"{self._roots['memory']}/{rel}/{LEAF}/{name}", os.O_RDONLY)
+            try:
+                text = os.read(fd, 4096).decode()
+            finally:
+                os.close(fd)
+            total = _counter(text, "oom_kill")
         except (OSError, ValueError):
             return 0
         new = total - self._oom_seen.get(vsm_id, 0)

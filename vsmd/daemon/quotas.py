@@ -3,7 +3,7 @@
 Hard: rlimits set in the VSM process right after fork, before any agent code runs. They sit at
 twice the soft quota (memory: the runtime's own size plus twice the quota) so the soft layer acts
 first and the hard one stops a runaway.
-Soft: a psutil sampler over every running VSM (its whole process tree) that acts only after N
+Soft: a sampler over every running VSM (its whole process tree) that acts only after N
 violations in a row.
 """
 
@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
+from vsmd.daemon import procstat
 from vsmd.protocol import Policy
 
 # How old the scan of the process table may be. A scan reads every process on the host, so it
@@ -42,7 +41,7 @@ class Sample:
 
 
 class Sampler:
-    """Reads rss, cpu, fds, threads and child processes of every running VSM.
+    """Reads rss, cpu, threads, fds and child processes of every running VSM.
 
     Memory and cpu are summed over the VSM's whole process tree: an agent's subprocesses count
     against its quotas as much as the agent itself.
@@ -51,37 +50,17 @@ class Sampler:
     def __init__(self, strikes_needed: int, tree_refresh: float = TREE_REFRESH) -> None:
         self.strikes_needed = strikes_needed
         self.tree_refresh = tree_refresh
-        # Per VSM, its processes by pid, kept across samples: cpu_percent measures from an
-        # object's previous call, so a fresh object each time would always read 0.
-        self._trees: dict[str, dict[int, psutil.Process]] = {}
+        # Per VSM, per pid of its tree: (cpu seconds, monotonic time) of the last reading. cpu %
+        # is measured from there, so a pid first seen reads 0 and only starts its window.
+        self._trees: dict[str, dict[int, tuple[float, float]]] = {}
         self._strikes: dict[tuple[str, str], int] = {}
         self._children: dict[int, list[int]] = {}
         self._children_at: float | None = None
 
-    def _family(self, vsm_id: str, pid: int) -> list[psutil.Process]:
-        """The VSM's process, then its descendants; raises psutil.Error if the VSM is gone."""
-        known = self._trees.get(vsm_id, {})
-        root = known.get(pid)
-        if root is None:  # new, or restarted under a new pid
-            root = psutil.Process(pid)
-            root.cpu_percent(None)  # the first reading only starts the window
-        family = {pid: root}
-        for child in _descendants(self._children, pid):
-            proc = known.get(child)
-            if proc is None:
-                try:
-                    proc = psutil.Process(child)
-                    proc.cpu_percent(None)
-                except psutil.Error:
-                    continue  # exited since the scan
-            family[child] = proc
-        self._trees[vsm_id] = family  # what left the tree is dropped here
-        return list(family.values())
-
     def _refresh_children(self) -> None:
         now = time.monotonic()
         if self._children_at is None or now - self._children_at >= self.tree_refresh:
-            self._children = _children_map()
+            self._children = procstat.children_map()
             self._children_at = now
 
     def forget(self, vsm_id: str) -> None:
@@ -96,35 +75,37 @@ class Sampler:
         metrics: dict[str, dict[str, Any]] = {}
         violations: list[Violation] = []
         for t in targets:
-            with contextlib.suppress(psutil.Error):
-                family = self._family(t.vsm_id, t.pid)
-                m = self._read(family, t.policy, len(self._children.get(t.pid, ())))
+            with contextlib.suppress(procstat.ProcessGone):
+                m = self._read(t.vsm_id, t.pid, t.policy)
                 metrics[t.vsm_id] = m
                 violations.extend(self._judge(t, m))
         return metrics, violations
 
-    @staticmethod
-    def _read(family: list[psutil.Process], policy: Policy, procs: int) -> dict[str, Any]:
-        root = family[0]
-        rss, cpu = 0, 0.0
-        for proc in family:
+    def _read(self, vsm_id: str, pid: int, policy: Policy) -> dict[str, Any]:
+        """Raises ProcessGone if the VSM's own process is gone."""
+        last = self._trees.get(vsm_id, {})
+        now = time.monotonic()
+        root = procstat.read(pid)
+        seen = {pid: (root.cpu_seconds, now)}
+        rss, cpu = root.rss, _percent(last.get(pid), root.cpu_seconds, now)
+        for child in _descendants(self._children, pid):
             try:
-                with proc.oneshot():
-                    rss += proc.memory_info().rss
-                    cpu += proc.cpu_percent(None)
-            except psutil.Error:
-                if proc is root:
-                    raise
-                # A subprocess that ended since the scan: it holds nothing any more.
+                st = procstat.read(child)
+            except procstat.ProcessGone:
+                continue  # a subprocess that ended since the scan holds nothing any more
+            seen[child] = (st.cpu_seconds, now)
+            rss += st.rss
+            cpu += _percent(last.get(child), st.cpu_seconds, now)
+        self._trees[vsm_id] = seen  # what left the tree is dropped here
         m: dict[str, Any] = {
             "rss_mb": round(rss / 2**20, 1),
             "cpu_percent": round(cpu, 1),
-            "threads": root.num_threads(),
+            "threads": root.threads,
         }
         if policy.max_fds:
-            m["fds"] = root.num_fds()
+            m["fds"] = procstat.open_fds(pid)
         if policy.max_procs:
-            m["procs"] = procs
+            m["procs"] = len(self._children.get(pid, ()))
         return m
 
     def _judge(self, t: Sample, m: dict[str, Any]) -> list[Violation]:
@@ -157,23 +138,12 @@ class Sampler:
         return out
 
 
-def _children_map() -> dict[int, list[int]]:
-    """Child pids of every pid, from one pass over /proc.
-
-    psutil's ``children(recursive=True)`` makes this same pass on every call: once per VSM, a
-    sample of 1,000 VSMs would read the whole process table 1,000 times.
-    """
-    out: dict[int, list[int]] = {}
-    for pid in psutil.pids():
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, the last ")" ends it.
-        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-        out.setdefault(ppid, []).append(pid)
-    return out
+def _percent(last: tuple[float, float] | None, cpu_seconds: float, now: float) -> float:
+    """Percent of one core since the last reading (as psutil's cpu_percent: a busy process with
+    two threads reads 200)."""
+    if last is None or now <= last[1]:
+        return 0.0
+    return max(0.0, (cpu_seconds - last[0]) / (now - last[1]) * 100.0)
 
 
 def _descendants(children: dict[int, list[int]], pid: int) -> list[int]:
