@@ -12,7 +12,7 @@ NAMESPACE ?= vsm
 BROKER ?= auto
 
 .PHONY: all venv run demo test test-unit test-integration test-stress lint format typecheck \
-        bench bench-quick broker dist clean
+        bench bench-quick broker dist clean test-slow
 
 all: lint typecheck test
 
@@ -46,17 +46,23 @@ run: $(STAMP)
 	@mkdir -p $(STATE_DIR)
 	$(BIN)/vsmd run --broker $(BROKER) --namespace $(NAMESPACE) --state-dir $(STATE_DIR) --demo
 
-# The fast loop: everything but the stress tests (make test-stress runs those).
+# The loop: everything but the stress tests and the slowest integration tests (make
+# test-stress and make test-slow run those; CI runs all three).
 test: $(STAMP) broker $(INSPECTOR)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q -m "not stress"
+	$(BIN)/pytest -q -m "not stress and not slow"
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 test-integration: $(STAMP) broker $(INSPECTOR)
 	$(BIN)/pytest -q tests/integration
+
+# The integration tests marked slow: about 10 s or more each (a broker outage, a partition,
+# the hostile agent, restarted embedded brokers, ...).
+test-slow: $(STAMP) broker $(INSPECTOR)
+	$(BIN)/pytest -q -m "slow and not stress"
 
 # The slow ones: 1,000 VSMs, chaos and a daemon restart at scale (private RabbitMQ nodes), fuzz.
 test-stress: $(STAMP) broker

@@ -91,6 +91,7 @@ def request(cmd: str, **args: Any) -> bytes:
     return orjson.dumps({"v": 1, "cmd": cmd, "args": args})
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_exactly_one_reply_per_request(daemon: DaemonProc) -> None:
     [pong] = replies_to(daemon, request("ping"))
     assert pong["result"]["pong"] is True

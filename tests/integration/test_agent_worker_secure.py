@@ -19,6 +19,7 @@ from vsmd.security import credentials
 TASKS = {"tasks_modules": ["tests.support.task_funcs"]}
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_who_may_give_a_secure_worker_tasks(tmp_path: Path) -> None:
     d = start_secure_daemon(
         tmp_path, 'agent_modules = ["tests.support.task_agents"]\nprobe_interval = 0'

@@ -28,6 +28,7 @@ def private_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
         node.stop()
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_vsmd_survives_a_broker_outage(private_broker: EmbeddedBroker, tmp_path: Path) -> None:
     url = private_broker.url
     with running_daemon(url, tmp_path / "state") as d:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from tests.support.secure import start_secure_daemon
 from vsmd.broker.embedded import EmbeddedBroker
 from vsmd.daemon.secure_start import check_boundary
 from vsmd.errors import ConfigError
+from vsmd.mcp.client import create_mcp_client
 from vsmd.protocol import SpawnConfig
 from vsmd.security import broker_setup
 from vsmd.security.identity import RESOURCE_SERVER_ID, VHOST
@@ -45,6 +48,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_setup_then_a_secure_daemon_on_that_broker(tmp_path: Path) -> None:
     ns, port, state = new_namespace(), _free_port(), tmp_path / "state"
     url = f"amqp://127.0.0.1:{port}/"
@@ -77,10 +81,28 @@ def test_setup_then_a_secure_daemon_on_that_broker(tmp_path: Path) -> None:
             vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="own"))
             assert c.ping_vsm(vsm.id)["pong"] == vsm.id
             assert "set up by `vsmd broker setup`" in d.log()
+            _the_daemons_login_drives_a_vsm_over_mcp(kept.daemon_url, ns, vsm.id)
+            assert {v.name for v in c.list_child_vsms(vsm.id)} == {"by-vsmd", "by-someone"}
         finally:
             d.stop()
     finally:
         node.stop()
+
+
+def _the_daemons_login_drives_a_vsm_over_mcp(daemon_url: str, ns: str, vsm_id: str) -> None:
+    """create_mcp_client with the daemon's broker login (the setup keeps its password): the
+    broker-checked user vsmd-daemon has the daemon's authority, whatever the envelope says."""
+
+    async def as_daemon(sender: str) -> tuple[Any, Any]:
+        async with create_mcp_client(daemon_url, ns, vsm_id, sender, 60.0) as s:
+            status = await s.call_tool("status", {})
+            spawned = await s.call_tool("spawn_child", {"name": f"by-{sender}"})
+        return status.structured_content, spawned.structured_content
+
+    for sender in ("vsmd", "someone"):
+        status, spawned = asyncio.run(as_daemon(sender))
+        assert status["caller"] == {"id": "vsmd", "role": "full"}, status
+        assert spawned["path"] == f"own.by-{sender}", spawned
 
 
 def test_a_broker_without_the_setup_is_refused_in_one_line(broker_url: str, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support.harness import BIN, new_namespace, poll_for, run_tool, vsm_env
 
@@ -52,6 +53,7 @@ def test_vsmctl_does_not_import_the_daemon_or_heavy_libraries() -> None:
     assert res.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_embedded_broker_left_by_a_killed_vsmd_is_replaced(broker_url: str, tmp_path: Path) -> None:
     ns = new_namespace()
     cmd = [str(BIN / "vsmd"), "run", "--broker", "embedded", "--state-dir", str(tmp_path)]

@@ -52,6 +52,7 @@ def declare(url: str, queue: str, passive: bool = False) -> None:
         conn.close()
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_start_stop_restart_on_same_url(tmp_path: Path) -> None:
     shared_before = broker_answers(SHARED_URL)
     broker = EmbeddedBroker(tmp_path / "node", name="vsmd-test-restart")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.harness import DaemonProc, poll_for, running_daemon
 from tests.support.tcp_proxy import TcpProxy
 from vsmctl.client import VsmClient
@@ -52,6 +54,7 @@ def _hold(c: VsmClient, kid: str, other: str, pid: int, until: float) -> int:
     return checks
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_a_partitioned_vsm_is_unreachable_then_resyncs(broker_url: str, tmp_path: Path) -> None:
     config = {"agent_modules": AGENTS, "probe_interval": PROBE_INTERVAL}
     with (

@@ -108,6 +108,7 @@ def _cfg(agent: str, name: str, **settings: Any) -> Any:
     return SpawnConfig(name=name, agent=agent, settings=settings)
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_a_hostile_agent_is_refused_everything(secure: DaemonProc) -> None:
     c = secure.client()
     parent = c.spawn_recursive_vsm(None, _cfg("recorder", name="victims"))
@@ -196,6 +197,7 @@ def test_a_hostile_agent_is_refused_everything(secure: DaemonProc) -> None:
     assert f"vsm-{hostile.id}) tried queue.bind: access to topic 'up.#'" in log
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_a_vsm_that_keeps_trying_is_terminated_by_policy(tmp_path: Path) -> None:
     modules = ", ".join(f'"{m}"' for m in AGENTS)
     d = start_secure_daemon(
@@ -375,6 +377,7 @@ def test_mcp_authority_follows_the_broker_checked_identity(secure: DaemonProc) -
     c.terminate_child_vsm(top.id)
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_the_exec_strategy_gets_its_token_the_same_way(tmp_path: Path) -> None:
     d = start_secure_daemon(tmp_path, 'spawn_strategy = "exec"')
     op_file = credentials.credentials_file(tmp_path, "operator", d.namespace)

@@ -99,6 +99,7 @@ def test_bad_input_without_reply_to_is_dead_lettered_with_its_reason(
     assert c.ping_vsm(vsm)["refused"] == len(BAD)
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_a_blocked_plain_agent_does_not_stop_pings(daemon: DaemonProc, rpc: RpcChannel) -> None:
     c = daemon.client()
     vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="slow", agent="blocker")).id
