@@ -153,6 +153,7 @@ def _run(
         steps.append(("loops", lambda: loop_step.run_loops(ctx)))
         steps.append(("before", lambda: before_step.run_before(ctx)))
         steps.append(("scale", lambda: scale_step.run_scale(ctx)))
+        steps.append(("scale_merge", lambda: scale_step.run_scale_merged(ctx)))
         for name, step in steps:
             if only is None or name in only:
                 suite.guarded(ctx, name, step)

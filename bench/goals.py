@@ -269,7 +269,7 @@ def _floor_one(res: Results) -> str:
 def evaluate(res: Results, sampler: dict[str, Any]) -> list[Goal]:
     # Here, not at the top: bench.before_report builds on Goal and num of this module.
     from bench.before_report import before_goals
-    from bench.scale_report import scale_goal
+    from bench.scale_report import scale_goals
 
     p50 = res.median("vsmd.spawn_ready_ms")
     p99 = res.p99("vsmd.spawn_ready_ms")
@@ -298,7 +298,7 @@ def evaluate(res: Results, sampler: dict[str, Any]) -> list[Goal]:
         *nerve_goals(res),
         *mcp_goals(res),
         *merge_goals(res),
-        scale_goal(res),
+        *scale_goals(res),
         *trust_goals(res),
     ]
     return goals

@@ -46,7 +46,7 @@ def _read(name: str) -> str:
     return (KSM / name).read_text().strip()
 
 
-def _ksmd_seconds() -> float:
+def ksmd_seconds() -> float:
     """On-CPU time of the kernel's ksmd thread."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -121,10 +121,10 @@ def run_merge(ctx: suite.Ctx) -> None:
             _t, merged_ids = figs.burst_up(pipe, n, timeout)
             try:
                 log(f"memory_merge: {n} idle VSMs each side, KSM running")
-                cpu0, t0 = _ksmd_seconds(), time.monotonic()
+                cpu0, t0 = ksmd_seconds(), time.monotonic()
                 took = _settle(ctx, merged, n, settle_for)
                 first = {"plain": _uss(plain), "merged": _uss(merged)}
-                cpu = (_ksmd_seconds() - cpu0) / (time.monotonic() - t0) * 100
+                cpu = (ksmd_seconds() - cpu0) / (time.monotonic() - t0) * 100
                 log(f"memory_merge: one MCP session with each of {2 * n} VSMs")
                 asyncio.run(one_session_each(plain, plain_ids))
                 asyncio.run(one_session_each(merged, merged_ids))

@@ -28,6 +28,7 @@ SECTIONS = (
     ("Event loops: uvloop and asyncio", ("loop.",)),
     ("Before the asyncio runtime, side by side", ("before.",)),
     ("Scale: idle VSMs on one machine", ("scale.",)),
+    ("Scale with memory_merge", ("scalemerge.",)),
     (
         "Trust boundary: cooperative and secure, each on a node of its own",
         ("trustoff.", "truston."),

@@ -3,6 +3,8 @@ figures (keys ``scale.``, taken by bench/scale_step.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from bench.goals import MET, MISSED, NOT_MEASURED, Goal, num, sizes
 from bench.stats import Results
 from bench.tables import bullet as _line
@@ -10,6 +12,7 @@ from bench.tables import dash as _v
 from bench.tables import table
 
 PREFIX = "scale"
+MERGED = "scalemerge"  # the same growth with memory_merge on (bench/scale_step.py)
 GOAL_N = 3000  # idle VSMs on the 2-core, 24 GiB machine
 GOAL_LIST_MS = 50.0  # `list` round trip through VsmClient, median
 
@@ -271,16 +274,47 @@ def _sampler_line(res: Results) -> str | None:
     )
 
 
+def _view(res: Results, prefix: str) -> Results:
+    """The figures taken under ``prefix`` with the keys of the default run (``scale.``), so
+    that one renderer serves both runs."""
+    out = Results()
+    for key, fig in res.figures.items():
+        if key.startswith(f"{prefix}."):
+            renamed = PREFIX + key[len(prefix) :]
+            out.figures[renamed] = dataclasses.replace(fig, key=renamed)
+    return out
+
+
 def scale_section(res: Results, cores: int) -> list[str]:
+    """The default run, then the one with memory_merge when it ran."""
+    out = _section(res, cores, "## Scale: idle VSMs on one machine", "")
+    merged = _view(res, MERGED)
+    if scale_ns(merged):
+        out += _section(merged, cores, "## Scale with memory_merge", _merge_lead(res))
+    return out
+
+
+def _merge_lead(res: Results) -> str:
+    m = res.median
+    return (
+        "The same growth with `memory_merge = true`, while the kernel's KSM scanned "
+        f"{_v(m(f'{MERGED}.ksm_pages_per_s'))} pages/s (its thread used "
+        f"{_v(m(f'{MERGED}.ksmd_cpu_pct'))}% of a core over the whole step). KSM merges in "
+        "the background: at each N the memory figures, and the margin judged on them, hold "
+        "what it had merged by then. "
+    )
+
+
+def _section(res: Results, cores: int, title: str, lead: str) -> list[str]:
     ns = scale_ns(res)
     if not ns:
         return []
     m, best = res.median, _int(res, "max_n") or 0
     kind, why = stop_reason(res)
     out = [
-        "## Scale: idle VSMs on one machine",
+        title,
         "",
-        f"One daemon on the run's private broker node; idle VSMs of the default agent added "
+        f"{lead}One daemon on the run's private broker node; idle VSMs of the default agent added "
         f"in batches of {_int(res, 'batch_n') or 0:,} spawns at once, up to "
         f"{_int(res, 'target_n') or 0:,}. After each batch, once the daemon's and the broker's "
         "CPU stopped falling: the machine's memory (total less available), the RSS of the "
@@ -337,9 +371,18 @@ def _sampled(res: Results) -> str:
     return "every VSM"
 
 
-def scale_goal(res: Results) -> Goal:
+def scale_goals(res: Results) -> list[Goal]:
+    """The default run's, then the one with memory_merge when it ran."""
+    goals = [scale_goal(res)]
+    merged = _view(res, MERGED)
+    if _int(merged, "max_n") is not None:
+        goals.append(scale_goal(merged, ", memory_merge on"))
+    return goals
+
+
+def scale_goal(res: Results, variant: str = "") -> Goal:
     """The largest N with `list` within the goal, and what it cost at that N."""
-    name = f"idle VSMs with `list` ≤ {num(GOAL_LIST_MS)} ms p50 (private node)"
+    name = f"idle VSMs with `list` ≤ {num(GOAL_LIST_MS)} ms p50 (private node{variant})"
     target = f"≥ {GOAL_N:,}"
     best = _int(res, "max_n")
     if best is None:

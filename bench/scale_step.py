@@ -8,7 +8,10 @@ was, since other work on it shares the same cores.
 
 Growth stops at the step's largest N, when ``list`` goes over the goal's median, when the next
 batch would leave less than MARGIN_GIB of the machine's memory available, or when a batch fails.
-Every VSM is terminated at the end, and none may be left."""
+Every VSM is terminated at the end, and none may be left.
+
+A second run (its own step, ``scale_merge``) grows the same way with ``memory_merge = true``
+while the kernel's KSM runs, where the kernel allows it."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from bench import suite
+from bench import merge_step, suite
 from bench import vsmd_figs as figs
 from bench.bus import AdminPipe, BenchError
 from bench.plan import Plan
@@ -30,6 +33,7 @@ from bench.stats import log, percentile
 from bench.vsmd_proc import VsmdProc
 
 PREFIX = "scale"
+MERGED = "scalemerge"  # the same growth with memory_merge = true while KSM runs
 GIB = 2**30
 # `list` p50, as a share of the goal, from which VSMs are added a grain at a time. No line
 # through the points so far foretold the next batch: over the second batch `list` grew 1.5 to
@@ -63,6 +67,7 @@ class Point:
 
 @dataclass
 class Growth:
+    prefix: str  # of the figures' keys: PREFIX, or MERGED for the run with memory_merge
     batch: int
     top: int
     ids: list[str] = field(default_factory=list)
@@ -71,21 +76,45 @@ class Growth:
 
 
 def run_scale(ctx: suite.Ctx) -> None:
+    _run(ctx, PREFIX)
+
+
+def run_scale_merged(ctx: suite.Ctx) -> None:
+    """The same growth with ``memory_merge = true`` while the kernel's KSM runs at the merge
+    step's rate: KSM merges in the background, so at each N the memory figures hold what it
+    had merged by then, and the margin is judged on those, as a machine would run."""
+    why = merge_step.unavailable()
+    if why:
+        ctx.res.note(f"{MERGED}: not run: {why}")
+        return
+    with merge_step.ksm_running():
+        cpu0, t0 = merge_step.ksmd_seconds(), time.monotonic()
+        try:
+            _run(ctx, MERGED, memory_merge=True)
+        finally:
+            cpu = (merge_step.ksmd_seconds() - cpu0) / (time.monotonic() - t0) * 100
+            label = "KSM's thread over the whole step"
+            ctx.res.add(f"{MERGED}.ksmd_cpu_pct", label, "% of a core", [cpu])
+            rate = merge_step.PAGES_TO_SCAN * 1000 / merge_step.SLEEP_MS
+            ctx.res.add(f"{MERGED}.ksm_pages_per_s", "KSM's scan rate", "pages/s", [rate])
+
+
+def _run(ctx: suite.Ctx, prefix: str, **extra: object) -> None:
     batch, top = scale_sizes(ctx.plan)
     start = time.monotonic()
     # The bench's config allows 1,200 VSMs in all; VSMs at the top level count against
     # max_total only (max_children is per parent).
-    with suite.daemon(ctx, PREFIX, max_total=top) as (d, pipe):
-        g = Growth(batch, top)
+    with suite.daemon(ctx, prefix, max_total=top, **extra) as (d, pipe):
+        g = Growth(prefix, batch, top)
         try:
             _grow(ctx, d, pipe, g)
         finally:
             ctx.res.add(
-                f"{PREFIX}.max_n", "largest N with `list` within the goal", "VSMs", [g.best]
+                f"{prefix}.max_n", "largest N with `list` within the goal", "VSMs", [g.best]
             )
-            _tear_down(ctx, d, pipe, batch)
+            _tear_down(ctx, d, pipe, g)
     took = time.monotonic() - start
-    ctx.res.add(f"{PREFIX}.step_s", "the whole step, daemon start to stop", "s", [took])
+    ctx.res.add(f"{prefix}.step_s", "the whole step, daemon start to stop", "s", [took])
 
 
 def _settings(ctx: suite.Ctx, g: Growth) -> None:
@@ -103,28 +132,28 @@ def _settings(ctx: suite.Ctx, g: Growth) -> None:
         ("margin_gib", "memory that must stay available after a batch", "GiB", MARGIN_GIB),
         ("idle_s", "idle window for CPU at each N", "s", ctx.plan.idle_seconds),
     ):
-        ctx.res.add(f"{PREFIX}.{key}", label, unit, [value])
+        ctx.res.add(f"{g.prefix}.{key}", label, unit, [value])
 
 
 def _grow(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe, g: Growth) -> None:
     _settings(ctx, g)
-    g.points.append(_measure(ctx, d, pipe, 0))
+    g.points.append(_measure(ctx, d, pipe, g.prefix, 0))
     if g.points[-1].list_p50 > GOAL_LIST_MS:
-        ctx.res.note(f"{PREFIX}: `list` over {GOAL_LIST_MS:g} ms p50 with no VSM up")
+        ctx.res.note(f"{g.prefix}: `list` over {GOAL_LIST_MS:g} ms p50 with no VSM up")
         return
     while True:
         step = _next_step(g)
         if step <= 0:
-            log(f"{PREFIX}: reached the step's largest N, {g.top:,}")
+            log(f"{g.prefix}: reached the step's largest N, {g.top:,}")
             return
         step = _room_for(ctx, g, step)
         if not step or not _add_batch(ctx, pipe, g, step):
             return
-        point = _measure(ctx, d, pipe, len(g.ids))
+        point = _measure(ctx, d, pipe, g.prefix, len(g.ids))
         g.points.append(point)
         if point.list_p50 > GOAL_LIST_MS:
             ctx.res.note(
-                f"{PREFIX}: stopped at {point.n:,} VSMs: `list` took {point.list_p50:.1f} ms "
+                f"{g.prefix}: stopped at {point.n:,} VSMs: `list` took {point.list_p50:.1f} ms "
                 f"p50, over {GOAL_LIST_MS:g} ms"
             )
             return
@@ -168,12 +197,12 @@ def _room_for(ctx: suite.Ctx, g: Growth, step: int) -> int:
     fits = int((avail - MARGIN_GIB) / per_vsm) // grain * grain
     if fits > 0:
         return min(fits, step)
-    n, res, need = len(g.ids), ctx.res, per_vsm * grain
-    res.add(f"{PREFIX}.stop.next_n", "the smallest batch, which did not fit", "VSMs", [grain], n)
-    res.add(f"{PREFIX}.stop.next_batch_gib", "its estimated memory", "GiB", [need], n)
-    res.add(f"{PREFIX}.stop.available_gib", "memory available at the stop", "GiB", [avail], n)
+    n, res, need, p = len(g.ids), ctx.res, per_vsm * grain, g.prefix
+    res.add(f"{p}.stop.next_n", "the smallest batch, which did not fit", "VSMs", [grain], n)
+    res.add(f"{p}.stop.next_batch_gib", "its estimated memory", "GiB", [need], n)
+    res.add(f"{p}.stop.available_gib", "memory available at the stop", "GiB", [avail], n)
     res.note(
-        f"{PREFIX}: stopped at {n:,} VSMs: {grain} more would need about {need:.2f} GiB with "
+        f"{p}: stopped at {n:,} VSMs: {grain} more would need about {need:.2f} GiB with "
         f"{avail:.1f} GiB available, under the {MARGIN_GIB:g} GiB margin"
     )
     return 0
@@ -184,26 +213,27 @@ def _add_batch(ctx: suite.Ctx, pipe: AdminPipe, g: Growth, step: int) -> bool:
     try:
         up, ids = figs.burst_up(pipe, step, 60.0 + 0.5 * step)
     except BenchError as exc:
-        ctx.res.add(f"{PREFIX}.stop.failed_n", "N the failed batch was to reach", "VSMs", [n], n)
-        ctx.res.note(f"{PREFIX}: stopped at {len(g.ids):,} VSMs: the batch to {n:,} failed: {exc}")
+        p = g.prefix
+        ctx.res.add(f"{p}.stop.failed_n", "N the failed batch was to reach", "VSMs", [n], n)
+        ctx.res.note(f"{p}: stopped at {len(g.ids):,} VSMs: the batch to {n:,} failed: {exc}")
         return False
     g.ids += ids
     label = f"batch of {step}: spawns at once, until all ready"
-    ctx.res.add(f"{PREFIX}.{n}.up_s", label, "s", [up], n)
-    log(f"{PREFIX}: {n:,} VSMs up; the batch of {step} took {up:.2f} s")
+    ctx.res.add(f"{g.prefix}.{n}.up_s", label, "s", [up], n)
+    log(f"{g.prefix}: {n:,} VSMs up; the batch of {step} took {up:.2f} s")
     return True
 
 
-def _measure(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe, n: int) -> Point:
+def _measure(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe, prefix: str, n: int) -> Point:
     alive = len(d.vsm_pids())
     if alive != n:
-        ctx.res.note(f"{PREFIX}: {alive} VSM processes seen where {n} were expected")
+        ctx.res.note(f"{prefix}: {alive} VSM processes seen where {n} were expected")
     settled = _settle(ctx, d)
     figures = [*_memory(ctx, d), *_list_and_idle(ctx, d, pipe, n)]
     label = "after the batch, until daemon and broker CPU stopped falling"
     figures.append(("settle_s", label, "s", [settled]))
     for suffix, label, unit, samples in figures:
-        ctx.res.add(f"{PREFIX}.{n}.{suffix}", label, unit, samples, n)
+        ctx.res.add(f"{prefix}.{n}.{suffix}", label, unit, samples, n)
     got = {suffix: samples for suffix, _label, _unit, samples in figures}
     point = Point(
         n,
@@ -213,7 +243,7 @@ def _measure(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe, n: int) -> Point:
     )
     busy = got["machine_idle_pct"][0]
     log(
-        f"{PREFIX}: {n:,} VSMs: list p50 {point.list_p50:.1f} ms "
+        f"{prefix}: {n:,} VSMs: list p50 {point.list_p50:.1f} ms "
         f"(p99 {percentile(got['list_ms'], 99):.1f}), memory in use {point.used_gib:.2f} GiB, "
         f"machine {busy:.0f}% of a core busy while idle"
     )
@@ -315,23 +345,23 @@ def _list_and_idle(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe, n: int) -> Figu
     return out
 
 
-def _tear_down(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe, batch: int) -> None:
+def _tear_down(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe, g: Growth) -> None:
     """Terminate every VSM the daemon knows (also any of a batch whose replies went missing),
     a batch at a time: a thousand or more at once on two cores do not all stop within the
     daemon's stop_timeout and are killed. Then wait until no VSM process is left."""
     with d.client() as c:
         ids = [v.id for v in c.list_child_vsms()]
-    down = 0.0
+    down, batch = 0.0, g.batch
     for at in range(0, len(ids), batch):
         chunk = ids[at : at + batch]
         down += figs.terminate(pipe, chunk, 60.0 + 0.5 * len(chunk))
     n = len(ids)
     label = f"terminate every VSM, {batch} at once, one batch after the other"
-    ctx.res.add(f"{PREFIX}.down_s", label, "s", [down], n)
+    ctx.res.add(f"{g.prefix}.down_s", label, "s", [down], n)
     deadline = time.monotonic() + GONE_S
     while d.vsm_pids() and time.monotonic() < deadline:
         time.sleep(0.1)
     left = d.vsm_pids()
     if left:
-        ctx.res.fail(f"{PREFIX}: {len(left)} VSM processes left {GONE_S:g} s after terminate")
-    log(f"{PREFIX}: {n:,} VSMs terminated in {down:.2f} s; {len(left)} processes left")
+        ctx.res.fail(f"{g.prefix}: {len(left)} VSM processes left {GONE_S:g} s after terminate")
+    log(f"{g.prefix}: {n:,} VSMs terminated in {down:.2f} s; {len(left)} processes left")
