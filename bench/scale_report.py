@@ -290,8 +290,28 @@ def scale_section(res: Results, cores: int) -> list[str]:
     out = _section(res, cores, "## Scale: idle VSMs on one machine", "")
     merged = _view(res, MERGED)
     if scale_ns(merged):
-        out += _section(merged, cores, "## Scale with memory_merge", _merge_lead(res))
+        section = _section(merged, cores, "## Scale with memory_merge", _merge_lead(res))
+        line = _merge_line(res, merged)
+        out += section[:-1] + ([line] if line else []) + section[-1:]
     return out
+
+
+def _merge_line(res: Results, merged: Results) -> str | None:
+    """How far KSM got during the growth, against the merge step's settled figure."""
+    ns = scale_ns(merged)
+    if not ns:
+        return None
+    last = ns[-1]
+    settled = sizes(res, "merge.", ".idle.merged_uss_mib")
+    n = settled[-1] if settled else None
+    return _line(
+        f"With {last:,} VSMs up the median VSM's USS was {{}} MiB with memory_merge on, and "
+        f"{{}} MiB in the default run at the same N; in the merge step, where {n or 0:,} VSMs "
+        "were given the time for several full KSM passes, it was {} MiB.",
+        merged.median(f"{PREFIX}.{last}.vsm_uss_mib"),
+        res.median(f"{PREFIX}.{last}.vsm_uss_mib"),
+        res.median(f"merge.{n}.idle.merged_uss_mib") if n else None,
+    )
 
 
 def _merge_lead(res: Results) -> str:
