@@ -20,6 +20,7 @@ import pika.exceptions
 from vsmctl.client import VsmClient
 from vsmd.bus.namespace import remove_namespace
 from vsmd.bus.topology import Topology
+from vsmd.daemon.namespace_cmd import journaled_ids
 from vsmd.errors import VsmdError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +49,9 @@ def poll_for(
 # test left on the broker (a daemon killed with -9, a test that failed half-way); see
 # tests/conftest.py. Test processes are single-threaded, so a plain set will do.
 ISSUED: set[str] = set()
+# Where the daemon of each namespace kept its state: a worker's task queue outlives its daemon's
+# stop by design, and the daemon's journal names it (vsmd namespace remove reads it the same way).
+STATE_DIRS: dict[str, Path] = {}
 
 
 def new_namespace() -> str:
@@ -141,6 +145,7 @@ def start_daemon(
 ) -> DaemonProc:
     ns = namespace or new_namespace()
     ISSUED.add(ns)
+    STATE_DIRS[ns] = state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     # The shared broker is not set up for the trust boundary: tests of secure mode start an
     # embedded node of their own (tests/integration/test_security.py).
@@ -203,7 +208,7 @@ def cleanup_namespace(broker_url: str, namespace: str, vsm_ids: tuple[str, ...] 
     """Remove everything of the namespace from the broker, as `vsmd namespace remove --force`
     does; ``vsm_ids`` are inboxes of VSMs that may still be going away."""
     with contextlib.suppress(VsmdError):
-        remove_namespace(broker_url, namespace, force=True)
+        remove_namespace(broker_url, namespace, force=True, vsm_ids=_journaled(namespace))
         ISSUED.discard(namespace)
     if not vsm_ids:
         return
@@ -216,12 +221,17 @@ def cleanup_namespace(broker_url: str, namespace: str, vsm_ids: tuple[str, ...] 
         conn.close()
 
 
+def _journaled(namespace: str) -> list[str]:
+    state_dir = STATE_DIRS.get(namespace)
+    return journaled_ids(state_dir, namespace) if state_dir is not None else []
+
+
 def sweep_namespaces(broker_url: str) -> list[str]:
     """Remove every issued namespace that is still there; returns those that had anything."""
     swept = []
     for ns in sorted(ISSUED):
         try:
-            if remove_namespace(broker_url, ns, force=True):
+            if remove_namespace(broker_url, ns, force=True, vsm_ids=_journaled(ns)):
                 swept.append(ns)
         except VsmdError:
             return swept  # no broker: nothing to clean on it

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from vsmd.config import Config
 from vsmd.errors import BrokerError, ConfigError, VsmdError
 
 EXIT_CONFIG = 2
@@ -60,7 +59,8 @@ def remove(
         typer.echo(f"vsmd: {err.message}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
     try:
-        removed = remove_namespace(url, name, force=force, vsm_ids=_journaled(config))
+        ids = journaled_ids(config.state_dir, config.namespace)
+        removed = remove_namespace(url, name, force=force, vsm_ids=ids)
     except BrokerError as err:
         typer.echo(f"vsmd: {err.message}", err=True)
         raise typer.Exit(EXIT_NO_BROKER) from None
@@ -73,11 +73,12 @@ def remove(
         typer.echo(f"namespace {name} has nothing on {redact(url)}")
 
 
-def _journaled(config: Config) -> list[str]:
-    """The VSMs the daemon's journal holds (their task queues are named by id), if it has one."""
+def journaled_ids(state_dir: Path, namespace: str) -> list[str]:
+    """The VSMs a daemon's journal holds (their task queues are named by id), if it has one:
+    a worker's task queue outlives its daemon's stop by design, so its id is how it is found."""
     from vsmd.daemon.journal import Journal
 
-    path = config.state_dir / f"journal-{config.namespace}.db"
+    path = state_dir / f"journal-{namespace}.db"
     if not path.exists():
         return []
     journal = Journal(path)
