@@ -129,9 +129,17 @@ class VsmClient:
         answers a key it has seen with the first reply instead of executing the command twice.
         A Timeout leaves the outcome open: ask again with the same ``idem`` to learn it.
         """
+        return self._result(self._send_admin(command, timeout, idem))
+
+    def _send_admin(self, command: Command, timeout: float | None, idem: str | None) -> bytes:
+        """The raw reply to ``command`` (see ``request``)."""
         wait = self.timeout if timeout is None else timeout
         request = {**command.to_request(), "idem": idem or uuid.uuid4().hex}
-        raw = self._call_admin(dumps(request), time.monotonic() + wait)
+        return self._call_admin(dumps(request), time.monotonic() + wait)
+
+    @staticmethod
+    def _result(raw: bytes) -> Any:
+        """A reply's result, or the daemon's error raised."""
         reply = loads_object(raw, MAX_REPLY)
         if reply.get("ok") is True:
             return reply.get("result")
@@ -216,11 +224,9 @@ class VsmClient:
     def list_child_vsms(
         self, parent_id: str | None = None, recursive: bool = True
     ) -> list[VsmInfo]:
-        with _gc_paused():
-            return [
-                VsmInfo.from_dict(d)
-                for d in self.request(ListVsms(parent=parent_id, recursive=recursive))
-            ]
+        raw = self._send_admin(ListVsms(parent=parent_id, recursive=recursive), None, None)
+        with _gc_paused():  # the decode only, not the wait for the reply
+            return [VsmInfo.from_dict(d) for d in self._result(raw)]
 
     def show(self, vsm_id: str) -> VsmInfo:
         return VsmInfo.from_dict(self.request(Show(id=vsm_id)))

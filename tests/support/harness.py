@@ -20,7 +20,7 @@ import pika.exceptions
 from vsmctl.client import VsmClient
 from vsmd.bus.namespace import remove_namespace
 from vsmd.bus.topology import Topology
-from vsmd.daemon.namespace_cmd import journaled_ids
+from vsmd.daemon.journal import journaled_ids
 from vsmd.errors import VsmdError
 
 REPO = Path(__file__).resolve().parents[2]

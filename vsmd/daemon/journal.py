@@ -185,3 +185,20 @@ class Journal:
                 self.pending,
             )
         self._db.close()
+
+
+def journal_path(state_dir: Path, namespace: str) -> Path:
+    return state_dir / f"journal-{namespace}.db"
+
+
+def journaled_ids(state_dir: Path, namespace: str) -> list[str]:
+    """The VSMs a daemon's journal holds, if it has one. A worker's task queue is named by its
+    id and outlives its daemon's stop by design: `vsmd namespace remove` finds it this way."""
+    path = journal_path(state_dir, namespace)
+    if not path.exists():
+        return []
+    journal = Journal(path)
+    try:
+        return [e.id for e in journal.load()]
+    finally:
+        journal.close()

@@ -59,6 +59,8 @@ def remove(
         typer.echo(f"vsmd: {err.message}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
     try:
+        from vsmd.daemon.journal import journaled_ids
+
         ids = journaled_ids(config.state_dir, config.namespace)
         removed = remove_namespace(url, name, force=force, vsm_ids=ids)
     except BrokerError as err:
@@ -71,18 +73,3 @@ def remove(
         typer.echo(f"removed {', '.join(removed)} from {redact(url)}")
     else:
         typer.echo(f"namespace {name} has nothing on {redact(url)}")
-
-
-def journaled_ids(state_dir: Path, namespace: str) -> list[str]:
-    """The VSMs a daemon's journal holds (their task queues are named by id), if it has one:
-    a worker's task queue outlives its daemon's stop by design, so its id is how it is found."""
-    from vsmd.daemon.journal import Journal
-
-    path = state_dir / f"journal-{namespace}.db"
-    if not path.exists():
-        return []
-    journal = Journal(path)
-    try:
-        return [e.id for e in journal.load()]
-    finally:
-        journal.close()

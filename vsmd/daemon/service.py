@@ -31,7 +31,7 @@ from vsmd.daemon.broker_log import BrokerLogFollower
 from vsmd.daemon.conn_guard import ConnectionGuard
 from vsmd.daemon.control import Control
 from vsmd.daemon.events import Event, EventLog
-from vsmd.daemon.journal import Journal
+from vsmd.daemon.journal import Journal, journal_path
 from vsmd.daemon.reachability import Reachability
 from vsmd.daemon.registry import VsmRecord
 from vsmd.daemon.spawn_manager import SpawnManager
@@ -75,7 +75,7 @@ class Daemon:
             on_return=self._on_returned,
         )
         self.events_log = EventLog(config.event_buffer, self._publish_event)
-        self.journal = Journal(config.state_dir / f"journal-{config.namespace}.db")
+        self.journal = Journal(journal_path(config.state_dir, config.namespace))
         self.manager = SpawnManager(
             config,
             self.pool,
