@@ -62,13 +62,19 @@ def test_metrics_count_what_the_daemon_did(broker_url: str, tmp_path: Path) -> N
         with pytest.raises(Conflict):
             c.spawn_recursive_vsm(None, SpawnConfig(name="a"))
         assert c.terminate_child_vsm(b.id) == [b.id]
-        # Both VSMs left sampled, so the endpoint has two to choose its top 1 from.
-        poll_for(lambda: all(v.metrics for v in c.list_child_vsms()), 60, 0.2, "samples")
+        # Both VSMs left sampled, so the endpoint has two to choose its top 1 from. A record's
+        # metrics also hold the traffic rates the VSM reports itself, so wait for the sampler's key.
+        poll_for(
+            lambda: all("rss_mb" in v.metrics for v in c.list_child_vsms()), 60, 0.2, "samples"
+        )
 
         def settled() -> Samples | None:
+            # The endpoint's snapshot is rebuilt every second: wait for one built after the samples.
             s = scrape(url)
             done = value(s, "vsmd_terminations_total") >= 1
-            return s if done and value(s, "vsmd_vsms", status="running", depth="1") == 1 else None
+            sampled = any(k[0] == "vsmd_vsm_rss_bytes" for k in s)
+            running = value(s, "vsmd_vsms", status="running", depth="1") == 1
+            return s if done and sampled and running else None
 
         s = poll_for(settled, 60, 0.5, "the metrics to show the terminate and a sample")
         assert value(s, "vsmd_vsms", status="running", depth="2") == 1
