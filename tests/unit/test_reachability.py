@@ -52,7 +52,7 @@ def world() -> tuple[Registry, Bus, EventLog, list[tuple[str, str, dict[str, Any
 def round_trip(bus: Bus, reach: Reachability) -> None:
     """One probe round, and the broker's returns for it."""
     bus.sent.clear()
-    reach.probe_all()
+    reach.probe_slice(0, 1)
     for corr in bus.returns():
         reach.on_return(corr)
 
@@ -91,17 +91,17 @@ def test_speaking_again_marks_reachable_at_once(world: Any) -> None:
 
 def test_late_returns_and_unsent_probes_say_nothing(world: Any) -> None:
     reg, bus, _events, notes, reach = world
-    reach.probe_all()
+    reach.probe_slice(0, 1)
     old = list(bus.sent)
-    reach.probe_all()
+    reach.probe_slice(0, 1)
     for corr in old:  # returns of the round before: stale
         reach.on_return(corr)
     assert reg.get("k").unreachable_since is None
     bus.down.add("k")
     round_trip(bus, reach)
     bus.connected = False  # the daemon lost the broker: probes are not sent ...
-    reach.probe_all()
-    reach.probe_all()
+    reach.probe_slice(0, 1)
+    reach.probe_slice(0, 1)
     assert reg.get("k").info().status == "unreachable"  # ... so none counts as through
     assert len(notes) == 1
 
@@ -131,3 +131,43 @@ def test_only_running_vsms_are_flagged(world: Any, status: Status) -> None:
     assert reg.get("k").unreachable_since is None
     assert reg.get("k").info().status == str(status)
     assert not any(c.startswith("k.") for c in bus.sent)  # not probed either
+
+
+def test_each_vsm_is_probed_once_per_cycle_of_slices_and_judged_in_its_own(world: Any) -> None:
+    reg, bus, _events, notes, reach = world
+    for name in "abcdefgh":
+        reg.add(record(name, "p"))
+    parts = 3
+    for part in range(parts):
+        reach.probe_slice(part, parts)
+    probed = [c.rpartition(".")[0] for c in bus.sent]
+    assert sorted(probed) == sorted(r.id for r in reg.all())  # each once, none twice
+    # k's probe comes back after other slices have been probed since: it still counts.
+    bus.down.add("k")
+    bus.sent.clear()
+    k_part = hash("k") % parts
+    reach.probe_slice(k_part, parts)
+    for part in range(parts):
+        if part != k_part:
+            reach.probe_slice(part, parts)
+    for corr in bus.returns():
+        reach.on_return(corr)
+    assert reg.get("k").info().status == "unreachable"
+    assert notes == [("p", "child_unreachable", {"child": "k", "path": "p.k"})]
+    # Back: k's next probe goes through, and k's own slice (not another) says so.
+    bus.down.clear()
+    reach.probe_slice(k_part, parts)
+    for part in range(parts):
+        if part != k_part:
+            reach.probe_slice(part, parts)
+    assert reg.get("k").info().status == "unreachable"
+    reach.probe_slice(k_part, parts)
+    assert reg.get("k").info().status == "running"
+
+
+def test_probes_of_removed_vsms_are_forgotten(world: Any) -> None:
+    reg, _bus, _events, _notes, reach = world
+    reach.probe_slice(0, 1)
+    reg.remove("k")
+    reach.probe_slice(0, 1)
+    assert "k" not in reach._pending

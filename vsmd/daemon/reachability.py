@@ -6,6 +6,10 @@ A VSM's inbox is exclusive: it exists exactly while the VSM's connection does. E
 ``unreachable``. It is reachable again when it speaks (its re-sync after a reconnect, any state
 message) or when a probe of the last round was not returned. One publish per VSM per round and
 no round trip: the daemon's loop never waits for an answer.
+
+The daemon probes in slices spread over the interval (as it samples), so a round over thousands
+of VSMs never holds its loop for thousands of publishes at once. Each VSM stays in one slice, so
+it is still probed once per interval and its probe has the whole interval to come back.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ class Reachability:
         self._events = events
         self._notify = notify
         self._clock = clock
-        self._round = 0
-        self._probed: set[str] = set()  # ids probed in the current round
-        self._returned: set[str] = set()  # ids whose probe of the current round came back
+        self._tick = 0  # one per slice probed; a probe's correlation id carries its tick
+        self._pending: dict[str, int] = {}  # id -> tick of its probe still to be judged
+        self._returned: set[str] = set()  # ids whose pending probe came back
         self._flagged: dict[str, str] = {}  # path -> id of the VSMs marked unreachable
         self._quiet_until = 0.0
 
@@ -48,26 +52,39 @@ class Reachability:
         """Mark nobody unreachable for ``seconds`` (the daemon has just reconnected)."""
         self._quiet_until = self._clock() + seconds
 
-    def probe_all(self) -> None:
-        """End the round (a flagged VSM whose probe went through is back) and start the next."""
-        probed, returned = self._probed, self._returned
-        self._round += 1
-        self._probed, self._returned = set(), set()
+    def probe_slice(self, part: int, parts: int) -> None:
+        """For the running VSMs of slice ``part`` of ``parts``: a flagged VSM whose last probe
+        went through is back; then each gets its next probe."""
+        self._tick += 1
+        corr_tail = f".{self._tick}"
         for rec in self._registry.all():
+            if parts > 1 and hash(rec.id) % parts != part:
+                continue  # by hash: a VSM stays in its slice as others come and go
+            sent = self._pending.pop(rec.id, None)
+            went_through = sent is not None and rec.id not in self._returned
+            self._returned.discard(rec.id)
             if rec.status is not Status.RUNNING:
                 rec.unreachable_since = None  # a process that is gone or going is no partition
                 self._flagged.pop(rec.path, None)
                 continue
-            if rec.unreachable_since is not None and rec.id in probed - returned:
+            if rec.unreachable_since is not None and went_through:
                 self._mark(rec, reachable=True, why="its inbox took a probe")
-            if self._send(rec, f"{rec.id}.{self._round}"):
-                self._probed.add(rec.id)
+            if self._send(rec, rec.id + corr_tail):
+                self._pending[rec.id] = self._tick
+        if part == 0:
+            self._forget_removed()
+
+    def _forget_removed(self) -> None:
+        """Probes of VSMs that left the registry are never judged: drop them."""
+        for vsm_id in [i for i in self._pending if self._registry.find(i) is None]:
+            del self._pending[vsm_id]
+            self._returned.discard(vsm_id)
 
     def on_return(self, correlation_id: str) -> None:
         """The broker returned a probe: no inbox is bound for that VSM now."""
         vsm_id, _, number = correlation_id.rpartition(".")
-        if number != str(self._round):
-            return  # a late return of an earlier round says nothing about now
+        if str(self._pending.get(vsm_id)) != number:
+            return  # a late return of an earlier probe says nothing about now
         rec = self._registry.find(vsm_id)
         if rec is None or rec.status is not Status.RUNNING:
             return

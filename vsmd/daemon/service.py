@@ -46,6 +46,7 @@ from vsmd.supervisor.pool import ForkServerPool
 
 log = logging.getLogger("vsmd")
 SAMPLE_SLICES = 10  # each VSM is still sampled once per sample_interval
+PROBE_SLICES = 10  # and probed once per probe_interval
 FORKSERVER_RETRY = 1.0  # first wait before another try at a fork server that did not start
 FORKSERVER_RETRY_MAX = 60.0
 JOURNAL_RETRY = 5.0  # seconds between replays of journal writes that failed
@@ -235,9 +236,12 @@ class Daemon:
             return False
         return True
 
-    def _probe_round(self) -> None:
-        self.timers.call_later(self.config.probe_interval, self._probe_round)
-        self.reach.probe_all()
+    def _probe(self, part: int = 0) -> None:
+        self.timers.call_later(
+            self.config.probe_interval / PROBE_SLICES,
+            lambda: self._probe((part + 1) % PROBE_SLICES),
+        )
+        self.reach.probe_slice(part, PROBE_SLICES)
 
     def _sample(self, part: int = 0) -> None:
         # Scheduled first: a slice that fails must not end sampling for good.
@@ -459,7 +463,7 @@ class Daemon:
         self.timers.call_later(JOURNAL_RETRY, self._retry_journal)
         self.timers.call_later(WRITE_EVERY, self._write_states)
         if self.config.probe_interval > 0:
-            self.timers.call_later(self.config.probe_interval, self._probe_round)
+            self.timers.call_later(self.config.probe_interval / PROBE_SLICES, self._probe)
         log.info(
             "vsmd ready: namespace %s, broker %s, strategy %s, max_total %d",
             self.config.namespace,
