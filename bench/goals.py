@@ -181,7 +181,8 @@ def nerve_goals(res: Results) -> list[Goal]:
             "≤ 100 ms",
             every,
             every is not None and every <= 100,
-            f"{_ms(every)} (worst round {num(p99(f'ns.bcast.{n}.all_ms') or 0)})",
+            f"{_ms(every)} (worst round {num(p99(f'ns.bcast.{n}.all_ms') or 0)}); "
+            f"bare aio-pika {_ms(m(f'nsfloor.bcast.{n}.all_ms'))}",
             at,
         ),
         _check(

@@ -102,7 +102,11 @@ def _nerves(plan: dict[str, Any]) -> list[str]:
         + (f" (at most {cap:,})" if cap else "")
         + ", published at once without confirms, consumed without acks. Request/reply: "
         "direct reply-to, without and with publisher confirms and mandatory publishing (as a "
-        "VSM's channel).",
+        "VSM's channel). Broadcast: one process that has imported aio-pika and uvloop forks "
+        f"{plan['nerve_subtree']:,} receivers (as the fork server forks VSMs); each opens its own "
+        "connection, binds an exclusive inbox to a topic exchange, consumes it with a prefetch "
+        "of 64 and acks each message once it has noted its arrival; the process then publishes "
+        "the same rounds, 0.5 s apart, from a connection of its own.",
     ]
 
 

@@ -2,14 +2,18 @@
 
 ``python -m bench.nerve_floor ROLE JSON``. Roles: ``sink`` and ``source`` (a publisher and a
 consumer: one message at a time for latency, as fast as they go for rate) and ``server`` and
-``client`` (request/reply with direct reply-to). A receiving side prints ``ready`` once it
-consumes; every side prints one JSON line with its result. Times are ``CLOCK_MONOTONIC``, one
+``client`` (request/reply with direct reply-to), and ``fanout`` (one process forks N receivers,
+each with its own connection and an inbox bound to a topic exchange, then broadcasts to them).
+A receiving side prints ``ready`` once it consumes; every side prints one JSON line with its
+result. Times are ``CLOCK_MONOTONIC``, one
 clock for every process of the machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import sys
 import time
@@ -18,6 +22,7 @@ from typing import Any
 import aio_pika
 import aio_pika.abc
 import orjson
+import uvloop
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -132,7 +137,116 @@ async def client(a: dict[str, Any]) -> None:
     await conn.close()
 
 
+async def _receiver(a: dict[str, Any], index: int) -> None:
+    """What a VSM does with a broadcast: its own connection and inbox, decode, note, ack."""
+    conn = await aio_pika.connect(a["url"])
+    ch = await conn.channel(publisher_confirms=False)
+    await ch.set_qos(prefetch_count=64)
+    exchange = await ch.get_exchange(a["exchange"], ensure=False)
+    queue = await ch.declare_queue(f"{a['exchange']}.{index}", exclusive=True)
+    await queue.bind(exchange, "all")
+    arrivals: dict[str, float] = {}
+    done = asyncio.Event()
+
+    async def on_message(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+        t = now()  # first: nothing before the time taken
+        data = orjson.loads(msg.body)
+        if "report" in data:
+            report = aio_pika.Message(orjson.dumps(arrivals))
+            await ch.default_exchange.publish(report, a["collect"], mandatory=False)
+            done.set()
+        else:
+            arrivals[str(data["round"])] = t
+        await msg.ack()  # acked once handled, as a VSM's inbox is
+
+    await queue.consume(on_message)
+    await ch.default_exchange.publish(aio_pika.Message(b"ready"), a["collect"], mandatory=False)
+    await done.wait()
+    await conn.close()
+
+
+def _receive(a: dict[str, Any], index: int) -> None:
+    code = 1
+    try:
+        uvloop.run(_receiver(a, index))
+        code = 0
+    finally:
+        os._exit(code)  # a forked child never returns into its parent's code
+
+
+async def _declare(a: dict[str, Any], delete: bool) -> None:
+    conn = await aio_pika.connect(a["url"])
+    ch = await conn.channel()
+    if delete:
+        await ch.queue_delete(a["collect"])
+        await ch.exchange_delete(a["exchange"])
+    else:
+        await ch.declare_exchange(a["exchange"], aio_pika.ExchangeType.TOPIC)
+        await ch.declare_queue(a["collect"])
+    await conn.close()
+
+
+async def _broadcast(a: dict[str, Any], n: int) -> dict[str, Any]:
+    rounds, gap, timeout = int(a["rounds"]), float(a["gap"]), float(a["timeout"])
+    conn = await aio_pika.connect(a["url"])
+    ch = await conn.channel(publisher_confirms=False)
+    exchange = await ch.get_exchange(a["exchange"], ensure=False)
+    inbox: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_message(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+        inbox.put_nowait(msg.body)
+
+    await (await ch.get_queue(a["collect"], ensure=False)).consume(on_message, no_ack=True)
+    for _ in range(n):
+        await asyncio.wait_for(inbox.get(), timeout)  # every receiver consumes
+    sent = []
+    for r in range(rounds):
+        sent.append(now())
+        await exchange.publish(aio_pika.Message(orjson.dumps({"round": r})), "all")
+        await asyncio.sleep(gap)  # every receiver is done before the next round
+    await exchange.publish(aio_pika.Message(b'{"report":true}'), "all")
+    reports = [orjson.loads(await asyncio.wait_for(inbox.get(), timeout)) for _ in range(n)]
+    await conn.close()
+    every, last = [], []
+    for r, t0 in enumerate(sent):
+        arrived = [(rep[str(r)] - t0) * 1e3 for rep in reports if str(r) in rep]
+        if len(arrived) == n:  # a round someone missed has no "until all"
+            last.append(max(arrived))
+        every.extend(arrived)
+    return {"all_ms": last, "each_ms": every, "missed": rounds * n - len(every)}
+
+
+def fanout(a: dict[str, Any]) -> None:
+    """Fork the receivers from this pre-imported process (as vsmd's fork server forks VSMs),
+    then broadcast to them from a connection of its own."""
+    n = int(a["n"])
+    asyncio.run(_declare(a, delete=False))
+    pids: list[int] = []
+    try:
+        for index in range(n):
+            pid = os.fork()
+            if pid == 0:
+                _receive(a, index)
+            pids.append(pid)
+        result = uvloop.run(_broadcast(a, n))
+        for pid in pids:
+            os.waitpid(pid, 0)
+        pids.clear()
+        emit(result)
+    finally:
+        for pid in pids:  # a failure above: no receiver outlives the run
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        asyncio.run(_declare(a, delete=True))
+
+
 ROLES = {"sink": sink, "source": source, "server": server, "client": client}
 
 if __name__ == "__main__":
-    asyncio.run(ROLES[sys.argv[1]](orjson.loads(sys.argv[2])))
+    if sys.argv[1] == "fanout":
+        fanout(orjson.loads(sys.argv[2]))
+    else:
+        asyncio.run(ROLES[sys.argv[1]](orjson.loads(sys.argv[2])))

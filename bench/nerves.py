@@ -265,3 +265,28 @@ def _floors(ctx: suite.Ctx, sizes: dict[str, int]) -> None:
     )
     label = "request/reply, direct reply-to, with confirms and mandatory as vsmd"
     res.add("nsfloor.rr_vsmd_ms", label, "ms", floor_rr(ctx.url, plan.nerve_rr, call, True), 1)
+    _floor_broadcast(ctx)
+
+
+def _floor_broadcast(ctx: suite.Ctx) -> None:
+    """The broadcast of vsmd's step, to as many forked bare aio-pika receivers."""
+    plan, res, n = ctx.plan, ctx.res, ctx.plan.nerve_subtree
+    log(f"nerves floor: broadcast to {n} forked receivers")
+    suite.pause(ctx, "the broadcast floor")
+    stem = f"bench-bcast-{uuid.uuid4().hex[:12]}"
+    args = {
+        "url": ctx.url,
+        "exchange": stem,
+        "collect": f"{stem}.collect",
+        "n": n,
+        "rounds": plan.nerve_rounds,
+        "gap": 0.5,
+        "timeout": 120.0,
+    }
+    got = _result(_proc("fanout", args), 300.0 + plan.nerve_rounds)
+    if got["missed"]:
+        res.fail(f"broadcast floor: {got['missed']} arrivals missing")
+    label = "bare aio-pika: broadcast until all N forked receivers have it"
+    res.add(f"nsfloor.bcast.{n}.all_ms", label, "ms", got["all_ms"], n)
+    label = "bare aio-pika: broadcast until each receiver has it (every arrival)"
+    res.add(f"nsfloor.bcast.{n}.each_ms", label, "ms", got["each_ms"], n)
