@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 
 from vsmd.daemon.registry import Registry, Status, VsmRecord, transition
 from vsmd.errors import NotFound
+from vsmd.protocol import Policy
 
 S = Status
 
@@ -195,3 +197,14 @@ def test_info_dict_is_what_info_gives_as_a_dict() -> None:
     assert rec.info_dict()["status"] == "unreachable"
     rec.info_dict()["children"].append("c2")  # a copy: the reply cannot change the record
     assert rec.children == ["c1"]
+
+
+def test_the_listed_policy_follows_the_record_and_is_a_copy() -> None:
+    rec = record("r1")
+    rec.policy = Policy(memory_mb=64)
+    assert rec.info_dict()["policy"] == {"memory_mb": 64}
+    rec.info_dict()["policy"]["memory_mb"] = 1  # the reply's dict, not the one kept
+    assert rec.info_dict()["policy"] == {"memory_mb": 64}
+    rec.policy = dataclasses.replace(rec.policy, max_children=3)  # policies are replaced whole
+    assert rec.info_dict()["policy"] == {"memory_mb": 64, "max_children": 3}
+    assert rec.info().to_dict()["policy"] == rec.info_dict()["policy"]

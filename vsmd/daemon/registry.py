@@ -87,6 +87,9 @@ class VsmRecord:
     reported: str | None = None  # what the VSM said about its own failure, before exiting
     unreachable_since: float | None = None  # wall clock; running, but its inbox is gone
     refused: int = 0  # its requests the daemon refused as outside its authority
+    # The dict of the policy it was made from: `list` shows the policy of every VSM, and a
+    # policy changes far more rarely than it is listed.
+    _policy_shown: tuple[Policy, dict[str, Any]] | None = field(default=None, repr=False)
 
     def set_status(self, new: Status) -> None:
         self.status = transition(self.status, new)
@@ -123,10 +126,16 @@ class VsmRecord:
             "last_exit": self.last_exit,
             "last_reason": self.last_reason,
             "next_restart": self.next_restart,
-            "policy": self.policy.to_dict(),
+            "policy": self._policy_dict(),
             "metrics": {**self.metrics, **self.rates},
             "refused": self.refused,
         }
+
+    def _policy_dict(self) -> dict[str, Any]:
+        shown = self._policy_shown
+        if shown is None or shown[0] is not self.policy:
+            shown = self._policy_shown = (self.policy, self.policy.to_dict())
+        return dict(shown[1])  # a copy: what a caller does with it never reaches the cache
 
     def _shown_status(self) -> str:
         # Not a lifecycle state: the process runs, only the bus cannot reach it (a partition).
