@@ -27,6 +27,7 @@ from yarl import URL
 from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError, Timeout, Unreachable
 from vsmd.spec import VsmSpec
+from vsmd.vsm.traffic import Traffic
 
 log = logging.getLogger("vsmd.vsm")
 
@@ -120,9 +121,9 @@ class VsmBus:
         self._attached: list[Attach] = []
         self._watched: list[aio_pika.abc.AbstractChannel] = []
         self.lost = asyncio.Event()
-        # Messages this VSM sent on its own account (replies, agent messages, MCP), for its
-        # rates: not its state deltas, which the rates themselves cause.
-        self.sent = 0
+        # Messages in, and those this VSM sent on its own account (replies, agent messages,
+        # MCP), for its rates: not its state deltas, which the rates themselves cause.
+        self.traffic = Traffic()
         # Secure mode: the broker identity (user_id on every publish) and its token's life.
         self.user: str | None = None
         self.token_ttl = 0.0
@@ -296,7 +297,7 @@ class VsmBus:
 
     async def reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
         # Not mandatory: a requester that gave up is no error of ours.
-        self.sent += 1
+        self.traffic.count_out()
         await self.publish(reply_to, body, exchange="", correlation_id=correlation_id)
 
     async def dead_letter(self, body: bytes, reason: str) -> None:
@@ -389,7 +390,7 @@ class VsmBus:
         correlation_id: str | None,
         mandatory: bool,
     ) -> None:
-        self.sent += 1
+        self.traffic.count_out()
         props: dict[str, Any] = {}
         if reply_to is not None:
             await self._replies()  # direct reply-to: consumed before the first publish naming it

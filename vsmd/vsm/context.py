@@ -80,7 +80,7 @@ class Context:
 
     async def send(self, target: str, kind: str, body: dict[str, Any] | None = None) -> None:
         self._need("messaging")
-        self._rt.bus.sent += 1
+        self._rt.bus.traffic.count_out()
         await self._rt.bus.publish(self._key(target), self._envelope(kind, body), mandatory=True)
 
     async def request(
@@ -88,7 +88,7 @@ class Context:
     ) -> Any:
         self._need("messaging")
         key = self._key(target)
-        self._rt.bus.sent += 1
+        self._rt.bus.traffic.count_out()
         return await self._rt.call(key, self._envelope(kind, body), timeout)
 
     async def broadcast(
@@ -103,7 +103,7 @@ class Context:
         else:
             # Every descendant has the subtree binding; those deeper than asked drop it.
             key, extra = topo.subtree_key(self.vsm_id), {"within": depth, "from_depth": self.depth}
-        self._rt.bus.sent += 1
+        self._rt.bus.traffic.count_out()
         await self._rt.bus.publish(key, self._envelope(kind, body, **extra))
 
     async def alert(self, severity: str, text: str, data: dict[str, Any] | None = None) -> None:
@@ -113,7 +113,7 @@ class Context:
         root = self._rt.bus.ancestors[0] if self._rt.bus.ancestors else self.vsm_id
         body = {"severity": severity, "text": str(text)[:2000], "data": data or {}}
         key = self._rt.topo.alert_key(root, self.vsm_id)
-        self._rt.bus.sent += 1
+        self._rt.bus.traffic.count_out()
         await self._rt.bus.publish(key, self._envelope("alert", body))
 
     async def spawn_child(

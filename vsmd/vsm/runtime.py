@@ -66,7 +66,6 @@ class VsmRuntime:
         self._exit_code = EXIT_OK
         self._resync: asyncio.Task[None] | None = None
         self.refused = 0  # messages that failed validation (counted, answered or dead-lettered)
-        self.received = 0  # inbox messages, for the rates in our state (vsmctl top)
 
     def serve_mcp(self) -> McpHost:
         if self.mcp_host is None:
@@ -168,7 +167,7 @@ class VsmRuntime:
         try:
             env = Envelope.decode(msg.body, self.spec.max_message_bytes)
             if env.type != "probe":  # the daemon's liveness probes are no traffic of ours
-                self.received += 1
+                self.bus.traffic.count_in()
             if env.type == "mcp":  # its authority is judged per tool by the MCP server
                 if not self.spec.mcp:
                     raise ProtocolError("this daemon runs its VSMs without MCP (mcp_server)")
@@ -310,12 +309,16 @@ class VsmRuntime:
 
     async def _report_rates(self) -> None:
         """Messages per second in and out over the last RATE_WINDOW, into our state when they
-        changed: an idle VSM writes nothing, a busy one one update per window."""
+        changed: an idle VSM writes nothing, a busy one one update per window. Once it has
+        shown zero both ways it sleeps until the next message, not on a timer."""
+        traffic = self.bus.traffic
         last = (0, 0)
         shown = (0.0, 0.0)
         while True:
+            if shown == (0.0, 0.0) and (traffic.received, traffic.sent) == last:
+                await traffic.until_next()
             await asyncio.sleep(RATE_WINDOW)
-            now = (self.received, self.bus.sent)
+            now = (traffic.received, traffic.sent)
             rates = tuple(round((n - p) / RATE_WINDOW, 1) for n, p in zip(now, last, strict=True))
             last = now
             if rates != shown:

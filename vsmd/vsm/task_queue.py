@@ -132,7 +132,7 @@ class TaskQueue:
         return unpack_reply(raw)
 
     async def _publish(self, req: TaskRequest, props: dict[str, Any]) -> None:
-        self.bus.sent += 1
+        self.bus.traffic.count_out()
         await self.bus.publish(
             self.name, req.encode(), exchange="", mandatory=True, delivery_mode=PERSISTENT, **props
         )

@@ -1,0 +1,44 @@
+"""The message counts behind a VSM's rates, and the rate reporter's park until the next one."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from vsmd.vsm.traffic import Traffic
+
+
+async def _turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("count", ["count_in", "count_out"])
+def test_a_parked_reporter_wakes_at_the_next_message_either_way(count: str) -> None:
+    async def scenario() -> None:
+        traffic = Traffic()
+        parked = asyncio.create_task(traffic.until_next())
+        await _turns()
+        assert not parked.done()  # nothing moved: it stays parked, no timer wakes it
+        getattr(traffic, count)()
+        await asyncio.wait_for(parked, 5.0)
+        assert (traffic.received, traffic.sent) == ((1, 0) if count == "count_in" else (0, 1))
+
+    asyncio.run(scenario())
+
+
+def test_counting_without_a_parked_reporter_only_counts() -> None:
+    async def scenario() -> None:
+        traffic = Traffic()
+        traffic.count_in()
+        traffic.count_out()
+        traffic.count_out()
+        parked = asyncio.create_task(traffic.until_next())
+        await _turns()
+        assert not parked.done()  # messages before it parked do not wake it
+        traffic.count_in()
+        await asyncio.wait_for(parked, 5.0)
+        assert (traffic.received, traffic.sent) == (2, 2)
+
+    asyncio.run(scenario())
