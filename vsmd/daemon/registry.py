@@ -89,7 +89,9 @@ class VsmRecord:
     refused: int = 0  # its requests the daemon refused as outside its authority
     # The dict of the policy it was made from: `list` shows the policy of every VSM, and a
     # policy changes far more rarely than it is listed.
-    _policy_shown: tuple[Policy, dict[str, Any]] | None = field(default=None, repr=False)
+    _policy_shown: tuple[Policy, dict[str, Any]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def set_status(self, new: Status) -> None:
         self.status = transition(self.status, new)
