@@ -118,8 +118,8 @@ def _prose(res: Results, cores: int) -> list[str | None]:
                 "(median of {} rounds); vsmd took {}x that.",
                 n,
                 m(f"nsfloor.bcast.{n}.all_ms"),
-                len(res.figures[f"nsfloor.bcast.{n}.all_ms"].samples)
-                if f"nsfloor.bcast.{n}.all_ms" in res.figures
+                len(floor.samples)
+                if (floor := res.figures.get(f"nsfloor.bcast.{n}.all_ms"))
                 else None,
                 _ratio(m(f"ns.bcast.{n}.all_ms"), m(f"nsfloor.bcast.{n}.all_ms")),
             )

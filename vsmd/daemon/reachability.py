@@ -57,9 +57,7 @@ class Reachability:
         went through is back; then each gets its next probe."""
         self._tick += 1
         corr_tail = f".{self._tick}"
-        for rec in self._registry.all():
-            if parts > 1 and hash(rec.id) % parts != part:
-                continue  # by hash: a VSM stays in its slice as others come and go
+        for rec in self._registry.in_slice(part, parts):
             sent = self._pending.pop(rec.id, None)
             went_through = sent is not None and rec.id not in self._returned
             self._returned.discard(rec.id)

@@ -199,6 +199,11 @@ class Registry:
     def all(self) -> Iterator[VsmRecord]:
         return iter(list(self._by_id.values()))
 
+    def in_slice(self, part: int, parts: int) -> list[VsmRecord]:
+        """Slice ``part`` of ``parts``, for work the daemon spreads over an interval. By the
+        id's hash: a VSM stays in its slice as others come and go."""
+        return [r for r in self._by_id.values() if hash(r.id) % parts == part]
+
     def live_count(self) -> int:
         return sum(1 for r in self._by_id.values() if r.live)
 

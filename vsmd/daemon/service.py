@@ -45,8 +45,7 @@ from vsmd.supervisor.oscalls import become_subreaper, hide_memory
 from vsmd.supervisor.pool import ForkServerPool
 
 log = logging.getLogger("vsmd")
-SAMPLE_SLICES = 10  # each VSM is still sampled once per sample_interval
-PROBE_SLICES = 10  # and probed once per probe_interval
+SLICES = 10  # each VSM is still sampled once per sample_interval and probed once per probe_interval
 FORKSERVER_RETRY = 1.0  # first wait before another try at a fork server that did not start
 FORKSERVER_RETRY_MAX = 60.0
 JOURNAL_RETRY = 5.0  # seconds between replays of journal writes that failed
@@ -236,20 +235,17 @@ class Daemon:
             return False
         return True
 
-    def _probe(self, part: int = 0) -> None:
+    def _in_slices(self, interval: float, run: Callable[[int, int], None], part: int = 0) -> None:
+        """``run(part, SLICES)`` for one slice every interval / SLICES, the slices in turn: work
+        over every VSM never holds the loop (and the admin queue) for the whole pass at once."""
+        # Scheduled first: a slice that fails must not end the work for good.
         self.timers.call_later(
-            self.config.probe_interval / PROBE_SLICES,
-            lambda: self._probe((part + 1) % PROBE_SLICES),
+            interval / SLICES, lambda: self._in_slices(interval, run, (part + 1) % SLICES)
         )
-        self.reach.probe_slice(part, PROBE_SLICES)
+        run(part, SLICES)
 
-    def _sample(self, part: int = 0) -> None:
-        # Scheduled first: a slice that fails must not end sampling for good.
-        self.timers.call_later(
-            self.config.sample_interval / SAMPLE_SLICES,
-            lambda: self._sample((part + 1) % SAMPLE_SLICES),
-        )
-        self.manager.sample(part, SAMPLE_SLICES)
+    def _sample(self, part: int, parts: int) -> None:
+        self.manager.sample(part, parts)
         if part == 0:
             self._reap_orphans()
 
@@ -459,11 +455,14 @@ class Daemon:
             log.info("loaded the state of %d VSMs from the journal", states)
         if restored:
             log.info("restored %d VSMs from the journal", restored)
-        self.timers.call_later(self.config.sample_interval / SAMPLE_SLICES, self._sample)
+        sample, probe = self.config.sample_interval, self.config.probe_interval
+        self.timers.call_later(sample / SLICES, lambda: self._in_slices(sample, self._sample))
         self.timers.call_later(JOURNAL_RETRY, self._retry_journal)
         self.timers.call_later(WRITE_EVERY, self._write_states)
-        if self.config.probe_interval > 0:
-            self.timers.call_later(self.config.probe_interval / PROBE_SLICES, self._probe)
+        if probe > 0:
+            self.timers.call_later(
+                probe / SLICES, lambda: self._in_slices(probe, self.reach.probe_slice)
+            )
         log.info(
             "vsmd ready: namespace %s, broker %s, strategy %s, max_total %d",
             self.config.namespace,

@@ -535,8 +535,8 @@ class SpawnManager(Lifecycle):
         """
         targets = [
             Sample(r.id, r.pid, self._limits(r), self.effective(r, "quota_action"))
-            for r in self.registry.all()  # by hash: a VSM stays in its slice as others come and go
-            if hash(r.id) % parts == part and r.status is Status.RUNNING and r.pid
+            for r in self.registry.in_slice(part, parts)
+            if r.status is Status.RUNNING and r.pid
         ]
         metrics, violations = self.sampler.sample(targets)
         for vsm_id, m in metrics.items():
