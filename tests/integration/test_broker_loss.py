@@ -91,11 +91,16 @@ def _assert_converges(c: VsmClient, ids: list[str]) -> None:
     """With the tickers paused, the daemon's replica of every VSM's data equals the VSM's own."""
     for i in ids:
         c.call(i, "pause")
-    poll_for(
-        lambda: all(c.state(i)["data"] == c.call(i, "show")["data"] for i in ids),
-        timeout=30,
-        what="state to converge",
-    )
+
+    def differences() -> dict[str, tuple[object, object]]:
+        seen = {i: (c.state(i)["data"], c.call(i, "show")["data"]) for i in ids}
+        return {i: pair for i, pair in seen.items() if pair[0] != pair[1]}
+
+    deadline = time.monotonic() + 30
+    while (diff := differences()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # On failure: each VSM whose replica differs, with (the daemon's data, the VSM's own).
+    assert diff == {}
 
 
 class SlowTerminate(threading.Thread):

@@ -5,8 +5,11 @@ Runs against a private RabbitMQ node that this test may stop; the shared broker 
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -73,3 +76,44 @@ def _pong(client: VsmClient, vsm_id: str) -> bool:
         return False
     finally:
         client.close()
+
+
+@pytest.mark.slow  # about 15 s: make test-slow, and CI
+def test_a_vsm_back_before_vsmd_still_reaches_its_replica(
+    private_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """vsmd is held (SIGSTOP) across the broker's restart, so its VSM reconnects first and finds
+    no daemon queue to sync with. What the VSM writes then must still reach the daemon's replica
+    once vsmd is back, and a flush must wait for that instead of returning early."""
+    config = {"agent_modules": ["tests.support.agents", "tests.support.msg_agents"]}
+    with running_daemon(private_broker.url, tmp_path / "state", config=config) as d:
+        c = d.client(timeout=60)
+        vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="r", agent="recorder")).id
+        c.call(vsm, "do", {"op": "state_set", "data": {"before": 1}, "flush": True})
+        flushed: list[Any] = []
+
+        def write_and_flush() -> None:
+            with d.client(timeout=120) as w:
+                cmd = {"op": "state_set", "data": {"during": 2}, "flush": True}
+                flushed.append(w.call(vsm, "do", cmd, timeout=120))
+
+        flusher = threading.Thread(target=write_and_flush, name="flusher")
+        d.proc.send_signal(signal.SIGSTOP)
+        try:
+            private_broker.stop()
+            private_broker.start()
+            poll_for(lambda: _pong(d.client(timeout=2), vsm), timeout=60, what="the VSM back")
+            flusher.start()
+            with d.client(timeout=30) as v:
+                poll_for(
+                    lambda: v.call(vsm, "do", {"op": "state_show"})["result"]["data"].get("during"),
+                    timeout=30,
+                    what="the write while vsmd is away",
+                )
+            assert flushed == []  # vsmd is stopped: nothing can have journaled the write yet
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        flusher.join(150)
+        assert flushed == [{"result": None}]
+        # No polling: a flush that returned means vsmd's replica has the write.
+        assert d.client(timeout=60).state(vsm)["data"] == {"before": 1, "during": 2}

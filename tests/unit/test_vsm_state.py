@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from vsmd.errors import ProtocolError, TooLarge
+from vsmd.errors import BrokerError, ProtocolError, TooLarge
 from vsmd.spec import VsmSpec
 from vsmd.state import Clock, Entry, encode
 from vsmd.vsm.state import StateReplica
@@ -128,3 +128,36 @@ def test_policy_from_above_is_only_tightened_below() -> None:
 
     state = asyncio.run(run())
     assert state.policy == {"max_children": 4, "x-mode": "safe"}
+
+
+def test_what_is_written_while_a_send_fails_is_sent_next() -> None:
+    """A send that fails (a lost broker) drops its delta: the re-sync after the reconnect sends
+    the whole state. What was queued while it failed, perhaps that re-sync's on the new
+    connection, must go out at once, not wait for a write that may never come."""
+
+    async def run() -> list[set[str]]:
+        gate = asyncio.Event()
+        sent: list[set[str]] = []
+        tries = 0
+
+        async def send(delta: dict[str, Any]) -> None:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                await gate.wait()
+                raise BrokerError("cannot publish: the connection is gone")
+            sent.append({e["k"] for e in delta["entries"]})
+
+        async def flush() -> None:
+            return None
+
+        state = StateReplica(spec(), send, flush)
+        state.set("a", 1)
+        while tries == 0:
+            await asyncio.sleep(0)
+        state.set("b", 2)  # queued while the first send hangs
+        gate.set()
+        await state.flush()
+        return sent
+
+    assert asyncio.run(run()) == [{"b"}]

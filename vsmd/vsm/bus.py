@@ -291,6 +291,8 @@ class VsmBus:
         try:
             await target.publish(message, key, mandatory=mandatory)
         except aio_pika.exceptions.DeliveryError:
+            if key.startswith("up."):  # our key to the daemon: no daemon queue is bound
+                raise Unreachable("vsmd is not on the broker: restarting or reconnecting") from None
             raise Unreachable(f"no VSM at {key.split('.', 1)[-1]!r}: unknown or down") from None
         except _LOST as exc:
             raise BrokerError(f"cannot publish: {_describe(exc)}") from None

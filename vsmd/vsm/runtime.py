@@ -22,7 +22,15 @@ from setproctitle import setproctitle
 
 from vsmd.agents import AgentRegistry, AsyncAgent, Sender, build_registry, overrides
 from vsmd.bus.topology import Topology
-from vsmd.errors import AgentError, BrokerError, ProtocolError, Unauthorized, VsmdError
+from vsmd.errors import (
+    AgentError,
+    BrokerError,
+    ProtocolError,
+    Timeout,
+    Unauthorized,
+    Unreachable,
+    VsmdError,
+)
 from vsmd.mcp.host import McpHost, Session
 from vsmd.mcp.registry import McpRegistry
 from vsmd.mcp.server import build_server
@@ -37,6 +45,7 @@ from vsmd.vsm.state import StateReplica
 
 log = logging.getLogger("vsmd.vsm")
 RATE_WINDOW = 5.0  # seconds over which a VSM reports its message rates
+SYNC_RETRY_FIRST = 0.2  # s before asking a daemon that is not back yet again, then doubling
 
 
 class VsmRuntime:
@@ -125,6 +134,13 @@ class VsmRuntime:
         await asyncio.gather(*sends)
 
     async def _flush_state(self) -> None:
+        resync = self._resync
+        if resync is not None and not resync.done():
+            # What was written while the broker was away reaches the daemon only with the
+            # re-sync's snapshot: the flush waits for it, then for that snapshot's delivery.
+            await asyncio.shield(resync)
+            await self.state.flush()
+            return
         await self.call(*self._up("flush"), 30.0)
 
     async def _initial_state(self) -> None:
@@ -134,14 +150,26 @@ class VsmRuntime:
         if self.spec.sync:
             await self._sync_state()
 
-    async def _sync_state(self) -> None:
-        """Anti-entropy on every (re)connect: take what the daemon journaled, send ours."""
-        try:
-            snapshot = await self.call(*self._up("sync"), 30.0)
-            if isinstance(snapshot, dict):
-                self.state.restore(snapshot)
-        except VsmdError as err:
-            log.warning("vsm %s: no state from the daemon: %s", self.spec.vsm_id, err.message)
+    async def _sync_state(self, until_heard: bool = False) -> None:
+        """Anti-entropy on every (re)connect: take what the daemon journaled, send ours.
+
+        After a reconnect (``until_heard``) the daemon may not be back on the broker yet (its
+        queue is gone with a restarted broker): we ask again with backoff until it answers,
+        because what we send before it is back never reaches its replica."""
+        backoff = SYNC_RETRY_FIRST
+        while True:
+            try:
+                snapshot = await self.call(*self._up("sync"), 30.0)
+                if isinstance(snapshot, dict):
+                    self.state.restore(snapshot)
+                break
+            except VsmdError as err:
+                absent = isinstance(err, Unreachable | Timeout)  # no daemon queue, or no answer
+                if not (absent and until_heard and self.bus.connected):
+                    log.warning("vsm %s: no state from the daemon: %s", self.spec.vsm_id, err)
+                    break
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.spec.reconnect_max_backoff)
         self.state.publish_all()
 
     def request_stop(self, code: int = 0) -> None:
@@ -344,7 +372,9 @@ class VsmRuntime:
             try:
                 await self.bus.open()
                 log.info("vsm %s reconnected to the broker", self.spec.vsm_id)
-                self._resync = asyncio.get_running_loop().create_task(self._sync_state())
+                if self._resync is not None:
+                    self._resync.cancel()  # it was for a connection that is gone
+                self._resync = asyncio.get_running_loop().create_task(self._sync_state(True))
                 return
             except BrokerError:
                 await asyncio.sleep(backoff)

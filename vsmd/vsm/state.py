@@ -136,8 +136,9 @@ class StateReplica:
                 for chunk in self._chunks(delta):
                     await self._send(encode(chunk))
             except Exception as exc:  # a lost broker: the snapshot on reconnect heals it
+                # Dropped, not kept: the re-sync sends the whole state. What was queued
+                # meanwhile may be that re-sync's, on a new connection: it is tried next.
                 log.info("vsm %s: state update not sent: %s", self.spec.vsm_id, exc)
-                return
 
     def _chunks(self, delta: Mapping[Key, Entry]) -> list[dict[Key, Entry]]:
         """Deltas that each fit in one message (every value fits in half of one)."""
