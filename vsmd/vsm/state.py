@@ -95,8 +95,11 @@ class StateReplica:
 
     async def flush(self) -> None:
         """Returns once the daemon has journaled everything written before."""
-        if self._publishing is not None:
-            await asyncio.shield(self._publishing)
+        task = self._publishing
+        if task is not None and not task.done():
+            # wait, not await: a send that aiormq ended by cancelling it (its channel closed
+            # under it) must not look like a cancellation of the agent that flushes.
+            await asyncio.wait({task})
         await self._flush()
 
     # --- writing and publishing ------------------------------------------------------------
