@@ -22,15 +22,7 @@ from setproctitle import setproctitle
 
 from vsmd.agents import AgentRegistry, AsyncAgent, Sender, build_registry, overrides
 from vsmd.bus.topology import Topology
-from vsmd.errors import (
-    AgentError,
-    BrokerError,
-    ProtocolError,
-    Timeout,
-    Unauthorized,
-    Unreachable,
-    VsmdError,
-)
+from vsmd.errors import AgentError, BrokerError, ProtocolError, Unauthorized, VsmdError
 from vsmd.mcp.host import McpHost, Session
 from vsmd.mcp.registry import McpRegistry
 from vsmd.mcp.server import build_server
@@ -41,11 +33,10 @@ from vsmd.vsm import loop as vsm_loop
 from vsmd.vsm.bus import START_CONNECT_TIMEOUT, Incoming, VsmBus
 from vsmd.vsm.context import Context, ThreadContext, unpack_reply
 from vsmd.vsm.mcp_tools import BuiltinTools, Events, caller_of
-from vsmd.vsm.state import StateReplica
+from vsmd.vsm.sync import StateLink, up_message
 
 log = logging.getLogger("vsmd.vsm")
 RATE_WINDOW = 5.0  # seconds over which a VSM reports its message rates
-SYNC_RETRY_FIRST = 0.2  # s before asking a daemon that is not back yet again, then doubling
 
 
 class VsmRuntime:
@@ -56,7 +47,8 @@ class VsmRuntime:
         self.topo = Topology(spec.namespace)
         self.agent = registry.create(spec.agent, spec.config)
         self.bus = VsmBus(spec, self.topo, self._on_message)
-        self.state = StateReplica(spec, self._send_state, self._flush_state)
+        self.sync = StateLink(spec, self.topo, self.bus, self.call, lambda: self.ctx.parent_id)
+        self.state = self.sync.replica
         # Every VSM an MCP server from the start: the tools every VSM has, and the agent's own
         # (ctx.mcp, if its spawn granted mcp); sessions are made as clients come.
         self.mcp = McpRegistry()
@@ -73,7 +65,6 @@ class VsmRuntime:
         self._stop: asyncio.Event | None = None
         self._started: asyncio.Event | None = None
         self._exit_code = EXIT_OK
-        self._resync: asyncio.Task[None] | None = None
         self.refused = 0  # messages that failed validation (counted, answered or dead-lettered)
 
     def serve_mcp(self) -> McpHost:
@@ -114,63 +105,6 @@ class VsmRuntime:
             probe = Envelope(type="probe", sender=self.spec.vsm_id, path=self.spec.path).encode()
         reply = await self.bus.request(key, body, timeout, probe)
         return unpack_reply(reply.body)
-
-    # --- state sync ------------------------------------------------------------------------
-
-    def _up(self, kind: str, body: dict[str, Any] | None = None) -> tuple[str, bytes]:
-        env = Envelope(type=kind, sender=self.spec.vsm_id, path=self.spec.path, body=body or {})
-        return self.topo.up_key(self.spec.path, kind), env.encode()
-
-    async def _send_state(self, delta: dict[str, Any]) -> None:
-        """A delta of our state to our parent's replica and the daemon's."""
-        key, raw = self._up("state", delta)
-        # The daemon first: then its replica of us is never behind what our parent, and the
-        # parent's own updates to the daemon, already say about us. Both go out before either
-        # confirm is awaited; the channel keeps their order.
-        sends = [self.bus.publish(key, raw)]
-        if self.ctx.parent_id is not None:
-            to_parent = self.topo.to_parent_key(self.ctx.parent_id, self.spec.vsm_id)
-            sends.append(self.bus.publish(to_parent, raw))
-        await asyncio.gather(*sends)
-
-    async def _flush_state(self) -> None:
-        resync = self._resync
-        if resync is not None and not resync.done():
-            # What was written while the broker was away reaches the daemon only with the
-            # re-sync's snapshot: the flush waits for it, then for that snapshot's delivery.
-            await asyncio.shield(resync)
-            await self.state.flush()
-            return
-        await self.call(*self._up("flush"), 30.0)
-
-    async def _initial_state(self) -> None:
-        """The state the daemon put in our spec; a sync only when it says so."""
-        if self.spec.state:
-            self.state.restore(self.spec.state)
-        if self.spec.sync:
-            await self._sync_state()
-
-    async def _sync_state(self, until_heard: bool = False) -> None:
-        """Anti-entropy on every (re)connect: take what the daemon journaled, send ours.
-
-        After a reconnect (``until_heard``) the daemon may not be back on the broker yet (its
-        queue is gone with a restarted broker): we ask again with backoff until it answers,
-        because what we send before it is back never reaches its replica."""
-        backoff = SYNC_RETRY_FIRST
-        while True:
-            try:
-                snapshot = await self.call(*self._up("sync"), 30.0)
-                if isinstance(snapshot, dict):
-                    self.state.restore(snapshot)
-                break
-            except VsmdError as err:
-                absent = isinstance(err, Unreachable | Timeout)  # no daemon queue, or no answer
-                if not (absent and until_heard and self.bus.connected):
-                    log.warning("vsm %s: no state from the daemon: %s", self.spec.vsm_id, err)
-                    break
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.spec.reconnect_max_backoff)
-        self.state.publish_all()
 
     def request_stop(self, code: int = 0) -> None:
         self._exit_code = code
@@ -318,13 +252,13 @@ class VsmRuntime:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def _publish_up(self, kind: str, body: dict[str, Any]) -> None:
-        await self.bus.publish(*self._up(kind, body))
+        await self.bus.publish(*up_message(self.spec, self.topo, kind, body))
 
     async def _run_agent(self) -> None:
         """start, then tick every tick_interval if the agent has a tick of its own."""
         assert self._started is not None
         try:
-            await self._initial_state()  # the agent starts with its state back
+            await self.sync.initial()  # the agent starts with its state back
             if overrides(self.agent, "start"):
                 await self._agent("start")
         finally:
@@ -372,9 +306,7 @@ class VsmRuntime:
             try:
                 await self.bus.open()
                 log.info("vsm %s reconnected to the broker", self.spec.vsm_id)
-                if self._resync is not None:
-                    self._resync.cancel()  # it was for a connection that is gone
-                self._resync = asyncio.get_running_loop().create_task(self._sync_state(True))
+                self.sync.reconnected()
                 return
             except BrokerError:
                 await asyncio.sleep(backoff)
