@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError
 
 BROKER_EVENTS = "amq.rabbitmq.event"
+HELD_REPLIES = 10_000  # answers kept while the connection is down, for after the reconnect
 log = logging.getLogger("vsmd.bus")
 
 AdminHandler = Callable[[pika.spec.BasicProperties, bytes], None]
@@ -50,6 +52,7 @@ class DaemonBus:
         self._conn: pika.BlockingConnection | None = None
         self._ch: Any = None
         self._user: str | None = None
+        self._held: deque[tuple[str, bytes, str | None]] = deque(maxlen=HELD_REPLIES)
         # (routing key, headers) of each broker event; None: no broker events consumed.
         self.on_broker_event: Callable[[str, dict[str, Any]], None] | None = None
 
@@ -91,6 +94,7 @@ class DaemonBus:
         self._conn, self._ch = conn, ch
         self._user = login_of(conn)
         log.info("connected to %s, namespace %s", redact(self.url), self.topo.namespace)
+        self._send_held()
 
     # The handlers are called inside pika's process_data_events: an exception of theirs would
     # come out of pump() looking like a lost connection (OSError is one of CONNECTION_ERRORS).
@@ -158,9 +162,26 @@ class DaemonBus:
                 conn.add_callback_threadsafe(lambda: None)
 
     def reply(self, props: pika.spec.BasicProperties, body: bytes) -> None:
+        """Answer a request; without a connection the answer is held until the reconnect
+        (the caller's channel outlives a blip of ours, and its request was acked already)."""
         if not props.reply_to:
             return
-        self.publish("", props.reply_to, body, props.correlation_id)
+        if self._ch is not None:
+            try:
+                self.publish("", props.reply_to, body, props.correlation_id)
+                return
+            except BrokerError as err:
+                log.warning("%s; the reply waits for the reconnect", err.message)
+        if len(self._held) == self._held.maxlen:
+            log.warning("%d replies wait for the broker: dropping the oldest", len(self._held))
+        self._held.append((props.reply_to, body, props.correlation_id))
+
+    def _send_held(self) -> None:
+        """The replies held while we were away, oldest first (BrokerError if lost again)."""
+        while self._held:
+            to, body, corr = self._held[0]
+            self.publish("", to, body, corr)
+            self._held.popleft()
 
     def publish(
         self,
@@ -193,10 +214,15 @@ class DaemonBus:
             raise self._lost(exc) from None
 
     def delete_queue(self, queue: str) -> None:
-        if self._ch is None:
+        if self._conn is None:
             return  # x-expires removes it once the broker is back and nobody uses it
         try:
-            self._ch.queue_delete(queue)
+            # A channel of its own: a refused delete closes it, not the one we consume on.
+            ch = self._conn.channel()
+            ch.queue_delete(queue)
+            ch.close()
+        except pika.exceptions.ChannelClosed as exc:
+            raise BrokerError(f"cannot delete {queue}: {describe(exc)}") from None
         except CONNECTION_ERRORS as exc:
             raise self._lost(exc) from None
 

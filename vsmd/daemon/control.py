@@ -233,7 +233,7 @@ class Control:
         elif kind in ("state", "sync", "flush"):
             self._state_request(kind, sender, env, respond)
         elif kind == "spawn":
-            self.manager.require(sender, "spawn")
+            self.manager.gate.require(sender, "spawn")
             cmd = Spawn.from_args(env.body)
             # A VSM's authority is its subtree: children of its own, or of a descendant.
             fut = self._spawn(self._within(sender, cmd.parent), cmd)

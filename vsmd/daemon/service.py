@@ -89,7 +89,7 @@ class Daemon:
         self.store = StateStore(
             self.manager.registry, self.journal, self._publish_tree, config.max_message_bytes
         )
-        self.manager.state_policy = self.store
+        self.manager.gate.state_policy = self.store
         self.reach = Reachability(
             self.manager.registry, self._probe_vsm, self.events_log, self._notify_vsm
         )
@@ -171,10 +171,7 @@ class Daemon:
             if sent:  # exactly one reply per request
                 return
             sent = True
-            try:
-                self.bus.reply(props, reply)
-            except BrokerError as err:
-                log.warning("reply lost: %s", err.message)
+            self.bus.reply(props, reply)
 
         return respond
 
@@ -290,10 +287,6 @@ class Daemon:
         if parent is not None:  # its replica of the child, and the subtree summary, shrink
             env = Envelope(type="forget", sender="vsmd", body={"child": rec.id})
             self._publish_tree(self.topo.id_key(parent.id), env.encode())
-        try:
-            self.bus.delete_queue(self.topo.inbox(rec.id))
-        except BrokerError as err:
-            log.warning("could not delete the inbox of %s: %s", rec.id, err.message)
         if not self.manager.shutting_down and owns_task_queue(self.manager.agents, rec.agent):
             # Its tasks wait through its restarts and ours (the journal brings it back), not
             # past its removal.
