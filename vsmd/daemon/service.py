@@ -187,6 +187,15 @@ class Daemon:
         self.reach.heard_from(split[0])
         self.control.handle_vsm(split[0], split[1], body, respond, props.user_id)
 
+    def _ask_resync(self) -> None:
+        """After our reconnect every VSM sends its whole state again: what the old connection
+        had delivered to us and we had not handled yet is gone with it (the daemon queue is
+        consumed without acks), and a VSM whose own connection held on has no reason to."""
+        env = Envelope(type="resync", sender="vsmd").encode()
+        for root in self.manager.registry.roots():
+            self._publish_tree(self.topo.id_key(root.id), env)
+            self._publish_tree(self.topo.subtree_key(root.id), env)
+
     def _publish_tree(self, key: str, body: bytes) -> None:
         try:
             self.bus.publish(self.topo.exchange, key, body)
@@ -398,6 +407,7 @@ class Daemon:
         if time.monotonic() >= self._next_connect:
             try:
                 self.bus.connect()
+                self._ask_resync()
                 self.reach.hold()  # the VSMs are reconnecting too
                 if self.guard is not None:
                     self.guard.reset()  # connection events were missed meanwhile

@@ -210,7 +210,7 @@ class VsmRuntime:
             return ok_reply({"ancestors": ancestors})
         if env.type == "call":
             return await self._deliver(env)
-        if env.type in ("state", "policy", "forget"):
+        if env.type in ("state", "policy", "forget", "resync"):
             self._state_message(env)
             return None
         raise ProtocolError(f"unknown message type {env.type[:64]!r}")
@@ -225,6 +225,8 @@ class VsmRuntime:
             self.state.apply_policy(origin, env.body)
         elif env.type == "forget" and env.sender == "vsmd":
             self.state.forget_child(str(env.body.get("child")))
+        elif env.type == "resync" and env.sender == "vsmd":
+            self.state.publish_all()  # the daemon reconnected: what it had in hand is gone
 
     async def _deliver(self, env: Envelope) -> bytes | None:
         kind, args = env.body.get("kind", "call"), env.body.get("args") or {}
