@@ -13,6 +13,9 @@ from typing import Any
 from vsmd.protocol import CAPABILITIES
 
 # Exit codes a VSM uses, so the daemon can say why a start failed.
+# The largest message on the socket between the daemon and its fork server (a spec with the
+# state it starts with, or a report): here, so that the daemon needs nothing of the fork server.
+MAX_PACKET = 1 << 20
 EXIT_OK = 0
 EXIT_BROKER = 3
 EXIT_AGENT = 4

@@ -53,6 +53,18 @@ def test_vsmctl_does_not_import_the_daemon_or_heavy_libraries() -> None:
     assert res.stdout.strip() == "[]"
 
 
+def test_the_daemon_imports_neither_the_vsm_runtime_nor_the_mcp_sdk() -> None:
+    """They are the fork server's (imported once there, for every VSM); the daemon starts
+    without paying for them, and its process stays small."""
+    code = (
+        "import sys, vsmd.daemon.cli, vsmd.daemon.service; heavy = [m for m in sys.modules if "
+        "m.split('.')[0] in ('mcp', 'mcp_types', 'aio_pika', 'aiormq', 'uvloop') or "
+        "m.startswith(('vsmd.vsm', 'vsmd.mcp.server', 'vsmd.mcp.host'))]; print(heavy)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"
+
+
 @pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_embedded_broker_left_by_a_killed_vsmd_is_replaced(broker_url: str, tmp_path: Path) -> None:
     ns = new_namespace()

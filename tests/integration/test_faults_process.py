@@ -19,7 +19,7 @@ from tests.support.harness import cleanup_namespace, poll_for, running_daemon, s
 from vsmctl.client import VsmClient
 from vsmd.errors import SpawnError
 from vsmd.protocol import Policy, SpawnConfig
-from vsmd.supervisor.forkserver import MAX_PACKET
+from vsmd.spec import MAX_PACKET
 from vsmd.supervisor.oscalls import EXIT_PARENT_GONE
 from vsmd.supervisor.pool import ForkServerPool
 

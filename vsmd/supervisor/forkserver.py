@@ -25,7 +25,7 @@ import orjson
 
 from vsmd.agents import AgentRegistry, build_registry
 from vsmd.mcp.server import build_server
-from vsmd.spec import VsmSpec
+from vsmd.spec import MAX_PACKET, VsmSpec
 from vsmd.supervisor.cgroups import join_cgroups, sweep
 from vsmd.supervisor.oscalls import (
     OsCalls,
@@ -42,7 +42,6 @@ from vsmd.vsm.prewarm import prewarm
 from vsmd.vsm.runtime import run_vsm
 
 log = logging.getLogger("vsmd.forkserver")
-MAX_PACKET = 1 << 20
 EXIT_CHILD_SETUP = 70
 # Our death signal when the daemon dies. Catchable, unlike SIGKILL, so that we kill every VSM's
 # process group (an agent's helpers too) before we go; a VSM's own death signal reaches the VSM

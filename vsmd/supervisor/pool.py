@@ -17,8 +17,7 @@ from typing import Any
 import orjson
 
 from vsmd.errors import SpawnError
-from vsmd.spec import VsmSpec
-from vsmd.supervisor.forkserver import MAX_PACKET
+from vsmd.spec import MAX_PACKET, VsmSpec
 from vsmd.supervisor.output import OutputReader
 
 log = logging.getLogger("vsmd.pool")
