@@ -30,6 +30,7 @@ def _shown(doc: str) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_the_docs_show_the_example_and_the_example_runs(
     broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

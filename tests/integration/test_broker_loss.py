@@ -118,6 +118,7 @@ class SlowTerminate(threading.Thread):
             self.result.append(f"{err.code} {err.message}")
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_broker_loss_under_load(private_broker: EmbeddedBroker, tmp_path: Path) -> None:
     config = {"agent_modules": AGENTS, "max_children": 100}
     with running_daemon(private_broker.url, tmp_path / "state", config=config) as d:

@@ -61,6 +61,7 @@ def in_node(p: psutil.Process, node: str) -> bool:
         return False
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_vsmctl_finds_an_embedded_daemon_and_not_a_killed_one(tmp_path: Path) -> None:
     ns, xdg, state = new_namespace(), private_dir(tmp_path / "xdg"), tmp_path / "state"
     state.mkdir()
@@ -115,6 +116,7 @@ def test_vsmctl_finds_an_embedded_daemon_and_not_a_killed_one(tmp_path: Path) ->
         poll_for(lambda: all(gone(p) for p in node), 30.0, what="the embedded node to die")
 
 
+@pytest.mark.slow  # about 10 s or more: make test-slow, and CI
 def test_a_secure_daemon_publishes_no_password_and_vsmctl_logs_in_as_operator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
