@@ -43,26 +43,29 @@ def test_vsmd_with_a_bad_config_value_exits_2(broker_url: str, tmp_path: Path) -
     assert res.stderr.strip() == "vsmd: invalid value for max_total: 'lots' is not a int"
 
 
-def test_vsmctl_does_not_import_the_daemon_or_heavy_libraries() -> None:
+def _loaded_after(imports: str, packages: tuple[str, ...], modules: tuple[str, ...]) -> str:
+    """In a fresh interpreter, after ``import <imports>``: the loaded modules of those top-level
+    ``packages`` or starting with one of ``modules``, as printed."""
     code = (
-        "import sys, vsmctl.app; heavy = [m for m in sys.modules if m.split('.')[0] in "
-        "('mcp', 'pydantic', 'anyio', 'aio_pika', 'aiormq') or m in ('vsmd.daemon.service', "
-        "'vsmd.vsm.runtime', 'vsmd.daemon.spawn_manager', 'psutil')]; print(heavy)"
+        f"import sys, {imports}; print([m for m in sys.modules if m.split('.')[0] in "
+        f"{packages!r} or m.startswith({modules!r})])"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert res.stdout.strip() == "[]"
+    return res.stdout.strip()
+
+
+def test_vsmctl_does_not_import_the_daemon_or_heavy_libraries() -> None:
+    heavy = ("mcp", "pydantic", "anyio", "aio_pika", "aiormq", "psutil")
+    daemon = ("vsmd.daemon.service", "vsmd.vsm.runtime", "vsmd.daemon.spawn_manager")
+    assert _loaded_after("vsmctl.app", heavy, daemon) == "[]"
 
 
 def test_the_daemon_imports_neither_the_vsm_runtime_nor_the_mcp_sdk() -> None:
     """They are the fork server's (imported once there, for every VSM); the daemon starts
     without paying for them, and its process stays small."""
-    code = (
-        "import sys, vsmd.daemon.cli, vsmd.daemon.service; heavy = [m for m in sys.modules if "
-        "m.split('.')[0] in ('mcp', 'mcp_types', 'aio_pika', 'aiormq', 'uvloop') or "
-        "m.startswith(('vsmd.vsm', 'vsmd.mcp.server', 'vsmd.mcp.host'))]; print(heavy)"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert res.stdout.strip() == "[]"
+    heavy = ("mcp", "mcp_types", "aio_pika", "aiormq", "uvloop")
+    vsm_side = ("vsmd.vsm", "vsmd.mcp.server", "vsmd.mcp.host")
+    assert _loaded_after("vsmd.daemon.cli, vsmd.daemon.service", heavy, vsm_side) == "[]"
 
 
 @pytest.mark.slow  # about 10 s or more: make test-slow, and CI

@@ -21,15 +21,14 @@ from vsmd.bus.topology import Topology
 from vsmd.protocol import SpawnConfig
 
 AGENTS = {"agent_modules": ["tests.support.agents", "tests.support.msg_agents"]}
-AMQP_PORT = 5672
 
 
-def _close_connection_of(pid: int) -> None:
+def _close_connection_of(pid: int, broker_port: int) -> None:
     """Close, at the broker, the AMQP connection that process ``pid`` holds."""
     ports = [
         c.laddr.port
         for c in psutil.Process(pid).net_connections(kind="tcp")
-        if c.raddr and c.raddr.port == AMQP_PORT
+        if c.raddr and c.raddr.port == broker_port
     ]
     assert len(ports) == 1, ports
     listed = subprocess.run(
@@ -86,7 +85,7 @@ def test_every_vsm_sends_its_state_again_after_the_daemons_reconnect(
             assert seen == {}  # nobody sends a whole state while nothing happens
 
             assert d.proc.pid is not None
-            _close_connection_of(d.proc.pid)
+            _close_connection_of(d.proc.pid, pika.URLParameters(broker_url).port)
             poll_for(
                 lambda: _whole_states(listener, queue, seen) == {r, k},
                 timeout=30,

@@ -70,7 +70,9 @@ class StateLink:
         if resync is not None and not resync.done():
             # What was written while the broker was away reaches the daemon only with the
             # re-sync's snapshot: the flush waits for it, then for that snapshot's delivery.
-            await asyncio.shield(resync)
+            # wait, not await: a re-sync cancelled by a newer reconnect is no cancellation of
+            # the flush, which then waits for the newer one.
+            await asyncio.wait({resync})
             await self.replica.flush()
             return
         await self._call(*self._up("flush"), SYNC_TIMEOUT)
