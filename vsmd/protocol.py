@@ -417,7 +417,11 @@ class Envelope:
 
     @classmethod
     def decode(cls, raw: bytes, limit: int) -> Envelope:
-        data = loads_object(raw, limit)
+        return cls.from_object(loads_object(raw, limit))
+
+    @classmethod
+    def from_object(cls, data: dict[str, Any]) -> Envelope:
+        """The envelope in a decoded JSON object, checked as ``decode`` checks it."""
         version = data.get("v", VERSION)
         if type(version) is not int or version != VERSION:
             raise ProtocolError(f"bad envelope: unknown version {str(version)[:20]!r}")

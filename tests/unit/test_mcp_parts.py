@@ -20,7 +20,7 @@ from vsmd.mcp.client import open_session
 from vsmd.mcp.host import Limits, McpHost
 from vsmd.mcp.registry import FULL, NONE, READ, Caller, McpRegistry
 from vsmd.mcp.server import build_server
-from vsmd.mcp.transport import ClientTransport, Listener
+from vsmd.mcp.transport import ClientDispatcher, Listener
 from vsmd.protocol import Envelope
 
 TOPO = Topology("unit")
@@ -153,16 +153,15 @@ def test_a_forgotten_session_is_opened_again_and_the_call_goes_through() -> None
         host, _reg, _gate = make_host()
         link = MemLink(host, Caller("vsmctl", "", FULL))
         async with (
-            ClientTransport(link, "down.root", "VSM root", "tester") as (r, w),
-            ClientSession(r, w, read_timeout_seconds=10) as s,
+            ClientDispatcher(link, "down.root", "VSM root", "tester") as dispatcher,
+            ClientSession(read_timeout_seconds=10, dispatcher=dispatcher) as s,
         ):
             await s.initialize()
             for key in list(host.sessions):
                 host._close(key)  # as after a restart: the VSM holds no session
             res = await s.call_tool("status", {})
             assert res.structured_content == {"ok": True, "role": FULL}
-            transport = link.listeners[next(iter(link.listeners))]
-            assert isinstance(transport, ClientTransport) and transport.reopened == 1
+            assert dispatcher.reopened == 1
         assert host.refused == 1  # the one request that found no session
 
     run(main())

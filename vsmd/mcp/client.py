@@ -17,7 +17,7 @@ from vsmd import __version__
 from vsmd.bus.topology import Topology
 from vsmd.errors import ProtocolError
 from vsmd.mcp.link import StandaloneLink
-from vsmd.mcp.transport import ClientTransport, Link
+from vsmd.mcp.transport import ClientDispatcher, Link
 
 _ID = re.compile(r"[0-9a-f]{12}")
 DEFAULT_TIMEOUT = 30.0
@@ -48,11 +48,10 @@ async def open_session(
     info = types.Implementation(name=f"vsmd {sender}", version=__version__)
     try:
         async with (
-            ClientTransport(link, key, label, sender, path) as (read, write),
+            ClientDispatcher(link, key, label, sender, path) as dispatcher,
             ClientSession(
-                read,
-                write,
                 read_timeout_seconds=timeout,
+                dispatcher=dispatcher,
                 client_info=info,
                 message_handler=message_handler,
             ) as session,

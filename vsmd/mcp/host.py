@@ -1,33 +1,31 @@
 """The server half inside a VSM: one MCP session per client, all on the VSM's own loop.
 
 A session is keyed by who speaks (sender and broker user), where its answers go (reply_to)
-and the client's session id, so nobody can speak into another's session. Each has bounded
-buffers: a request that finds its session's buffer full gets a BUSY error at once instead of
-queueing without limit, and at most ``max_sessions`` live at once (the least recently used
-one is closed to make room). A session idle for ``idle_timeout`` is closed.
+and the client's session id, so nobody can speak into another's session. Each is bounded: a
+request that finds ``buffer`` requests of its session still running gets a BUSY error at once
+instead of queueing without limit, and at most ``max_sessions`` live at once (the least
+recently used one is closed to make room). A session idle for ``idle_timeout`` is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-import anyio.abc
 import mcp_types as types
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.server.connection import Connection
 from mcp.server.lowlevel import Server
 from mcp.server.models import InitializationOptions
-from mcp.server.runner import serve_dual_era_loop
+from mcp.server.runner import ServerRunner, aclose_shielded
 from mcp.shared.message import SessionMessage
 
 from vsmd.errors import ProtocolError, VsmdError
 from vsmd.mcp import wire
+from vsmd.mcp.dispatch import SessionDispatcher
 from vsmd.mcp.registry import NONE, Caller, McpRegistry
 from vsmd.protocol import Envelope
 
@@ -40,7 +38,7 @@ Key = tuple[str, str, str, str]  # sender, broker user, reply_to, session id
 
 @dataclass(frozen=True)
 class Limits:
-    buffer: int = 16  # messages a session holds before BUSY
+    buffer: int = 16  # requests a session runs at once before BUSY
     max_sessions: int = 64
     idle_timeout: float = 600.0
 
@@ -52,11 +50,10 @@ class Session:
     key: Key
     caller: Caller
     host: McpHost
-    inbound: MemoryObjectSendStream[SessionMessage | Exception]
+    dispatcher: SessionDispatcher
+    connection: Connection | None = None
     last_used: float = field(default_factory=time.monotonic)
-    task: asyncio.Task[None] | None = None
     subscriptions: set[str] = field(default_factory=set)
-    peer: Any = None  # the SDK's ServerSession, known once it subscribed to something
 
 
 class McpHost:
@@ -82,6 +79,7 @@ class McpHost:
         self._init: InitializationOptions | None = None  # made for the first session
         self._reaper: asyncio.Task[None] | None = None
         self._notify_soon: set[str] = set()
+        self._closing: set[asyncio.Task[None]] = set()  # cleanups and notices under way
 
     # --- inbound ---------------------------------------------------------------------------
 
@@ -103,7 +101,7 @@ class McpHost:
 
     async def _message(self, key: Key, caller: Caller, reply_to: str, sid: str, raw: Any) -> None:
         try:
-            message = wire.from_wire(raw)
+            message = wire.parse(raw)
         except ProtocolError as err:
             self.refused += 1
             await self._answer(
@@ -116,23 +114,17 @@ class McpHost:
             if session is None:
                 return
         session.last_used = time.monotonic()
-        try:
-            session.inbound.send_nowait(message)
-        except anyio.WouldBlock:
+        if not session.dispatcher.receive(message):
             self.busy += 1
-            if wire.is_request(message):
-                n = self.limits.buffer
-                text = f"{self.path}: this session has {n} messages waiting; retry later"
-                await self._answer(reply_to, sid, wire.error(wire.request_id(raw), wire.BUSY, text))
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self.sessions.pop(key, None)
+            n = self.limits.buffer
+            text = f"{self.path}: this session has {n} requests running; retry later"
+            await self._answer(reply_to, sid, wire.error(message.id, wire.BUSY, text))
 
     async def _open_for(
-        self, key: Key, caller: Caller, reply_to: str, sid: str, message: SessionMessage
+        self, key: Key, caller: Caller, reply_to: str, sid: str, message: wire.Inbound
     ) -> Session | None:
         """A new session for an ``initialize``; anything else is answered with why not."""
-        m = message.message
-        rid = m.id if isinstance(m, types.JSONRPCRequest) else None
+        rid = message.id if message.kind == "request" else None
         if caller.role == NONE:
             self.refused += 1
             if rid is not None:
@@ -142,7 +134,7 @@ class McpHost:
                 )
                 await self._answer(reply_to, sid, wire.error(rid, wire.UNAUTHORIZED, text))
             return None
-        if not isinstance(m, types.JSONRPCRequest) or m.method != "initialize":
+        if rid is None or message.method != "initialize":
             if rid is not None:
                 self.refused += 1
                 text = f"{self.path} holds no MCP session {sid!r} (restarted?): initialize first"
@@ -157,50 +149,24 @@ class McpHost:
         return self._open(key, caller, reply_to, sid)
 
     def _open(self, key: Key, caller: Caller, reply_to: str, sid: str) -> Session:
-        c2s_send, c2s_recv = anyio.create_memory_object_stream[SessionMessage | Exception](
-            self.limits.buffer
-        )
-        s2c_send, s2c_recv = anyio.create_memory_object_stream[SessionMessage](self.limits.buffer)
         if self._init is None:
             # The server is shared by every VSM of a fork server; what initialize names is ours.
             opts = self.server.create_initialization_options()
             self._init = opts.model_copy(update={"server_name": self.name})
-        session = Session(key, caller, self, c2s_send)
+
+        async def send(message: dict[str, Any]) -> None:
+            await self._send(reply_to, sid, {"session": sid, "message": message})
+
+        session = Session(key, caller, self, SessionDispatcher(send, self.limits.buffer))
+        # The handshake-era loop of the SDK (``initialize`` first), which is all _open_for
+        # lets in: a request without a session is refused above.
+        session.connection = Connection.for_loop(session.dispatcher, session_id=sid)
+        runner = ServerRunner(self.server, session.connection, session, init_options=self._init)
+        session.dispatcher.bind(runner.on_request, runner.on_notify)
         self.sessions[key] = session
-        session.task = asyncio.get_running_loop().create_task(
-            self._serve(session, c2s_recv, s2c_send, s2c_recv, reply_to, sid)
-        )
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
         return session
-
-    async def _serve(
-        self,
-        session: Session,
-        c2s_recv: MemoryObjectReceiveStream[SessionMessage | Exception],
-        s2c_send: MemoryObjectSendStream[SessionMessage],
-        s2c_recv: MemoryObjectReceiveStream[SessionMessage],
-        reply_to: str,
-        sid: str,
-    ) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump_out, s2c_recv, reply_to, sid)
-                await serve_dual_era_loop(
-                    self.server, c2s_recv, s2c_send, lifespan_state=session, init_options=self._init
-                )
-        except Exception:
-            log.exception("vsm %s: an MCP session failed", self.vsm_id)
-        finally:
-            if self.sessions.get(session.key) is session:
-                del self.sessions[session.key]
-
-    async def _pump_out(
-        self, s2c_recv: MemoryObjectReceiveStream[SessionMessage], reply_to: str, sid: str
-    ) -> None:
-        async with s2c_recv:
-            async for message in s2c_recv:
-                await self._answer(reply_to, sid, message)
 
     async def _answer(self, reply_to: str, sid: str, message: SessionMessage) -> None:
         await self._send(reply_to, sid, {"session": sid, "message": wire.to_wire(message)})
@@ -217,7 +183,11 @@ class McpHost:
     def _close(self, key: Key) -> None:
         session = self.sessions.pop(key, None)
         if session is not None:
-            session.inbound.close()  # the server loop sees the end of its stream and returns
+            session.dispatcher.close()
+            if session.connection is not None:  # what the server's handlers left to clean up
+                task = asyncio.get_running_loop().create_task(aclose_shielded(session.connection))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     async def _reap(self) -> None:
         while self.sessions:
@@ -246,9 +216,9 @@ class McpHost:
         uris, self._notify_soon = self._notify_soon, set()
         for session in list(self.sessions.values()):
             for uri in uris & session.subscriptions:
-                if session.peer is not None:
-                    asyncio.get_running_loop().create_task(self._send_updated(session, uri))
-
-    async def _send_updated(self, session: Session, uri: str) -> None:
-        with contextlib.suppress(Exception):  # a closed session: nobody left to tell
-            await session.peer.send_resource_updated(uri)
+                if session.connection is not None:
+                    task = asyncio.get_running_loop().create_task(
+                        session.connection.send_resource_updated(uri)  # never raises
+                    )
+                    self._closing.add(task)  # held until done: the loop keeps weak references
+                    task.add_done_callback(self._closing.discard)

@@ -135,7 +135,6 @@ class Handlers:
         uri = str(params.uri)
         self._resource(ctx, uri)
         ctx.lifespan_context.subscriptions.add(uri)
-        ctx.lifespan_context.peer = ctx.session
         return types.EmptyResult()
 
     async def unsubscribe(

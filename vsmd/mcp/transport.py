@@ -1,11 +1,18 @@
-"""The client half: the SDK's stream pair carried over the tree's exchange to one VSM.
+"""The client half: the SDK's ``Dispatcher`` for a ``ClientSession`` with one VSM, carried over
+the tree's exchange.
 
-Every failure becomes the JSON-RPC error of the request it hit, so a ``ClientSession`` never
-waits for an answer that cannot come: a VSM that is unknown or down (the broker returns the
-mandatory publish), one that goes down while requests are out (a probe every second finds its
-inbox gone), a lost broker connection. After any of these, or when the VSM says it holds no
-such session (it restarted), the next request first opens a fresh session on the VSM with the
-``initialize`` the client sent at the start, so the same ``ClientSession`` keeps working.
+The SDK takes a transport either as a stream pair or as a dispatcher; this is the dispatcher,
+so a request goes from ``ClientSession`` to the broker and its answer back to the waiting call
+without memory streams and the tasks that pump them (see vsmd/mcp/dispatch.py, its server
+counterpart).
+
+Every failure becomes the JSON-RPC error (an ``MCPError``) of the request it hit, so a
+``ClientSession`` never waits for an answer that cannot come: a VSM that is unknown or down
+(the broker returns the mandatory publish), one that goes down while requests are out (a probe
+every second finds its inbox gone), a lost broker connection. After any of these, or when the
+VSM says it holds no such session (it restarted), the next request first opens a fresh session
+on the VSM with the ``initialize`` the client sent at the start, so the same ``ClientSession``
+keeps working.
 """
 
 from __future__ import annotations
@@ -15,25 +22,43 @@ import contextlib
 import itertools
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
 import anyio
-import mcp_types as types
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.shared.message import SessionMessage
+import anyio.abc
+from mcp.shared.dispatcher import (
+    CallOptions,
+    OnNotify,
+    OnNotifyIntercept,
+    OnRequest,
+    ProgressFnT,
+    coerce_request_id,
+    run_notify_intercept,
+)
+from mcp.shared.exceptions import MCPError
+from mcp_types import (
+    CONNECTION_CLOSED,
+    INVALID_REQUEST,
+    REQUEST_TIMEOUT,
+    ErrorData,
+    RequestId,
+)
+from pydantic import ValidationError
 
 from vsmd.errors import BrokerError, ProtocolError, Unreachable, VsmdError, from_dict
 from vsmd.mcp import wire
+from vsmd.mcp.dispatch import RequestContext, answer_of
 from vsmd.protocol import Envelope, loads_object
 
 log = logging.getLogger("vsmd.mcp")
 
 PROBE_EVERY = 1.0
 REINIT_TIMEOUT = 30.0
-BUFFER = 64
 MAX_REPLY = 16 << 20
+REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 class Listener(Protocol):
@@ -62,73 +87,177 @@ class Link(Protocol):
     def unlisten(self, correlation_id: str) -> None: ...
 
 
-class ClientTransport:
-    """``async with ClientTransport(link, key, label) as (read, write)``: for ``ClientSession``."""
+@dataclass(eq=False)
+class _Waiting:
+    """A request out and unanswered: kept whole, to send again on a session opened anew."""
+
+    fut: asyncio.Future[dict[str, Any]]
+    message: dict[str, Any]
+    on_progress: ProgressFnT | None = None
+
+
+def _error(data: dict[str, Any]) -> MCPError:
+    try:
+        return MCPError.from_error_data(ErrorData.model_validate(data))
+    except ValidationError:
+        return MCPError(INVALID_REQUEST, f"a malformed error answer: {str(data)[:200]}")
+
+
+async def _nothing(*_args: Any) -> Any:
+    return None
+
+
+async def _contained(work: Awaitable[Any]) -> None:
+    """A handler of the session's (a notification, a progress callback) that fails costs only
+    its own message."""
+    try:
+        await work
+    except Exception:
+        log.exception("an MCP client handler failed")
+
+
+class ClientDispatcher:
+    """``async with ClientDispatcher(link, key, label, sender) as d``, then
+    ``ClientSession(dispatcher=d)``; the session drives :meth:`run`."""
 
     def __init__(self, link: Link, key: str, label: str, sender: str, path: str = "") -> None:
         self.link = link
-        self.sender = sender
-        self.path = path
         self.key = key
         self.label = label
+        self.sender = sender
+        self.path = path
         self.sid = uuid.uuid4().hex
-        self._pending: dict[Any, SessionMessage] = {}  # requests out and unanswered, by id
-        self._init: SessionMessage | None = None  # the client's initialize, kept for re-opening
-        self._initialized: SessionMessage | None = None
-        self._stale = False  # the VSM may not know our session any more
-        self._internal: dict[str, asyncio.Future[SessionMessage]] = {}
-        self._counter = itertools.count()
-        self._in_send: MemoryObjectSendStream[SessionMessage | Exception] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._lock = asyncio.Lock()  # one writer on the wire at a time
+        self.closed = False
         self.reopened = 0
-        self._out: MemoryObjectReceiveStream[SessionMessage] | None = None
-        self._writing = False
+        self._waiting: dict[RequestId, _Waiting] = {}
+        self._ids = itertools.count(1)
+        self._init: dict[str, Any] | None = None  # the client's initialize, for re-opening
+        self._initialized: dict[str, Any] | None = None
+        self._stale = False  # the VSM may not know our session any more
+        self._reopen_lock = asyncio.Lock()
+        self._internal: dict[str, asyncio.Future[wire.Inbound]] = {}
+        self._on_request: OnRequest = _nothing
+        self._on_notify: OnNotify = _nothing
+        self._intercept: OnNotifyIntercept | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def __aenter__(
-        self,
-    ) -> tuple[
-        MemoryObjectReceiveStream[SessionMessage | Exception],
-        MemoryObjectSendStream[SessionMessage],
-    ]:
-        in_send, in_recv = anyio.create_memory_object_stream[SessionMessage | Exception](BUFFER)
-        out_send, out_recv = anyio.create_memory_object_stream[SessionMessage](BUFFER)
-        self._in_send = in_send
+    async def __aenter__(self) -> ClientDispatcher:
         await self.link.listen(self.sid, self)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._writer(out_recv)), loop.create_task(self._prober())]
-        return in_recv, out_send
+        self._spawn(self._prober())
+        return self
 
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for task in self._tasks:
+        self.closed = True
+        for task in list(self._tasks):
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         self.link.unlisten(self.sid)
-        with contextlib.suppress(
-            VsmdError, Exception
-        ):  # the VSM may be gone: then nothing to close
+        self._fail_all(CONNECTION_CLOSED, "Connection closed")
+        with contextlib.suppress(Exception):  # the VSM may be gone: then nothing to close
             await asyncio.wait_for(
                 self._post({"session": self.sid, "close": True}, mandatory=False), 2.0
             )
-        if self._in_send is not None:
-            self._in_send.close()
+
+    async def run(
+        self,
+        on_request: OnRequest,
+        on_notify: OnNotify,
+        on_notify_intercept: OnNotifyIntercept | None = None,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Answers arrive on the link's consumer, not here: this only holds the handlers of
+        what the VSM sends unasked, until the session's task group ends it."""
+        self._on_request, self._on_notify, self._intercept = (
+            on_request,
+            on_notify,
+            on_notify_intercept,
+        )
+        task_status.started()
+        await anyio.sleep_forever()
 
     async def settle(self, timeout: float) -> None:
         """Wait until every request sent has its answer (or its error), at most ``timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._busy() and loop.time() < deadline:
+        while self._waiting and loop.time() < deadline:
             await asyncio.sleep(0.05)
 
-    def _busy(self) -> bool:
-        queued = self._out is not None and self._out.statistics().current_buffer_used > 0
-        return bool(self._pending) or self._writing or queued
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.get_running_loop().create_task(_contained(coro))
+        self._tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
 
     # --- outbound --------------------------------------------------------------------------
+
+    async def send_raw_request(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> dict[str, Any]:
+        if self.closed:
+            raise MCPError(CONNECTION_CLOSED, "Connection closed")
+        opts = opts or {}
+        rid, waiting = self._request(method, params, opts)
+        key = coerce_request_id(rid)
+        abandon = opts.get("cancel_on_abandon", True)
+        sent = False
+        try:
+            await self._send(waiting.message)
+            sent = True
+            return await asyncio.wait_for(waiting.fut, opts.get("timeout"))
+        except TimeoutError:
+            if abandon:
+                await self._cancel(rid, f"timed out after {opts.get('timeout')}s")
+            raise MCPError(REQUEST_TIMEOUT, f"Request {method!r} timed out") from None
+        except asyncio.CancelledError:
+            if abandon and sent:
+                with anyio.CancelScope(shield=True):
+                    await self._cancel(rid, "caller cancelled")
+            raise
+        finally:
+            self._waiting.pop(key, None)
+
+    def _request(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions
+    ) -> tuple[RequestId, _Waiting]:
+        """The request's id and message, registered as waiting for its answer."""
+        out = dict(params) if params is not None else {}
+        if method == "initialize":
+            self._init = out
+        rid = opts.get("request_id")
+        if rid is None:
+            rid = next(self._ids)
+            while rid in self._waiting:
+                rid = next(self._ids)
+        key = coerce_request_id(rid)
+        if key in self._waiting:
+            raise ValueError(f"request id {rid!r} is already in flight")
+        on_progress = opts.get("on_progress")
+        if on_progress is not None:  # the request id doubles as its progress token
+            out["_meta"] = {**(out.get("_meta") or {}), "progressToken": rid}
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if out:
+            message["params"] = out
+        waiting = _Waiting(asyncio.get_running_loop().create_future(), message, on_progress)
+        self._waiting[key] = waiting
+        return rid, waiting
+
+    async def notify(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> None:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = dict(params)
+        if method == "notifications/initialized":
+            self._initialized = message
+        with contextlib.suppress(VsmdError):  # fire and forget, as the SDK's own transports
+            await self._post({"session": self.sid, "message": message})
+
+    async def _cancel(self, rid: RequestId, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self.notify("notifications/cancelled", {"requestId": rid, "reason": reason}), 2.0
+            )
 
     async def _post(self, body: dict[str, Any], mandatory: bool = True) -> None:
         env = Envelope(type=wire.ENVELOPE_TYPE, sender=self.sender, path=self.path, body=body)
@@ -136,41 +265,24 @@ class ClientTransport:
             self.key, env.encode(), reply_to=REPLY_TO, correlation_id=self.sid, mandatory=mandatory
         )
 
-    async def _writer(self, out_recv: MemoryObjectReceiveStream[SessionMessage]) -> None:
-        self._out = out_recv
-        async with out_recv:
-            async for message in out_recv:
-                self._writing = True
-                try:
-                    await self._send(message)
-                finally:
-                    self._writing = False
-
-    async def _send(self, message: SessionMessage) -> None:
-        m = message.message
-        if isinstance(m, types.JSONRPCRequest) and m.method == "initialize":
-            self._init = message
-        elif isinstance(m, types.JSONRPCNotification) and m.method == "notifications/initialized":
-            self._initialized = message
-        async with self._lock:
-            try:
-                if self._stale and isinstance(m, types.JSONRPCRequest) and m.method != "initialize":
-                    await self._reopen()
-                if isinstance(m, types.JSONRPCRequest):
-                    self._pending[m.id] = message
-                await self._post({"session": self.sid, "message": wire.to_wire(message)})
-            except Unreachable:
-                self._stale = True
-                await self._fail(m, wire.UNREACHABLE, f"{self.label} is unknown or down")
-            except BrokerError as err:
-                self._stale = True
-                await self._fail(m, wire.BROKER_LOST, f"cannot reach {self.label}: {err.message}")
-            except VsmdError as err:
-                await self._fail(
-                    m,
-                    wire.UNREACHABLE,
-                    f"cannot reopen the session with {self.label}: {err.message}",
-                )
+    async def _send(self, message: dict[str, Any]) -> None:
+        """Publish a request, first opening the session anew if the VSM may have lost it;
+        the MCPError of the request when it cannot go."""
+        try:
+            if self._stale and message["method"] != "initialize":
+                async with self._reopen_lock:  # one reopen, and every request waits for it
+                    if self._stale:
+                        await self._reopen()
+            await self._post({"session": self.sid, "message": message})
+        except Unreachable:
+            self._stale = True
+            raise MCPError(wire.UNREACHABLE, f"{self.label} is unknown or down") from None
+        except BrokerError as err:
+            self._stale = True
+            raise MCPError(wire.BROKER_LOST, f"cannot reach {self.label}: {err.message}") from None
+        except VsmdError as err:
+            text = f"cannot reopen the session with {self.label}: {err.message}"
+            raise MCPError(wire.UNREACHABLE, text) from None
 
     async def _reopen(self) -> None:
         """A new session on the VSM, opened with the client's own initialize."""
@@ -181,39 +293,31 @@ class ClientTransport:
         with contextlib.suppress(VsmdError):  # a VSM that still holds the old one frees it now
             await self._post({"session": old, "close": True}, mandatory=False)
         await self.link.listen(self.sid, self)
-        rid = f"vsmd-reopen-{next(self._counter)}"
-        init = self._init.message
-        assert isinstance(init, types.JSONRPCRequest)
-        fut = asyncio.get_running_loop().create_future()
+        rid = f"vsmd-reopen-{next(self._ids)}"
+        fut: asyncio.Future[wire.Inbound] = asyncio.get_running_loop().create_future()
         self._internal[rid] = fut
         try:
-            again = SessionMessage(
-                types.JSONRPCRequest(jsonrpc="2.0", id=rid, method=init.method, params=init.params)
-            )
-            await self._post({"session": self.sid, "message": wire.to_wire(again)})
+            init = {"jsonrpc": "2.0", "id": rid, "method": "initialize", "params": self._init}
+            await self._post({"session": self.sid, "message": init})
             try:
                 answer = await asyncio.wait_for(fut, REINIT_TIMEOUT)
             except TimeoutError:
                 raise Unreachable(f"{self.label} did not answer initialize") from None
         finally:
             self._internal.pop(rid, None)
-        if isinstance(answer.message, types.JSONRPCError):
-            raise Unreachable(f"{self.label} refused initialize: {answer.message.error.message}")
+        if answer.error is not None:
+            why = answer.error.get("message")
+            raise Unreachable(f"{self.label} refused initialize: {why}")
         if self._initialized is not None:
-            await self._post({"session": self.sid, "message": wire.to_wire(self._initialized)})
+            await self._post({"session": self.sid, "message": self._initialized})
         self._stale = False
         self.reopened += 1
 
-    async def _fail(self, m: Any, code: int, text: str) -> None:
-        if isinstance(m, types.JSONRPCRequest):
-            self._pending.pop(m.id, None)
-            await self._deliver(wire.error(m.id, code, text))
-
-    async def _fail_all(self, code: int, text: str) -> None:
+    def _fail_all(self, code: int, text: str) -> None:
         self._stale = True
-        pending, self._pending = self._pending, {}
-        for rid in pending:
-            await self._deliver(wire.error(rid, code, text))
+        for waiting in self._waiting.values():
+            if not waiting.fut.done():
+                waiting.fut.set_exception(MCPError(code, text))
         for fut in self._internal.values():
             if not fut.done():
                 fut.set_exception(Unreachable(text))
@@ -223,65 +327,94 @@ class ClientTransport:
         no inbox (the publish comes back) or a restarted VSM (it says no) fails them."""
         while True:
             await asyncio.sleep(PROBE_EVERY)
-            if not self._pending:
+            if not self._waiting:
                 continue
             try:
                 await self._post({"session": self.sid, "probe": True})
             except Unreachable:
-                await self._fail_all(wire.UNREACHABLE, f"{self.label} went down before it answered")
+                self._fail_all(wire.UNREACHABLE, f"{self.label} went down before it answered")
             except BrokerError:
                 pass  # on_lost tells
 
-    # --- inbound ---------------------------------------------------------------------------
-
-    async def _deliver(self, message: SessionMessage | Exception) -> None:
-        if self._in_send is not None:
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                await self._in_send.send(message)
+    # --- inbound: the link's consumer calls these ------------------------------------------
 
     async def on_lost(self) -> None:
-        await self._fail_all(wire.BROKER_LOST, f"lost the broker while waiting for {self.label}")
+        self._fail_all(wire.BROKER_LOST, f"lost the broker while waiting for {self.label}")
 
     async def on_message(self, body: bytes) -> None:
         try:
             data = loads_object(body, MAX_REPLY)
             if data.get("ok") is False:  # the VSM refused the envelope itself
                 err = from_dict(data.get("error") or {})
-                await self._fail_all(
-                    wire.UNAUTHORIZED if err.code == "UNAUTHORIZED" else types.INVALID_REQUEST,
-                    f"{self.label}: {err.code}: {err.message}",
-                )
+                code = wire.UNAUTHORIZED if err.code == "UNAUTHORIZED" else INVALID_REQUEST
+                self._fail_all(code, f"{self.label}: {err.code}: {err.message}")
                 return
-            env = Envelope.decode(body, MAX_REPLY)
+            env = Envelope.from_object(data)
             if "probe" in env.body:  # only a "no" matters: the VSM restarted without us
                 if env.body["probe"] is False and env.body.get("session") == self.sid:
-                    text = f"{self.label} went down before it answered"
-                    await self._fail_all(wire.UNREACHABLE, text)
+                    self._fail_all(wire.UNREACHABLE, f"{self.label} went down before it answered")
                 return
-            message = wire.from_wire(env.body.get("message"))
+            msg = wire.parse(env.body.get("message"))
         except VsmdError as err:
             log.warning("a malformed MCP answer from %s: %s", self.label, err.message)
             return
-        m = message.message
-        rid = getattr(m, "id", None)
-        if isinstance(rid, str) and rid in self._internal:
-            fut = self._internal[rid]
+        if msg.kind == "request":
+            self._spawn(self._serve(msg))
+        elif msg.kind == "notification":
+            self._notified(msg)
+        else:
+            self._answered(msg)
+
+    def _answered(self, msg: wire.Inbound) -> None:
+        if isinstance(msg.id, str) and msg.id in self._internal:
+            fut = self._internal[msg.id]
             if not fut.done():
-                fut.set_result(message)
+                fut.set_result(msg)
             return
-        if (
-            isinstance(m, types.JSONRPCError)
-            and m.error.code == wire.SESSION_UNKNOWN
-            and rid in self._pending
-        ):
-            # Never ran on the VSM: safe to send again, on a session opened anew.
+        waiting = self._waiting.get(coerce_request_id(msg.id)) if msg.id is not None else None
+        if waiting is None or waiting.fut.done():
+            return  # late: its caller gave up
+        if msg.error is not None and msg.error.get("code") == wire.SESSION_UNKNOWN:
+            # It never ran on the VSM: safe to send again, on a session opened anew.
             self._stale = True
-            retry = self._pending.pop(rid)
-            asyncio.get_running_loop().create_task(self._send(retry))
+            self._spawn(self._again(waiting))
+        elif msg.error is not None:
+            waiting.fut.set_exception(_error(msg.error))
+        else:
+            waiting.fut.set_result(msg.result or {})
+
+    async def _again(self, waiting: _Waiting) -> None:
+        try:
+            await self._send(waiting.message)
+        except MCPError as err:
+            if not waiting.fut.done():
+                waiting.fut.set_exception(err)
+
+    def _notified(self, msg: wire.Inbound) -> None:
+        assert msg.method is not None
+        params = msg.params or {}
+        if msg.method == "notifications/progress":
+            token = params.get("progressToken")
+            found = self._waiting.get(coerce_request_id(token)) if token is not None else None
+            progress = params.get("progress")
+            if found is not None and found.on_progress and isinstance(progress, int | float):
+                total, text = params.get("total"), params.get("message")
+                self._spawn(
+                    found.on_progress(
+                        float(progress),
+                        float(total) if isinstance(total, int | float) else None,
+                        text if isinstance(text, str) else None,
+                    )
+                )
+        if run_notify_intercept(self._intercept, msg.method, msg.params):
             return
-        if isinstance(m, types.JSONRPCResponse | types.JSONRPCError):
-            self._pending.pop(rid, None)
-        await self._deliver(message)
+        self._spawn(self._on_notify(RequestContext(self, None), msg.method, msg.params))
 
-
-REPLY_TO = "amq.rabbitmq.reply-to"
+    async def _serve(self, msg: wire.Inbound) -> None:
+        """A request of the VSM's (ping, sampling, roots …): the session's handler answers."""
+        assert msg.method is not None
+        answer = await answer_of(
+            self._on_request, RequestContext(self, msg.id), msg.method, msg.params
+        )
+        with contextlib.suppress(VsmdError):
+            await self._post({"session": self.sid, "message": answer}, mandatory=False)

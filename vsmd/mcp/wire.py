@@ -8,6 +8,7 @@ address with the session id as correlation id.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as types
@@ -43,6 +44,60 @@ def from_wire(raw: Any) -> SessionMessage:
         errors = exc.errors()
         why = f"{'.'.join(str(p) for p in errors[0]['loc'])} {errors[0]['msg']}" if errors else ""
         raise ProtocolError(f"not a JSON-RPC 2.0 message: {why}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A JSON-RPC message as a VSM's session takes it: ``kind`` is request, notification,
+    result or error. Only its shape is checked here; the SDK validates a request's params."""
+
+    kind: str
+    id: str | int | None = None
+    method: str | None = None
+    params: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+def _bad(why: str) -> ProtocolError:
+    return ProtocolError(f"not a JSON-RPC 2.0 message: {why}")
+
+
+def parse(raw: Any) -> Inbound:
+    """The message in an envelope's body; ProtocolError (said as JSON-RPC's invalid request)
+    when it is no JSON-RPC 2.0 message."""
+    if not isinstance(raw, dict):
+        raise _bad("an object is needed")
+    if raw.get("jsonrpc") != "2.0":
+        raise _bad("jsonrpc must be '2.0'")
+    params = raw.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise _bad("params must be an object")
+    rid = request_id(raw)
+    if "id" in raw and rid is None and not ("error" in raw and raw["id"] is None):
+        raise _bad("id must be a string or an integer")
+    if "method" in raw:
+        method = raw["method"]
+        if not isinstance(method, str):
+            raise _bad("method must be a string")
+        if "id" in raw:
+            return Inbound("request", rid, method, params)
+        return Inbound("notification", None, method, params)
+    return _answer(raw, rid)
+
+
+def _answer(raw: dict[str, Any], rid: str | int | None) -> Inbound:
+    if "result" in raw and rid is not None:
+        result = raw["result"]
+        if not isinstance(result, dict):
+            raise _bad("result must be an object")
+        return Inbound("result", rid, result=result)
+    if "error" in raw and "id" in raw:
+        err = raw["error"]
+        if not (isinstance(err, dict) and isinstance(err.get("code"), int) and "message" in err):
+            raise _bad("error must be an object with a code and a message")
+        return Inbound("error", rid, error=err)
+    raise _bad("neither a request, a notification nor an answer")
 
 
 def request_id(raw: Any) -> Any:
