@@ -5,96 +5,16 @@ the VSM forgot it (a restart), transparently to the SDK's ClientSession."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
-from vsmd.bus.topology import Topology
-from vsmd.errors import Unreachable
+from tests.unit.mcp_mem import MemLink, make_host, run, session_of
 from vsmd.mcp import wire
-from vsmd.mcp.client import open_session
-from vsmd.mcp.host import Limits, McpHost
-from vsmd.mcp.registry import FULL, NONE, READ, Caller, McpRegistry
-from vsmd.mcp.server import build_server
-from vsmd.mcp.transport import ClientDispatcher, Listener
-from vsmd.protocol import Envelope
-
-TOPO = Topology("unit")
-
-
-class MemLink:
-    """A broker of one VSM: what a client sends goes to the host, answers come back."""
-
-    def __init__(self, host: McpHost, caller: Caller) -> None:
-        self.host = host
-        self.caller = caller
-        self.listeners: dict[str, Listener] = {}
-        self.down = False
-        host._publish = self._answer  # the host's answers come back through us
-
-    async def _answer(self, reply_to: str, corr: str, body: bytes) -> None:
-        listener = self.listeners.get(corr)
-        if listener is not None:
-            await listener.on_message(body)
-
-    async def send(
-        self,
-        key: str,
-        body: bytes,
-        *,
-        reply_to: str | None,
-        correlation_id: str | None,
-        mandatory: bool,
-    ) -> None:
-        if self.down and mandatory:
-            raise Unreachable("nobody is bound")
-        env = Envelope.decode(body, 1 << 20)
-        asyncio.get_running_loop().create_task(self.host.deliver(env, reply_to, self.caller))
-
-    async def listen(self, correlation_id: str, listener: Listener) -> None:
-        self.listeners[correlation_id] = listener
-
-    def unlisten(self, correlation_id: str) -> None:
-        self.listeners.pop(correlation_id, None)
-
-
-def make_host(limits: Limits | None = None) -> tuple[McpHost, McpRegistry, asyncio.Event]:
-    reg = McpRegistry()
-    gate = asyncio.Event()
-
-    async def status(args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        return {"ok": True, "role": caller.role}
-
-    async def block(args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        await gate.wait()
-        return {"unblocked": True}
-
-    async def spawn(args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        return {"spawned": True}
-
-    reg.tool("status", status, read_only=True)
-    reg.tool("block", block)
-    reg.tool("spawn_child", spawn)
-
-    async def publish(reply_to: str, corr: str, body: bytes) -> None:
-        raise AssertionError("replaced by MemLink")
-
-    host = McpHost(build_server(), reg, publish, "0123456789ab", "root", limits)
-    return host, reg, gate
-
-
-@asynccontextmanager
-async def session_of(link: MemLink) -> AsyncIterator[ClientSession]:
-    async with open_session(link, TOPO, "root", "tester", timeout=10) as s:
-        yield s
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
+from vsmd.mcp.host import Limits
+from vsmd.mcp.registry import FULL, NONE, READ, Caller
+from vsmd.mcp.transport import ClientDispatcher
 
 
 def test_a_session_lists_and_calls_with_the_callers_role() -> None:
@@ -147,6 +67,8 @@ def test_a_full_session_buffer_answers_busy_instead_of_growing() -> None:
         assert busy and served and len(busy) + len(served) == 40, results
         assert host.busy == len(busy)
 
+    run(main())
+
 
 def test_a_forgotten_session_is_opened_again_and_the_call_goes_through() -> None:
     async def main() -> None:
@@ -196,7 +118,5 @@ def test_a_vsm_that_is_down_fails_the_call_at_once() -> None:
             assert failed.value.message == "VSM root is unknown or down"
             link.down = False
             assert (await s.call_tool("status", {})).structured_content is not None
-
-    run(main())
 
     run(main())

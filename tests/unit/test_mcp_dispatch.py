@@ -1,0 +1,150 @@
+"""The two dispatchers that carry MCP between a client and a VSM's session (in memory, no
+broker): the shape check of JSON-RPC on receipt, cancellation on time-out and by the caller,
+errors the SDK's runner raises, and requests the VSM sends to its client."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from mcp.client.session import ClientSession
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND, REQUEST_TIMEOUT
+
+from tests.unit.mcp_mem import MemLink, make_host, run, session_of
+from vsmd.errors import ProtocolError
+from vsmd.mcp import wire
+from vsmd.mcp.host import McpHost
+from vsmd.mcp.registry import FULL, Caller, McpRegistry
+from vsmd.mcp.transport import ClientDispatcher
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("garbage", "an object is needed"),
+        ({"jsonrpc": "1.0", "id": 1, "method": "ping"}, "jsonrpc must be '2.0'"),
+        ({"jsonrpc": "2.0", "id": 1, "method": 5}, "method must be a string"),
+        ({"jsonrpc": "2.0", "id": True, "method": "ping"}, "id must be a string or an integer"),
+        ({"jsonrpc": "2.0", "id": 1.5, "method": "ping"}, "id must be a string or an integer"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "x", "params": [1]}, "params must be an object"),
+        ({"jsonrpc": "2.0", "id": 1, "result": 3}, "result must be an object"),
+        (
+            {"jsonrpc": "2.0", "id": 1, "error": {"code": "x"}},
+            "error must be an object with a code and a message",
+        ),
+        ({"jsonrpc": "2.0", "id": 1}, "neither a request, a notification nor an answer"),
+    ],
+)
+def test_what_is_no_json_rpc_is_refused_with_why(raw: Any, why: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        wire.parse(raw)
+    assert refused.value.message == f"not a JSON-RPC 2.0 message: {why}"
+
+
+def test_each_kind_of_message_is_told_apart() -> None:
+    req = wire.parse({"jsonrpc": "2.0", "id": "a", "method": "tools/list", "params": {}})
+    assert (req.kind, req.id, req.method, req.params) == ("request", "a", "tools/list", {})
+    note = wire.parse({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert (note.kind, note.id, note.method) == ("notification", None, "notifications/initialized")
+    res = wire.parse({"jsonrpc": "2.0", "id": 3, "result": {"x": 1}})
+    assert (res.kind, res.id, res.result) == ("result", 3, {"x": 1})
+    err = wire.parse({"jsonrpc": "2.0", "id": None, "error": {"code": -1, "message": "no"}})
+    assert (err.kind, err.id, err.error) == ("error", None, {"code": -1, "message": "no"})
+
+
+def _slow_tool(reg: McpRegistry) -> dict[str, Any]:
+    seen: dict[str, Any] = {"started": 0, "cancelled": 0}
+
+    async def slow(args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        seen["started"] += 1
+        try:
+            await asyncio.Event().wait()  # only a cancellation ends it
+        except asyncio.CancelledError:
+            seen["cancelled"] += 1
+            raise
+        return {}
+
+    reg.tool("slow", slow)
+    return seen
+
+
+async def _until(check: Any, what: str, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)
+
+
+def _running(host: McpHost) -> int:
+    return sum(s.dispatcher.in_flight for s in host.sessions.values())
+
+
+def test_a_call_that_times_out_is_cancelled_on_the_vsm_and_never_answered() -> None:
+    async def main() -> None:
+        host, reg, _gate = make_host()
+        seen = _slow_tool(reg)
+        async with session_of(MemLink(host, Caller("vsmctl", "", FULL))) as s:
+            with pytest.raises(MCPError) as late:
+                await s.call_tool("slow", {}, read_timeout_seconds=0.2)
+            assert late.value.code == REQUEST_TIMEOUT
+            await _until(lambda: seen["cancelled"] == 1, "the VSM's handler is cancelled")
+            await _until(lambda: _running(host) == 0, "the VSM runs nothing for the session")
+            assert (await s.call_tool("status", {})).structured_content == {
+                "ok": True,
+                "role": FULL,
+            }
+
+    run(main())
+
+
+def test_a_caller_that_gives_up_cancels_the_vsms_handler() -> None:
+    async def main() -> None:
+        host, reg, _gate = make_host()
+        seen = _slow_tool(reg)
+        async with session_of(MemLink(host, Caller("vsmctl", "", FULL))) as s:
+            call = asyncio.ensure_future(s.call_tool("slow", {}))
+            await _until(lambda: seen["started"] == 1, "the VSM runs the tool")
+            call.cancel()
+            await _until(lambda: seen["cancelled"] == 1, "the VSM's handler is cancelled")
+            await _until(lambda: _running(host) == 0, "the VSM runs nothing for the session")
+            assert call.cancelled()
+
+    run(main())
+
+
+def test_the_runners_refusals_reach_the_caller_and_the_session_goes_on() -> None:
+    async def main() -> None:
+        host, _reg, _gate = make_host()
+        link = MemLink(host, Caller("vsmctl", "", FULL))
+        async with (
+            ClientDispatcher(link, "down.root", "VSM root", "tester") as d,
+            ClientSession(read_timeout_seconds=10, dispatcher=d) as s,
+        ):
+            await s.initialize()
+            with pytest.raises(MCPError) as no_name:
+                await d.send_raw_request("tools/call", {"arguments": {}})
+            assert no_name.value.code == INVALID_PARAMS
+            with pytest.raises(MCPError) as unknown:
+                await d.send_raw_request("no/such/method", None)
+            assert unknown.value.code == METHOD_NOT_FOUND
+            await s.send_ping()
+            assert (await s.call_tool("status", {})).structured_content is not None
+
+    run(main())
+
+
+def test_the_vsm_asks_its_client_and_hears_the_answer() -> None:
+    async def main() -> None:
+        host, _reg, _gate = make_host()
+        async with session_of(MemLink(host, Caller("vsmctl", "", FULL))):
+            [session] = host.sessions.values()
+            assert session.connection is not None
+            # A ping from the VSM's side: its request goes to the client's session, whose
+            # answer comes back to the VSM's waiting call.
+            await asyncio.wait_for(session.connection.ping(), 5.0)
+
+    run(main())
