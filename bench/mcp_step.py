@@ -24,7 +24,7 @@ from bench.vsmd_proc import VsmdProc
 from vsmctl.client import VsmClient
 from vsmd.mcp.client import open_session
 from vsmd.mcp.link import StandaloneLink
-from vsmd.mcp.transport import Listener
+from vsmd.mcp.wire import Listener
 
 PREFIX = "mcp"  # vsmd's figures here; the floor's are "mcpfloor."
 AGENTS = ["bench.agents"]

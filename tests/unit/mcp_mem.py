@@ -15,7 +15,7 @@ from vsmd.mcp.client import open_session
 from vsmd.mcp.host import Limits, McpHost
 from vsmd.mcp.registry import Caller, McpRegistry
 from vsmd.mcp.server import build_server
-from vsmd.mcp.transport import Listener
+from vsmd.mcp.wire import Listener
 from vsmd.protocol import Envelope
 
 TOPO = Topology("unit")

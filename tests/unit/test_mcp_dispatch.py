@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import anyio
+import mcp_types as types
 import pytest
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND, REQUEST_TIMEOUT
 
 from tests.unit.mcp_mem import MemLink, make_host, run, session_of
+from vsmctl.mcp_bridge import Relay
 from vsmd.errors import ProtocolError
 from vsmd.mcp import wire
 from vsmd.mcp.host import McpHost
@@ -146,5 +150,53 @@ def test_the_vsm_asks_its_client_and_hears_the_answer() -> None:
             # A ping from the VSM's side: its request goes to the client's session, whose
             # answer comes back to the VSM's waiting call.
             await asyncio.wait_for(session.connection.ping(), 5.0)
+
+    run(main())
+
+
+def test_the_bridge_keeps_the_hosts_ids_and_drops_what_the_host_cancelled() -> None:
+    init = {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "a host", "version": "1"},
+    }
+
+    async def main() -> None:
+        host, reg, _gate = make_host()
+        seen = _slow_tool(reg)
+        link = MemLink(host, Caller("vsmctl", "", FULL))
+        to_host, from_bridge = anyio.create_memory_object_stream[SessionMessage](16)
+        async with (
+            to_host,
+            from_bridge,
+            ClientDispatcher(link, "down.root", "VSM root", "vsmctl") as vsm,
+        ):
+            relay = Relay(vsm, to_host)
+            async with anyio.create_task_group() as tg:
+                await tg.start(vsm.run, relay.asked, relay.told)
+                await relay.from_host(
+                    types.JSONRPCRequest(jsonrpc="2.0", id=7, method="initialize", params=init)
+                )
+                answer = (await from_bridge.receive()).message
+                assert isinstance(answer, types.JSONRPCResponse) and answer.id == 7
+                await relay.from_host(
+                    types.JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized")
+                )
+                call = {"name": "slow", "arguments": {}}
+                await relay.from_host(
+                    types.JSONRPCRequest(jsonrpc="2.0", id="c", method="tools/call", params=call)
+                )
+                await _until(lambda: seen["started"] == 1, "the VSM runs the tool")
+                cancel = {"requestId": "c", "reason": "the user gave up"}
+                await relay.from_host(
+                    types.JSONRPCNotification(
+                        jsonrpc="2.0", method="notifications/cancelled", params=cancel
+                    )
+                )
+                await _until(lambda: seen["cancelled"] == 1, "the VSM's handler is cancelled")
+                await vsm.settle(5.0)  # returns once nothing is waiting for an answer
+                with pytest.raises(anyio.WouldBlock):  # and nothing was said of "c"
+                    from_bridge.receive_nowait()
+                tg.cancel_scope.cancel()
 
     run(main())

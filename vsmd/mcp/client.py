@@ -17,7 +17,8 @@ from vsmd import __version__
 from vsmd.bus.topology import Topology
 from vsmd.errors import ProtocolError
 from vsmd.mcp.link import StandaloneLink
-from vsmd.mcp.transport import ClientDispatcher, Link
+from vsmd.mcp.transport import ClientDispatcher
+from vsmd.mcp.wire import Link
 
 _ID = re.compile(r"[0-9a-f]{12}")
 DEFAULT_TIMEOUT = 30.0

@@ -18,7 +18,7 @@ from yarl import URL
 
 from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError, Unreachable
-from vsmd.mcp.transport import REPLY_TO, Listener
+from vsmd.mcp.wire import REPLY_TO, Listener
 
 _LOST: tuple[type[BaseException], ...] = (
     aio_pika.exceptions.AMQPError,

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -51,6 +51,7 @@ from pydantic import ValidationError
 from vsmd.errors import BrokerError, ProtocolError, Unreachable, VsmdError, from_dict
 from vsmd.mcp import wire
 from vsmd.mcp.dispatch import RequestContext, answer_of
+from vsmd.mcp.wire import REPLY_TO, Link
 from vsmd.protocol import Envelope, loads_object
 
 log = logging.getLogger("vsmd.mcp")
@@ -58,33 +59,6 @@ log = logging.getLogger("vsmd.mcp")
 PROBE_EVERY = 1.0
 REINIT_TIMEOUT = 30.0
 MAX_REPLY = 16 << 20
-REPLY_TO = "amq.rabbitmq.reply-to"
-
-
-class Listener(Protocol):
-    async def on_message(self, body: bytes) -> None: ...
-
-    async def on_lost(self) -> None: ...
-
-
-class Link(Protocol):
-    """A broker connection a client session rides on (a VSM's own, or a stand-alone one)."""
-
-    async def send(
-        self,
-        key: str,
-        body: bytes,
-        *,
-        reply_to: str | None,
-        correlation_id: str | None,
-        mandatory: bool,
-    ) -> None:
-        """Publish on the tree's exchange; Unreachable when mandatory and nobody is bound."""
-
-    def listen(self, correlation_id: str, listener: Listener) -> Awaitable[None]:
-        """Deliver replies with this correlation id to ``listener`` from now on."""
-
-    def unlisten(self, correlation_id: str) -> None: ...
 
 
 @dataclass(eq=False)

@@ -8,8 +8,9 @@ address with the session id as correlation id.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import mcp_types as types
 from mcp.shared.message import SessionMessage
@@ -24,9 +25,37 @@ MAX_SESSION_ID = 64
 # -32001 are the SDK's own (connection closed, timeout); ours start above them.
 UNREACHABLE = -32010  # no VSM at the address, or it went down before it answered
 UNAUTHORIZED = -32011  # the caller has no authority for this over this VSM
-BUSY = -32012  # the session's buffer is full: slow down
+BUSY = -32012  # the session runs as many requests as it may: slow down
 SESSION_UNKNOWN = -32013  # this VSM holds no such session (it restarted): initialize again
 BROKER_LOST = -32014  # the connection to the broker dropped while the request was out
+
+REPLY_TO = "amq.rabbitmq.reply-to"  # clients take answers on the broker's direct reply-to
+
+
+class Listener(Protocol):
+    async def on_message(self, body: bytes) -> None: ...
+
+    async def on_lost(self) -> None: ...
+
+
+class Link(Protocol):
+    """A broker connection a client session rides on (a VSM's own, or a stand-alone one)."""
+
+    async def send(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        reply_to: str | None,
+        correlation_id: str | None,
+        mandatory: bool,
+    ) -> None:
+        """Publish on the tree's exchange; Unreachable when mandatory and nobody is bound."""
+
+    def listen(self, correlation_id: str, listener: Listener) -> Awaitable[None]:
+        """Deliver replies with this correlation id to ``listener`` from now on."""
+
+    def unlisten(self, correlation_id: str) -> None: ...
 
 
 def to_wire(message: SessionMessage) -> dict[str, Any]:
