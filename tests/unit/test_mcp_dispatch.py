@@ -19,9 +19,11 @@ from tests.unit.mcp_mem import MemLink, make_host, run, session_of
 from vsmctl.mcp_bridge import Relay
 from vsmd.errors import ProtocolError
 from vsmd.mcp import wire
+from vsmd.mcp.dispatch import SessionDispatcher
 from vsmd.mcp.host import McpHost
 from vsmd.mcp.registry import FULL, Caller, McpRegistry
-from vsmd.mcp.transport import ClientDispatcher
+from vsmd.mcp.transport import INBOUND, ClientDispatcher
+from vsmd.protocol import Envelope
 
 
 @pytest.mark.parametrize(
@@ -198,5 +200,84 @@ def test_the_bridge_keeps_the_hosts_ids_and_drops_what_the_host_cancelled() -> N
                 with pytest.raises(anyio.WouldBlock):  # and nothing was said of "c"
                     from_bridge.receive_nowait()
                 tg.cancel_scope.cancel()
+
+    run(main())
+
+
+class _Wire:
+    """A link that keeps what is published and answers nothing."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        reply_to: str | None,
+        correlation_id: str | None,
+        mandatory: bool,
+    ) -> None:
+        self.sent.append(Envelope.decode(body, 1 << 20).body)
+
+    async def listen(self, correlation_id: str, listener: Any) -> None:
+        return None
+
+    def unlisten(self, correlation_id: str) -> None:
+        return None
+
+
+def _from_vsm(sid: str, message: dict[str, Any]) -> bytes:
+    body = {"session": sid, "message": message}
+    return Envelope(type=wire.ENVELOPE_TYPE, sender="0123456789ab", body=body).encode()
+
+
+def test_what_a_vsm_sends_unasked_is_bounded_on_the_client() -> None:
+    async def main() -> None:
+        link = _Wire()
+        gate = asyncio.Event()
+
+        async def stuck(*_args: Any) -> Any:
+            await gate.wait()
+            return {}
+
+        async with ClientDispatcher(link, "down.root", "VSM root", "tester") as d:
+            d._on_request, d._on_notify = stuck, stuck
+            note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {}}
+            for _ in range(INBOUND + 5):
+                await d.on_message(_from_vsm(d.sid, note))
+            assert d.dropped == 5  # the first INBOUND wait for the handler; the rest are gone
+            ask = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
+            await d.on_message(_from_vsm(d.sid, ask))
+            [refusal] = [b["message"] for b in link.sent if "message" in b]
+            assert refusal["id"] == 9 and refusal["error"]["code"] == wire.BUSY
+            gate.set()
+            await _until(lambda: not d._inbound, "the handlers to finish")
+            await d.on_message(_from_vsm(d.sid, ask))  # room again: answered by its handler
+            await _until(lambda: len(link.sent) == 2, "the ping's answer")
+            assert link.sent[-1]["message"] == {"jsonrpc": "2.0", "id": 9, "result": {}}
+
+    run(main())
+
+
+def test_notifications_a_vsm_cannot_keep_up_with_are_dropped() -> None:
+    async def main() -> None:
+        sent: list[dict[str, Any]] = []
+        gate = asyncio.Event()
+
+        async def publish(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def stuck(*_args: Any) -> Any:
+            await gate.wait()
+
+        d = SessionDispatcher(publish, limit=3)
+        d.bind(stuck, stuck)
+        note = wire.parse({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"})
+        assert all(d.receive(note) for _ in range(10))  # never refused: dropped
+        assert d.dropped == 7
+        gate.set()
+        d.close()
 
     run(main())

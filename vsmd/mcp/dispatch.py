@@ -120,7 +120,8 @@ async def _unbound(*_args: Any) -> Any:
 
 class SessionDispatcher:
     """Requests in flight at most ``limit``: one more is refused (``receive`` says False) and
-    the host answers it BUSY, so a flood costs a refusal each, never unbounded memory."""
+    the host answers it BUSY; notifications being handled at most ``limit`` too, one more is
+    dropped. So a flood costs a refusal each, never unbounded memory."""
 
     def __init__(self, send: Send, limit: int) -> None:
         self._send = send
@@ -132,6 +133,7 @@ class SessionDispatcher:
         self._waiting: dict[RequestId, asyncio.Future[dict[str, Any]]] = {}  # ours, to the client
         self._next_id = 0
         self._tasks: set[asyncio.Task[None]] = set()  # notifications being handled
+        self.dropped = 0  # notifications that found ``limit`` others being handled
 
     def bind(self, on_request: OnRequest, on_notify: OnNotify) -> None:
         self._on_request, self._on_notify = on_request, on_notify
@@ -164,6 +166,9 @@ class SessionDispatcher:
                 self._cancelled(msg.params)
             elif msg.method == "notifications/progress":
                 return True  # this server sends no requests that report progress back
+            if len(self._tasks) >= self.limit:  # fire and forget: under a flood, dropped
+                self.dropped += 1
+                return True
             task = loop.create_task(self._notified(msg.method, msg.params))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -59,6 +59,9 @@ log = logging.getLogger("vsmd.mcp")
 PROBE_EVERY = 1.0
 REINIT_TIMEOUT = 30.0
 MAX_REPLY = 16 << 20
+# What the VSM sends unasked (its requests, notifications) being handled at once at most: one
+# more request is answered BUSY, one more notification dropped, so a flood costs no memory.
+INBOUND = 64
 
 
 @dataclass(eq=False)
@@ -114,6 +117,8 @@ class ClientDispatcher:
         self._on_notify: OnNotify = _nothing
         self._intercept: OnNotifyIntercept | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._inbound: set[asyncio.Task[Any]] = set()  # the VSM's requests and notifications
+        self.dropped = 0  # the VSM's notifications dropped for want of room
 
     async def __aenter__(self) -> ClientDispatcher:
         await self.link.listen(self.sid, self)
@@ -158,10 +163,13 @@ class ClientDispatcher:
         while self._waiting and loop.time() < deadline:
             await asyncio.sleep(0.05)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[Any], inbound: bool = False) -> None:
         task = asyncio.get_running_loop().create_task(_contained(coro))
         self._tasks.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._tasks.discard)
+        if inbound:
+            self._inbound.add(task)
+            task.add_done_callback(self._inbound.discard)
 
     # --- outbound --------------------------------------------------------------------------
 
@@ -332,12 +340,26 @@ class ClientDispatcher:
         except VsmdError as err:
             log.warning("a malformed MCP answer from %s: %s", self.label, err.message)
             return
-        if msg.kind == "request":
-            self._spawn(self._serve(msg))
-        elif msg.kind == "notification":
-            self._notified(msg)
-        else:
+        if msg.kind in ("result", "error"):
             self._answered(msg)
+        elif len(self._inbound) >= INBOUND:
+            await self._refuse(msg)
+        elif msg.kind == "request":
+            self._spawn(self._serve(msg), inbound=True)
+        else:
+            self._notified(msg)
+
+    async def _refuse(self, msg: wire.Inbound) -> None:
+        if msg.kind == "notification":
+            self.dropped += 1
+            return
+        text = f"{self.sender} is handling {INBOUND} messages of {self.label}; retry later"
+        error = {"code": wire.BUSY, "message": text}
+        with contextlib.suppress(VsmdError):
+            await self._post(
+                {"session": self.sid, "message": {"jsonrpc": "2.0", "id": msg.id, "error": error}},
+                mandatory=False,
+            )
 
     def _answered(self, msg: wire.Inbound) -> None:
         if isinstance(msg.id, str) and msg.id in self._internal:
@@ -382,7 +404,9 @@ class ClientDispatcher:
                 )
         if run_notify_intercept(self._intercept, msg.method, msg.params):
             return
-        self._spawn(self._on_notify(RequestContext(self, None), msg.method, msg.params))
+        self._spawn(
+            self._on_notify(RequestContext(self, None), msg.method, msg.params), inbound=True
+        )
 
     async def _serve(self, msg: wire.Inbound) -> None:
         """A request of the VSM's (ping, sampling, roots …): the session's handler answers."""
