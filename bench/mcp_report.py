@@ -188,15 +188,16 @@ def _mem_prose(res: Results) -> list[str | None]:
     return [
         _line(
             "Two daemons up side by side, {} idle VSMs each: an idle VSM's USS was {} MiB with "
-            "`mcp_server = false` and {} MiB with the MCP server (the default), {} MiB more. "
-            "Once each VSM of the second daemon had served one MCP session (initialize, call "
+            "`mcp_server = false` and {} MiB with the MCP server (the default), {} MiB "
+            + _more_or_less(_sub(on, off))
+            + ". Once each VSM of the second daemon had served one MCP session (initialize, call "
             "`status`, close; {} s for all {}, one after the other), its USS was {} MiB, {} "
             "MiB more than before; the VSMs without MCP, measured at the same moment, were at "
             "{} MiB.",
             n,
             off,
             on,
-            _sub(on, off),
+            _abs(_sub(on, off)),
             m(f"{k}.sessions_s"),
             n,
             served,
