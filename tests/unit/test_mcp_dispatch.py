@@ -9,11 +9,12 @@ from typing import Any
 
 import anyio
 import mcp_types as types
+import orjson
 import pytest
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
-from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND, REQUEST_TIMEOUT
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, REQUEST_TIMEOUT
 
 from tests.unit.mcp_mem import MemLink, make_host, run, session_of
 from vsmctl.mcp_bridge import Relay
@@ -279,5 +280,27 @@ def test_notifications_a_vsm_cannot_keep_up_with_are_dropped() -> None:
         assert d.dropped == 7
         gate.set()
         d.close()
+
+    run(main())
+
+
+def test_an_answer_json_cannot_carry_becomes_an_error_answer() -> None:
+    async def main() -> None:
+        sent: list[dict[str, Any]] = []
+
+        async def publish(message: dict[str, Any]) -> None:
+            orjson.dumps(message)  # as the host's envelope does: a set is no JSON
+            sent.append(message)
+
+        async def odd(*_args: Any) -> Any:
+            return {"x": {1, 2}}
+
+        d = SessionDispatcher(publish, limit=4)
+        d.bind(odd, odd)
+        d.receive(wire.parse({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}}))
+        await _until(lambda: bool(sent), "an answer")
+        [answer] = sent
+        assert answer["id"] == 1 and answer["error"]["code"] == INTERNAL_ERROR
+        assert "cannot be encoded as JSON" in answer["error"]["message"]
 
     run(main())

@@ -212,8 +212,15 @@ class SessionDispatcher:
             entry = self._running.get(key)
             if entry is not None and entry[1] is dctx:
                 del self._running[key]
-        if not dctx.cancel_requested.is_set() and not self.closed:
+        if dctx.cancel_requested.is_set() or self.closed:
+            return
+        try:
             await self._send(answer)
+        except TypeError as exc:  # orjson's: a result JSON cannot carry; the caller hears why
+            log.warning("an MCP answer to %s could not be encoded: %s", method, exc)
+            text = f"the answer to {method} cannot be encoded as JSON: {exc}"
+            error = {"code": INTERNAL_ERROR, "message": text}
+            await self._send({"jsonrpc": "2.0", "id": rid, "error": error})
 
     async def _notified(self, method: str, params: Mapping[str, Any] | None) -> None:
         try:
