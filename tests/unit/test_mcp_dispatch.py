@@ -304,3 +304,22 @@ def test_an_answer_json_cannot_carry_becomes_an_error_answer() -> None:
         assert "cannot be encoded as JSON" in answer["error"]["message"]
 
     run(main())
+
+
+def test_a_malformed_error_answer_fails_the_call_that_waited_for_it() -> None:
+    async def main() -> None:
+        sent: list[dict[str, Any]] = []
+
+        async def publish(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        d = SessionDispatcher(publish, limit=4)
+        ping = asyncio.ensure_future(d.send_raw_request("ping", None))
+        await _until(lambda: bool(sent), "the ping to go out")
+        bad = {"jsonrpc": "2.0", "id": sent[0]["id"], "error": {"code": 5, "message": 7}}
+        d.receive(wire.parse(bad))  # the message must be a string: no ErrorData
+        with pytest.raises(MCPError) as failed:
+            await ping
+        assert "a malformed error answer" in failed.value.message
+
+    run(main())

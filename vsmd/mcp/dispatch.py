@@ -27,7 +27,15 @@ from mcp.shared.jsonrpc_dispatcher import (
     progress_token_from_params,
 )
 from mcp.shared.transport_context import TransportContext
-from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT, ErrorData, RequestId
+from mcp_types import (
+    CONNECTION_CLOSED,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    REQUEST_TIMEOUT,
+    ErrorData,
+    RequestId,
+)
+from pydantic import ValidationError
 
 from vsmd.mcp.wire import Inbound
 
@@ -114,6 +122,14 @@ async def answer_of(
     return answer
 
 
+def error_of(data: dict[str, Any]) -> MCPError:
+    """The peer's JSON-RPC error as the SDK raises it; a malformed one says so."""
+    try:
+        return MCPError.from_error_data(ErrorData.model_validate(data))
+    except ValidationError:
+        return MCPError(INVALID_REQUEST, f"a malformed error answer: {str(data)[:200]}")
+
+
 async def _unbound(*_args: Any) -> Any:
     raise MCPError(INTERNAL_ERROR, "the session is not ready")
 
@@ -189,7 +205,7 @@ class SessionDispatcher:
         if fut is None or fut.done():
             log.debug("an answer for no request of ours: %r", msg.id)
         elif msg.error is not None:
-            fut.set_exception(MCPError.from_error_data(ErrorData.model_validate(msg.error)))
+            fut.set_exception(error_of(msg.error))
         else:
             fut.set_result(msg.result or {})
 

@@ -43,14 +43,12 @@ from mcp_types import (
     CONNECTION_CLOSED,
     INVALID_REQUEST,
     REQUEST_TIMEOUT,
-    ErrorData,
     RequestId,
 )
-from pydantic import ValidationError
 
 from vsmd.errors import BrokerError, ProtocolError, Unreachable, VsmdError, from_dict
 from vsmd.mcp import wire
-from vsmd.mcp.dispatch import RequestContext, answer_of
+from vsmd.mcp.dispatch import RequestContext, answer_of, error_of
 from vsmd.mcp.wire import REPLY_TO, Link
 from vsmd.protocol import Envelope, loads_object
 
@@ -71,13 +69,6 @@ class _Waiting:
     fut: asyncio.Future[dict[str, Any]]
     message: dict[str, Any]
     on_progress: ProgressFnT | None = None
-
-
-def _error(data: dict[str, Any]) -> MCPError:
-    try:
-        return MCPError.from_error_data(ErrorData.model_validate(data))
-    except ValidationError:
-        return MCPError(INVALID_REQUEST, f"a malformed error answer: {str(data)[:200]}")
 
 
 async def _nothing(*_args: Any) -> Any:
@@ -375,7 +366,7 @@ class ClientDispatcher:
             self._stale = True
             self._spawn(self._again(waiting))
         elif msg.error is not None:
-            waiting.fut.set_exception(_error(msg.error))
+            waiting.fut.set_exception(error_of(msg.error))
         else:
             waiting.fut.set_result(msg.result or {})
 
