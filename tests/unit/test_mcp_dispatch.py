@@ -323,3 +323,20 @@ def test_a_malformed_error_answer_fails_the_call_that_waited_for_it() -> None:
         assert "a malformed error answer" in failed.value.message
 
     run(main())
+
+
+def test_a_progress_notice_with_a_token_of_any_shape_is_no_failure() -> None:
+    async def main() -> None:
+        heard: list[str] = []
+
+        async def note(_dctx: Any, method: str, _params: Any) -> None:
+            heard.append(method)
+
+        async with ClientDispatcher(_Wire(), "down.root", "VSM root", "tester") as d:
+            d._on_notify = note
+            odd = {"progressToken": {"a": 1}, "progress": 1}
+            message = {"jsonrpc": "2.0", "method": "notifications/progress", "params": odd}
+            await d.on_message(_from_vsm(d.sid, message))  # raises nothing
+            await _until(lambda: heard == ["notifications/progress"], "the notice handled")
+
+    run(main())

@@ -35,6 +35,7 @@ from mcp.shared.dispatcher import (
     OnNotifyIntercept,
     OnRequest,
     ProgressFnT,
+    as_request_id,
     coerce_request_id,
     run_notify_intercept,
 )
@@ -381,7 +382,7 @@ class ClientDispatcher:
         assert msg.method is not None
         params = msg.params or {}
         if msg.method == "notifications/progress":
-            token = params.get("progressToken")
+            token = as_request_id(params.get("progressToken"))  # any JSON may come: checked
             found = self._waiting.get(coerce_request_id(token)) if token is not None else None
             progress = params.get("progress")
             if found is not None and found.on_progress and isinstance(progress, int | float):
