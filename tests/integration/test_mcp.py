@@ -20,6 +20,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp_types import REQUEST_TIMEOUT
 
 from tests.support.harness import BIN, DaemonProc, poll_for, running_daemon
 from tests.support.tcp_proxy import TcpProxy
@@ -198,6 +199,28 @@ def test_a_vsm_killed_mid_call_fails_the_call_and_the_session_reopens(tree: Tree
     err, status = asyncio.run(main())
     assert err.code == wire.UNREACHABLE and "went down before it answered" in err.message
     assert status["id"] == vid and status["pid"] != first_pid
+    tree.c.terminate_child_vsm(vid)
+
+
+def test_a_call_that_times_out_stops_its_handler_on_the_vsm(tree: Tree) -> None:
+    vid = tree.c.spawn_recursive_vsm(tree.root, SpawnConfig(name="patient", agent="mcpdrive")).id
+
+    async def main() -> tuple[MCPError, dict[str, Any]]:
+        async with tree.c.mcp(vid, timeout=2) as s:
+            with pytest.raises(MCPError) as late:
+                await s.call_tool("slow", {"seconds": 60})
+            # The client's notifications/cancelled reaches the VSM, which cancels the tool.
+            await asyncio.to_thread(
+                poll_for, lambda: tree.c.state(vid)["data"].get("slow_cancelled"), 30
+            )
+            again = await s.call_tool("echo", {"x": 1})  # the session goes on
+            assert again.structured_content is not None
+            return late.value, again.structured_content
+
+    err, echo = asyncio.run(main())
+    assert err.code == REQUEST_TIMEOUT
+    assert tree.c.state(vid)["data"]["slow_started"] == tree.c.state(vid)["data"]["slow_cancelled"]
+    assert echo["echo"] == {"x": 1}
     tree.c.terminate_child_vsm(vid)
 
 

@@ -19,7 +19,11 @@ class McpDriverAgent(AsyncAgent):
     async def start(self, ctx: AgentContext) -> None:
         async def slow(args: dict[str, Any], caller: Caller) -> dict[str, Any]:
             ctx.state.set("slow_started", caller.id)
-            await asyncio.sleep(float(args.get("seconds", 1.0)))
+            try:
+                await asyncio.sleep(float(args.get("seconds", 1.0)))
+            except asyncio.CancelledError:  # the caller gave up and told us so
+                ctx.state.set("slow_cancelled", caller.id)
+                raise
             return {"slept": args.get("seconds")}
 
         async def echo(args: dict[str, Any], caller: Caller) -> dict[str, Any]:
