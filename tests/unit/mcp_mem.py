@@ -15,6 +15,7 @@ from vsmd.mcp.client import open_session
 from vsmd.mcp.host import Limits, McpHost
 from vsmd.mcp.registry import Caller, McpRegistry
 from vsmd.mcp.server import build_server
+from vsmd.mcp.transport import ClientDispatcher
 from vsmd.mcp.wire import Listener
 from vsmd.protocol import Envelope
 
@@ -80,6 +81,17 @@ def make_host(limits: Limits | None = None) -> tuple[McpHost, McpRegistry, async
 
     host = McpHost(build_server(), reg, publish, "0123456789ab", "root", limits)
     return host, reg, gate
+
+
+@asynccontextmanager
+async def raw_session(link: MemLink) -> AsyncIterator[tuple[ClientDispatcher, ClientSession]]:
+    """An initialized session and the dispatcher under it, for what the session hides."""
+    async with (
+        ClientDispatcher(link, "down.root", "VSM root", "tester") as dispatcher,
+        ClientSession(read_timeout_seconds=10, dispatcher=dispatcher) as s,
+    ):
+        await s.initialize()
+        yield dispatcher, s
 
 
 @asynccontextmanager

@@ -11,12 +11,11 @@ import anyio
 import mcp_types as types
 import orjson
 import pytest
-from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, REQUEST_TIMEOUT
 
-from tests.unit.mcp_mem import MemLink, make_host, run, session_of
+from tests.unit.mcp_mem import MemLink, make_host, raw_session, run, session_of
 from vsmctl.mcp_bridge import Relay
 from vsmd.errors import ProtocolError
 from vsmd.mcp import wire
@@ -127,11 +126,7 @@ def test_the_runners_refusals_reach_the_caller_and_the_session_goes_on() -> None
     async def main() -> None:
         host, _reg, _gate = make_host()
         link = MemLink(host, Caller("vsmctl", "", FULL))
-        async with (
-            ClientDispatcher(link, "down.root", "VSM root", "tester") as d,
-            ClientSession(read_timeout_seconds=10, dispatcher=d) as s,
-        ):
-            await s.initialize()
+        async with raw_session(link) as (d, s):
             with pytest.raises(MCPError) as no_name:
                 await d.send_raw_request("tools/call", {"arguments": {}})
             assert no_name.value.code == INVALID_PARAMS

@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
-from tests.unit.mcp_mem import MemLink, make_host, run, session_of
+from tests.unit.mcp_mem import MemLink, make_host, raw_session, run, session_of
 from vsmd.mcp import wire
 from vsmd.mcp.host import Limits
 from vsmd.mcp.registry import FULL, NONE, READ, Caller
-from vsmd.mcp.transport import ClientDispatcher
 
 
 def test_a_session_lists_and_calls_with_the_callers_role() -> None:
@@ -74,11 +72,7 @@ def test_a_forgotten_session_is_opened_again_and_the_call_goes_through() -> None
     async def main() -> None:
         host, _reg, _gate = make_host()
         link = MemLink(host, Caller("vsmctl", "", FULL))
-        async with (
-            ClientDispatcher(link, "down.root", "VSM root", "tester") as dispatcher,
-            ClientSession(read_timeout_seconds=10, dispatcher=dispatcher) as s,
-        ):
-            await s.initialize()
+        async with raw_session(link) as (dispatcher, s):
             for key in list(host.sessions):
                 host._close(key)  # as after a restart: the VSM holds no session
             res = await s.call_tool("status", {})

@@ -140,11 +140,8 @@ class ClientDispatcher:
     ) -> None:
         """Answers arrive on the link's consumer, not here: this only holds the handlers of
         what the VSM sends unasked, until the session's task group ends it."""
-        self._on_request, self._on_notify, self._intercept = (
-            on_request,
-            on_notify,
-            on_notify_intercept,
-        )
+        self._on_request, self._on_notify = on_request, on_notify
+        self._intercept = on_notify_intercept
         task_status.started()
         await anyio.sleep_forever()
 
