@@ -329,6 +329,13 @@ def test_messages_flow_within_the_rules_and_a_moved_subtree_gets_new_rights(
     # both got tokens for their new places (the old ones would refuse these keys).
     c.terminate_child_vsm(top.id)
     poll_for(lambda: c.show(mid.id).parent is None, 30.0, 0.1, "mid re-parented")
+
+    def moved(vsm: str, parent: str | None) -> bool:
+        pong = c.ping_vsm(vsm, 10.0)
+        return pong["parent"] == parent and pong["moving"] is False
+
+    # Each applies its move on its own; mid must have bound its root's keys before the alert.
+    poll_for(lambda: moved(mid.id, None) and moved(leaf.id, mid.id), 30.0, 0.1, "moves applied")
     do(leaf.id, op="alert", text="second")
 
     def alert_at_mid() -> bool:

@@ -1,4 +1,5 @@
-"""How long a VSM waits for the broker's handshake: long at start, short on a reconnect."""
+"""How long a VSM waits for the broker's handshake (long at start, short on a reconnect), and
+how a re-parenting holds whoever addresses by place until the new place is in effect."""
 
 from __future__ import annotations
 
@@ -56,3 +57,47 @@ def test_the_start_waits_longer_for_a_busy_broker(asked: list[float]) -> None:
         asyncio.run(_bus().open(START_CONNECT_TIMEOUT))
     assert asked == [START_CONNECT_TIMEOUT]
     assert START_CONNECT_TIMEOUT > CONNECT_TIMEOUT
+
+
+async def _yield(times: int = 5) -> None:
+    for _ in range(times):
+        await asyncio.sleep(0)  # lets the other tasks run; no wall-clock wait
+
+
+def test_addressing_by_place_waits_until_a_move_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        bus = _bus()
+        token = asyncio.Event()
+
+        async def slow_refresh() -> None:
+            await token.wait()  # the daemon has not handed out the new place's token yet
+
+        monkeypatch.setattr(bus, "refresh_token", slow_refresh)
+        assert bus.is_settled
+        move = asyncio.create_task(bus.move(("r00000000000",)))
+        await _yield()
+        sender = asyncio.create_task(bus.settled())
+        await _yield()
+        assert not bus.is_settled and not sender.done() and bus.ancestors == ()
+        token.set()
+        await move
+        await asyncio.wait_for(sender, 5.0)
+        assert bus.is_settled and bus.ancestors == ("r00000000000",)
+
+    asyncio.run(main())
+
+
+def test_a_move_that_fails_releases_the_senders(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        bus = _bus()
+
+        async def refused() -> None:
+            raise BrokerError("cannot refresh the broker token: gone")
+
+        monkeypatch.setattr(bus, "refresh_token", refused)
+        with pytest.raises(BrokerError, match="refresh"):
+            await bus.move(("r00000000000",))
+        assert bus.is_settled
+        await asyncio.wait_for(bus.settled(), 5.0)
+
+    asyncio.run(main())

@@ -121,6 +121,9 @@ class VsmBus:
         self._attached: list[Attach] = []
         self._watched: list[aio_pika.abc.AbstractChannel] = []
         self.lost = asyncio.Event()
+        # Clear while a re-parenting is under way (see move).
+        self._settled = asyncio.Event()
+        self._settled.set()
         # Messages in, and those this VSM sent on its own account (replies, agent messages,
         # MCP), for its rates: not its state deltas, which the rates themselves cause.
         self.traffic = Traffic()
@@ -251,6 +254,29 @@ class VsmBus:
             await self._conn.update_secret(token, reason="refresh")
         except _LOST as exc:
             raise BrokerError(f"cannot refresh the broker token: {_describe(exc)}") from None
+
+    async def move(self, ancestors: tuple[str, ...]) -> None:
+        """Re-parented: a token whose scopes cover the new place, then its bindings.
+
+        Until both are done, :meth:`settled` holds whoever addresses by place (the parent, the
+        root): a message sent meanwhile would go to the old place and be lost, or be refused
+        under the old token.
+        """
+        self._settled.clear()
+        try:
+            await self.refresh_token()
+            await self.rebind(ancestors)
+        finally:
+            self._settled.set()
+
+    @property
+    def is_settled(self) -> bool:
+        return self._settled.is_set()
+
+    async def settled(self) -> None:
+        """Returns at once unless a re-parenting is under way; then when it is done."""
+        if not self._settled.is_set():
+            await self._settled.wait()
 
     async def rebind(self, ancestors: tuple[str, ...]) -> None:
         """After a re-parenting: bind the keys of the new place, drop the old ones."""

@@ -80,6 +80,7 @@ class Context:
 
     async def send(self, target: str, kind: str, body: dict[str, Any] | None = None) -> None:
         self._need("messaging")
+        await self._rt.bus.settled()  # "parent" is the new one after a re-parenting
         self._rt.bus.traffic.count_out()
         await self._rt.bus.publish(self._key(target), self._envelope(kind, body), mandatory=True)
 
@@ -87,6 +88,7 @@ class Context:
         self, target: str, kind: str, body: dict[str, Any] | None = None, timeout: float = 10.0
     ) -> Any:
         self._need("messaging")
+        await self._rt.bus.settled()
         key = self._key(target)
         self._rt.bus.traffic.count_out()
         return await self._rt.call(key, self._envelope(kind, body), timeout)
@@ -110,6 +112,7 @@ class Context:
         self._need("messaging")
         if severity not in SEVERITIES:
             raise ProtocolError(f"severity must be one of {', '.join(SEVERITIES)}")
+        await self._rt.bus.settled()  # the root is the new one after a re-parenting
         root = self._rt.bus.ancestors[0] if self._rt.bus.ancestors else self.vsm_id
         body = {"severity": severity, "text": str(text)[:2000], "data": data or {}}
         key = self._rt.topo.alert_key(root, self.vsm_id)

@@ -198,15 +198,19 @@ class VsmRuntime:
                     "entry": entry,
                     "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
                     "refused": self.refused,
+                    # Its own view of its place: True while a re-parenting is being applied.
+                    "parent": self.ctx.parent_id,
+                    "moving": not self.bus.is_settled,
                 }
             )
         if env.type == "reparent" and env.sender == "vsmd":
             ancestors = env.body.get("ancestors")
             if not isinstance(ancestors, list) or not all(isinstance(a, str) for a in ancestors):
                 raise ProtocolError("reparent: 'ancestors' must be a list of ids")
-            await self.bus.refresh_token()  # its scopes cover the new place's keys
-            await self.bus.rebind(tuple(ancestors))
+            # Set first: whoever reads it to address the parent waits for bus.settled().
             self.ctx.parent_id = ancestors[-1] if ancestors else None
+            await self.bus.move(tuple(ancestors))
+            self.state.publish_all()  # the new parent's replica of us starts whole
             return ok_reply({"ancestors": ancestors})
         if env.type == "call":
             return await self._deliver(env)
