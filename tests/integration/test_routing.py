@@ -186,6 +186,18 @@ def test_an_abandoned_vsm_is_bound_in_its_new_place(world: World) -> None:
     assert c.show(k).parent == p
     world.ids.update(p=p, k=k)
     try:
+        # It applies the move on its own: its new bindings are in place once it says so.
+        def moved() -> bool:
+            pong = c.ping_vsm(k, 10.0)
+            return pong["parent"] == p and pong["moving"] is False
+
+        poll_for(moved, timeout=30, what="k to apply its move")
+        # k sent its whole state up: p's subtree summary counts it (and no longer m).
+        poll_for(
+            lambda: c.state(p)["metrics"].get("subtree", {}).get("count") == 2,
+            timeout=30,
+            what="p's subtree summary to count k",
+        )
         # Its new parent's broadcast to its children reaches it, and its "parent" is p now.
         c.call(p, "do", {"op": "broadcast", "kind": "adopted", "depth": 1}, timeout=30)
         poll_for(lambda: world.got("k", "adopted"), timeout=30, what="k to hear its new parent")
