@@ -26,6 +26,7 @@ import orjson
 from vsmd.agents import AgentRegistry, build_registry
 from vsmd.mcp.server import build_server
 from vsmd.spec import MAX_PACKET, VsmSpec
+from vsmd.supervisor import holes
 from vsmd.supervisor.cgroups import join_cgroups, sweep
 from vsmd.supervisor.oscalls import (
     OsCalls,
@@ -62,6 +63,8 @@ class ForkServer:
         self._wake_r, self._wake_w = os.pipe()
         self.freeze = True
         self.warm = False
+        # Objects that fill the allocator's holes (vsmd.supervisor.holes), kept for our life.
+        self.fillers: list[list[object]] = []
         self.merging = False  # pages marked for the kernel's KSM (memory_merge)
         self.orphaned = False  # the daemon died: set by the death signal's handler
         self.cgroups: dict[int, tuple[str, ...]] = {}  # pid -> the cgroups it joined
@@ -97,6 +100,8 @@ class ForkServer:
         if not self.warm and strategy == "forkserver" and msg.get("prewarm", True):
             self.warm = True  # once, on the first spawn: the first to bring a broker URL
             prewarm(spec, self.registry, self.mcp_server)
+            gc.collect()  # the warm-up's garbage first: its holes are filled with the rest
+            self.fillers = holes.fill()
         if self.freeze and msg.get("gc_freeze", True):
             # Move everything imported so far out of the collector's reach so the child's
             # first collection does not write to (and un-share) every page.

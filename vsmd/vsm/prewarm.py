@@ -24,7 +24,10 @@ from vsmd.vsm.runtime import VsmRuntime
 from vsmd.vsm.state import StateReplica
 
 log = logging.getLogger("vsmd.forkserver")
-CYCLES = 3
+# With the MCP cycle, eight runs of the path: CPython 3.11 specialises a function's bytecode on
+# its eighth call, and until then every call writes a counter into the code object, which a
+# VSM would copy for each function its start runs.
+CYCLES = 7
 
 
 async def _nowhere(_delta: dict[str, Any]) -> None:
