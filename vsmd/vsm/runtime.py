@@ -27,9 +27,9 @@ from vsmd.mcp.host import McpHost, Session
 from vsmd.mcp.registry import McpRegistry
 from vsmd.mcp.server import build_server
 from vsmd.protocol import Envelope, error_reply, loads_object, ok_reply
-from vsmd.security.identity import DAEMON_USER, OPERATOR_USER, VIEWER_USER, vsm_id_of
 from vsmd.spec import EXIT_AGENT, EXIT_BROKER, EXIT_OK, EXIT_SPEC, VsmSpec
 from vsmd.vsm import loop as vsm_loop
+from vsmd.vsm.authority import admit
 from vsmd.vsm.bus import START_CONNECT_TIMEOUT, Incoming, VsmBus
 from vsmd.vsm.context import Context, ThreadContext, unpack_reply
 from vsmd.vsm.mcp_tools import BuiltinTools, Events, caller_of
@@ -138,7 +138,7 @@ class VsmRuntime:
                 await self.serve_mcp().deliver(env, msg.reply_to, caller_of(self, msg, env))
                 return None
             if self.spec.token_socket:
-                self._admit(msg, env)
+                admit(msg, env, self.spec, self.bus.ancestors, self.topo)
             return await self._dispatch(env)
         except Unauthorized as err:
             self.refused += 1
@@ -155,34 +155,6 @@ class VsmRuntime:
             if not msg.reply_to:
                 log.warning("vsm %s: a message nobody waits for failed: %s", self.spec.vsm_id, err)
             return error_reply(err)
-
-    def _admit(self, msg: Incoming, env: Envelope) -> None:
-        """Secure mode: who may say this to us, judged by the broker-checked user_id.
-
-        The daemon anything; operators calls and pings, viewers pings; ourselves and our
-        ancestors anything a VSM may send; a child only on its own upward key, and any VSM of
-        our tree only its alert to us as its root.
-        """
-        user, me = msg.user_id, self.spec.vsm_id
-        if user == DAEMON_USER:
-            return
-        if env.sender == "vsmd":
-            raise Unauthorized(f"{user or 'an unnamed sender'} spoke as the daemon")
-        if user == OPERATOR_USER or (user == VIEWER_USER and env.type in ("ping", "probe")):
-            return
-        sender = vsm_id_of(user)
-        if sender is None or sender != env.sender:
-            raise Unauthorized(
-                f"{user or 'an unnamed sender'} may not send {env.type[:32]!r} to {self.spec.path}"
-            )
-        if sender == me or sender in self.bus.ancestors:
-            return
-        if msg.exchange == self.topo.exchange and msg.routing_key in (
-            f"toparent.{me}.{sender}",
-            f"alg.{me}.{sender}",
-        ):
-            return
-        raise Unauthorized(f"{user} is outside the authority over {self.spec.path}")
 
     async def _dispatch(self, env: Envelope) -> bytes | None:
         if env.type == "probe":
