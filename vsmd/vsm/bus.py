@@ -193,6 +193,15 @@ class VsmBus:
         for listener in list(self._listeners.values()):
             asyncio.get_running_loop().create_task(listener.on_lost())
 
+    async def _drop(self) -> None:
+        """Give the connection up as lost: the runtime reconnects."""
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(*_LOST, RuntimeError):
+                await conn.close()
+        if not self.lost.is_set():  # a close callback may have said so already
+            self._on_close()
+
     async def close(self) -> None:
         self._up = False
         conn, self._conn = self._conn, None
@@ -220,10 +229,15 @@ class VsmBus:
         root): a message sent meanwhile would go to the old place and be lost, or be refused
         under the old token.
         """
+        old, self.ancestors = self.ancestors, ancestors  # a reconnect binds the new place
         self._settled.clear()
         try:
             await self.refresh_token()
-            await self.rebind(ancestors)
+            await self._rebind(old, ancestors)
+        except BrokerError:
+            # Start over on a new connection: its token and bindings are the new place's.
+            await self._drop()
+            raise
         finally:
             self._settled.set()
 
@@ -236,11 +250,10 @@ class VsmBus:
         if not self._settled.is_set():
             await self._settled.wait()
 
-    async def rebind(self, ancestors: tuple[str, ...]) -> None:
-        """After a re-parenting: bind the keys of the new place, drop the old ones."""
-        old = set(self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, self.ancestors))
-        new = set(self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, ancestors))
-        self.ancestors = ancestors
+    async def _rebind(self, before: tuple[str, ...], after: tuple[str, ...]) -> None:
+        """Bind the keys of the new place, drop the old ones."""
+        old = set(self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, before))
+        new = set(self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, after))
         if self._inbox is None or self._exchange is None:
             return  # bound anew on reconnect
         try:
