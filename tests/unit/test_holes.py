@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vsmd.supervisor import holes
 
 STATS = """Small block threshold = 512, in 32 size classes.
@@ -32,3 +34,13 @@ def test_holes_left_by_freed_objects_are_filled() -> None:
     assert after[64] < before // 10
     assert sum(len(batch) for batch in kept) >= before
     assert made  # held until here, so that the holes stay holes
+
+
+def test_without_the_statistics_nothing_is_filled_and_nothing_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refused(_stats: str | None = None) -> dict[int, int]:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(holes, "free_blocks", refused)
+    assert holes.fill() == []

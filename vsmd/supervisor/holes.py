@@ -12,10 +12,12 @@ The allocator tells how many free blocks each size class has only through
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
-import tempfile
+
+log = logging.getLogger("vsmd.forkserver")
 
 # A row of the size-class table: class, size, pools, blocks in use, free blocks.
 _ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$")
@@ -24,18 +26,22 @@ ROUNDS = 3  # a fill opens new pools part-way; a second pass fills most of what 
 
 
 def allocator_stats() -> str:
-    """The text of ``sys._debugmallocstats()``, taken from file descriptor 2."""
-    with tempfile.TemporaryFile(mode="w+") as out:
+    """The text of ``sys._debugmallocstats()``, taken from file descriptor 2 (an in-memory
+    file meanwhile: no file system needed)."""
+    out = os.memfd_create("vsmd-mallocstats")
+    try:
         sys.stderr.flush()
         saved = os.dup(2)
-        os.dup2(out.fileno(), 2)
+        os.dup2(out, 2)
         try:
             sys._debugmallocstats()
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        out.seek(0)
-        return out.read()
+        size = os.lseek(out, 0, os.SEEK_CUR)
+        return os.pread(out, size, 0).decode(errors="replace")
+    finally:
+        os.close(out)
 
 
 def free_blocks(stats: str | None = None) -> dict[int, int]:
@@ -58,10 +64,17 @@ def _filler(size: int, i: int) -> object:
 
 
 def fill(rounds: int = ROUNDS) -> list[list[object]]:
-    """Fill every hole; the caller keeps what this returns for as long as it forks."""
+    """Fill every hole; the caller keeps what this returns for as long as it forks.
+
+    Best effort: without the statistics (another interpreter, no memfd) nothing is filled.
+    """
     kept: list[list[object]] = []
     for _ in range(rounds):
-        holes = {size: n for size, n in free_blocks().items() if n}
+        try:
+            holes = {size: n for size, n in free_blocks().items() if n}
+        except (AttributeError, OSError) as exc:
+            log.warning("allocator holes left unfilled: %s", exc)
+            break
         if not holes:
             break
         for size, count in holes.items():
