@@ -4,6 +4,7 @@ how a re-parenting holds whoever addresses by place until the new place is in ef
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import aio_pika
@@ -13,6 +14,7 @@ from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError
 from vsmd.spec import VsmSpec
 from vsmd.vsm.bus import CONNECT_TIMEOUT, START_CONNECT_TIMEOUT, VsmBus
+from vsmd.vsm.context import Context, ThreadContext
 
 
 async def _ignore(_message: Any) -> None:
@@ -103,5 +105,23 @@ def test_a_failed_move_releases_the_senders_and_reconnects(
         # The connection is given up; the next one binds the keys of the new place.
         assert bus.lost.is_set() and bus.ancestors == ("r00000000000",)
         await asyncio.wait_for(bus.settled(), 5.0)
+
+    asyncio.run(main())
+
+
+def test_an_agents_parent_id_follows_a_move(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        bus = _bus()
+
+        async def nothing() -> None:
+            return None
+
+        monkeypatch.setattr(bus, "refresh_token", nothing)
+        runtime: Any = SimpleNamespace(spec=bus.spec, state=None, mcp=None, bus=bus)
+        ctx = Context(runtime)
+        plain = ThreadContext(ctx, asyncio.get_running_loop())
+        assert ctx.parent_id is None and plain.parent_id is None  # a root, as spawned
+        await bus.move(("r00000000000", "p00000000000"))
+        assert ctx.parent_id == plain.parent_id == "p00000000000"
 
     asyncio.run(main())

@@ -74,13 +74,17 @@ class AgentContext(Protocol):
     name: str
     path: str
     depth: int
-    parent_id: str | None
     config: dict[str, Any]
     state: AsyncStateApi
     mcp: McpGrant
     """Tools, resources and prompts this VSM's MCP server adds to those every VSM has."""
     capabilities: frozenset[str]
     """What this VSM's spawn granted its agent (docs/api.md, capabilities)."""
+
+    @property
+    def parent_id(self) -> str | None:
+        """Its parent's id, None at the top level; a re-parenting changes it."""
+        ...
 
     def mcp_client(self, target: str, timeout: float = 30.0) -> AbstractAsyncContextManager[Any]:
         """An initialized MCP ``ClientSession`` with this VSM or a descendant (id or path)."""
@@ -134,11 +138,15 @@ class SyncContext(Protocol):
     name: str
     path: str
     depth: int
-    parent_id: str | None
     config: dict[str, Any]
     state: SyncStateApi
     mcp: McpGrant
     capabilities: frozenset[str]
+
+    @property
+    def parent_id(self) -> str | None:
+        """Its parent's id, None at the top level; a re-parenting changes it."""
+        ...
 
     def spawn_child(
         self,

@@ -40,13 +40,18 @@ class Context:
         self.name = spec.name
         self.path = spec.path
         self.depth = spec.depth
-        self.parent_id = spec.parent_id
         self.config = spec.config
         self.state = runtime.state
         self._caps = frozenset(spec.capabilities)
         self.capabilities = self._caps  # what its spawn granted (docs/api.md)
         self.mcp = McpGrant(runtime.mcp, "mcp" in self._caps, spec.path)
         self._tasks: TaskQueue | None = None
+
+    @property
+    def parent_id(self) -> str | None:
+        """The last of its ancestors: a re-parenting changes them, and so this."""
+        ancestors = self._rt.bus.ancestors
+        return ancestors[-1] if ancestors else None
 
     def _need(self, capability: str) -> None:
         if capability not in self._caps:
@@ -175,11 +180,14 @@ class ThreadContext:
         self.name = ctx.name
         self.path = ctx.path
         self.depth = ctx.depth
-        self.parent_id = ctx.parent_id
         self.config = ctx.config
         self.state = ThreadState(ctx.state, loop)
         self.mcp = ctx.mcp  # plain handlers registered here run in a worker thread
         self.capabilities = ctx.capabilities
+
+    @property
+    def parent_id(self) -> str | None:
+        return self._ctx.parent_id
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

@@ -179,9 +179,7 @@ class VsmRuntime:
             ancestors = env.body.get("ancestors")
             if not isinstance(ancestors, list) or not all(isinstance(a, str) for a in ancestors):
                 raise ProtocolError("reparent: 'ancestors' must be a list of ids")
-            # Set first: whoever reads it to address the parent waits for bus.settled().
-            self.ctx.parent_id = ancestors[-1] if ancestors else None
-            await self.bus.move(tuple(ancestors))
+            await self.bus.move(tuple(ancestors))  # ctx.parent_id follows its ancestors
             self.state.publish_all()  # the new parent's replica of us starts whole
             return ok_reply({"ancestors": ancestors})
         if env.type == "call":
