@@ -22,6 +22,7 @@ from bench.resources import memory
 from bench.stats import log
 from bench.vsmd_proc import VsmdProc
 from vsmctl.client import VsmClient
+from vsmd.errors import Unreachable
 from vsmd.mcp.client import open_session
 from vsmd.mcp.link import StandaloneLink
 from vsmd.mcp.wire import Listener
@@ -116,6 +117,9 @@ class _Recording:
 
     async def on_lost(self) -> None:
         await self.inner.on_lost()
+
+    async def on_returned(self, error: Unreachable) -> None:
+        await self.inner.on_returned(error)
 
 
 class _SizeLink(StandaloneLink):

@@ -144,7 +144,13 @@ def test_state_survives_a_crash_of_the_vsm_and_of_vsmd(broker_url: str, tmp_path
         d.stop()
         d = start_daemon(broker_url, tmp_path, namespace=d.namespace, config=AGENTS)
         c = d.client()
-        poll_for(lambda: c.show(ids["g"]).status == "running", timeout=60, what="g restored")
+        # Restored VSMs start at once, each on its own: one running says nothing of the others.
+        everyone = [ids[name] for name in ("r", "m", "g")]
+        poll_for(
+            lambda: all(c.show(v).status == "running" for v in everyone),
+            timeout=60,
+            what="r, m and g restored",
+        )
         assert do(c, ids["g"], op="state_show")["data"] == {"deep": {"a": 1}}
         assert do(c, ids["g"], op="state_show")["policy"] == {"x-mode": "safe"}
         assert do(c, ids["m"], op="state_show")["data"] == {"kept": [1, "two"]}

@@ -103,6 +103,7 @@ class ClientDispatcher:
         self._init: dict[str, Any] | None = None  # the client's initialize, for re-opening
         self._initialized: dict[str, Any] | None = None
         self._stale = False  # the VSM may not know our session any more
+        self._probed = False  # a probe went out for the requests now waiting
         self._reopen_lock = asyncio.Lock()
         self._internal: dict[str, asyncio.Future[wire.Inbound]] = {}
         self._on_request: OnRequest = _nothing
@@ -299,7 +300,9 @@ class ClientDispatcher:
         while True:
             await asyncio.sleep(PROBE_EVERY)
             if not self._waiting:
+                self._probed = False
                 continue
+            self._probed = True
             try:
                 await self._post({"session": self.sid, "probe": True})
             except Unreachable:
@@ -311,6 +314,14 @@ class ClientDispatcher:
 
     async def on_lost(self) -> None:
         self._fail_all(wire.BROKER_LOST, f"lost the broker while waiting for {self.label}")
+
+    async def on_returned(self, error: Unreachable) -> None:
+        """A link that does not confirm (a VSM's own) returns a post here, not from _post.
+        After a probe went out, the VSM was there when the request was sent."""
+        if self._probed:
+            self._fail_all(wire.UNREACHABLE, f"{self.label} went down before it answered")
+        else:
+            self._fail_all(wire.UNREACHABLE, f"{self.label} is unknown or down")
 
     async def on_message(self, body: bytes) -> None:
         try:

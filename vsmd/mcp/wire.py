@@ -16,7 +16,7 @@ import mcp_types as types
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
-from vsmd.errors import ProtocolError
+from vsmd.errors import ProtocolError, Unreachable
 
 ENVELOPE_TYPE = "mcp"
 MAX_SESSION_ID = 64
@@ -37,6 +37,9 @@ class Listener(Protocol):
 
     async def on_lost(self) -> None: ...
 
+    async def on_returned(self, error: Unreachable) -> None:
+        """A mandatory message of this listener's came back: nobody is bound to its key."""
+
 
 class Link(Protocol):
     """A broker connection a client session rides on (a VSM's own, or a stand-alone one)."""
@@ -50,7 +53,8 @@ class Link(Protocol):
         correlation_id: str | None,
         mandatory: bool,
     ) -> None:
-        """Publish on the tree's exchange; Unreachable when mandatory and nobody is bound."""
+        """Publish on the tree's exchange. When mandatory and nobody is bound: Unreachable
+        here (a confirming link), or later the listener's ``on_returned`` (a VSM's own)."""
 
     def listen(self, correlation_id: str, listener: Listener) -> Awaitable[None]:
         """Deliver replies with this correlation id to ``listener`` from now on."""

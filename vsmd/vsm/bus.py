@@ -24,12 +24,12 @@ import aiormq.exceptions
 from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError, Timeout, Unreachable
 from vsmd.spec import VsmSpec
+from vsmd.vsm.calls import REPLY_TO, Calls, Listener, unreachable
 from vsmd.vsm.credentials import amqp_url, fetch_token
 from vsmd.vsm.traffic import Traffic
 
 log = logging.getLogger("vsmd.vsm")
 
-REPLY_TO = "amq.rabbitmq.reply-to"
 PREFETCH = 64  # handler tasks in flight at most: a message is acked when handled
 PROBE_EVERY = 1.0  # a pending request checks this often that its target still has an inbox
 # A restarted VSM may find its old exclusive inbox still held for a moment (the broker has not
@@ -68,12 +68,13 @@ class VsmBus:
         self._ch: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
         self._inbox: aio_pika.abc.AbstractQueue | None = None
+        # Direct reply-to on the confirm channel, for what must be confirmed and still wants an
+        # answer (a task submitted with wait): consumed on first use.
         self._replies_on = False
         self._replies_lock = asyncio.Lock()
         self._up = False  # open() finished and close() not begun
-        self._pending: dict[str, asyncio.Future[Incoming]] = {}
-        # MCP client sessions of this VSM: their answers by correlation id (vsmd.mcp.transport).
-        self._listeners: dict[str, Any] = {}
+        # Requests, replies and MCP client sessions: on a channel without confirms.
+        self.calls = Calls()
         # Consumers set up again on every open, each on a channel of its own (a worker's task
         # queue wants its own prefetch); their channels are watched as the inbox's is.
         self._attached: list[Attach] = []
@@ -165,7 +166,9 @@ class VsmBus:
 
     def _on_channel_close(self, channel: Any, *_args: Any) -> None:
         # Only once set up: during open() a closed channel is retried or fails open() itself.
-        if self._up and (channel is self._ch or channel in self._watched):
+        if self._up and (
+            channel is self._ch or channel is self.calls.channel or channel in self._watched
+        ):
             self._on_close()
 
     async def attach(self, setup: Attach) -> None:
@@ -187,11 +190,7 @@ class VsmBus:
     def _on_close(self, *_args: Any) -> None:
         self.lost.set()
         self._replies_on = False
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(BrokerError("lost the broker before the answer came"))
-        for listener in list(self._listeners.values()):
-            asyncio.get_running_loop().create_task(listener.on_lost())
+        self.calls.lost()
 
     async def _drop(self) -> None:
         """Give the connection up as lost: the runtime reconnects."""
@@ -208,6 +207,7 @@ class VsmBus:
         self._ch = self._exchange = self._inbox = None
         self._watched = []
         self._replies_on = False
+        self.calls.closed()
         if conn is not None:
             with contextlib.suppress(*_LOST, RuntimeError):
                 await conn.close()
@@ -271,31 +271,42 @@ class VsmBus:
         *,
         mandatory: bool = False,
         exchange: str | None = None,
+        call: bool = False,
         **props: Any,
     ) -> None:
-        """Publish on the tree's exchange (or ``exchange``, "" for a queue name).
+        """Publish on the tree's exchange (or ``exchange``, "" for a queue name), confirmed.
 
-        With ``mandatory`` an address no inbox is bound to raises Unreachable.
+        With ``mandatory`` an address no inbox is bound to raises Unreachable. With ``call``
+        it goes unconfirmed on the calls channel, and such an address fails whoever waits on
+        the message's correlation id instead (vsmd/vsm/calls.py).
         """
         if self._ch is None or self._exchange is None or self.lost.is_set():
             raise BrokerError("not connected to the broker")
-        target = self._exchange
-        if exchange is not None:
-            target = self._ch.default_exchange if exchange == "" else target
+        channel, target = self._ch, self._exchange
+        if call:
+            await self._calls()
+            assert self.calls.channel is not None and self.calls.exchange is not None
+            channel, target = self.calls.channel, self.calls.exchange
+        if exchange == "":
+            target = channel.default_exchange
         if self.user is not None:
             props["user_id"] = self.user  # the broker checks it: receivers trust only this
         message = aio_pika.Message(body, content_type="application/json", **props)
         try:
             await target.publish(message, key, mandatory=mandatory)
         except aio_pika.exceptions.DeliveryError:
-            if key.startswith("up."):  # our key to the daemon: no daemon queue is bound
-                raise Unreachable("vsmd is not on the broker: restarting or reconnecting") from None
-            raise Unreachable(f"no VSM at {key.split('.', 1)[-1]!r}: unknown or down") from None
+            raise unreachable(key) from None
         except _LOST as exc:
             raise BrokerError(f"cannot publish: {_describe(exc)}") from None
 
     async def reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
-        # Not mandatory: a requester that gave up is no error of ours.
+        # Not mandatory: a requester that gave up is no error of ours. Unconfirmed: it is
+        # an answer, and its requester's timeout covers one that is lost.
+        self.traffic.count_out()
+        await self.publish(reply_to, body, exchange="", call=True, correlation_id=correlation_id)
+
+    async def reply_confirmed(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
+        """A reply the broker has taken when this returns (a task's result, acked after it)."""
         self.traffic.count_out()
         await self.publish(reply_to, body, exchange="", correlation_id=correlation_id)
 
@@ -307,19 +318,21 @@ class VsmBus:
         """Publish a request to ``key`` and wait for its reply.
 
         Unreachable when nothing is bound to ``key`` or the target's inbox goes away while we
-        wait (checked every PROBE_EVERY s with a ``probe`` that its receiver ignores).
+        wait (checked every PROBE_EVERY s with a ``probe`` that its receiver ignores; the
+        broker returns the probe, under the request's correlation id, when the inbox is gone).
         """
-        await self._replies()
         loop = asyncio.get_running_loop()
         corr = uuid.uuid4().hex
         fut: asyncio.Future[Incoming] = loop.create_future()
-        self._pending[corr] = fut
+        self.calls.pending[corr] = fut
         deadline = loop.time() + timeout
+        probed = False
         try:
             await self.publish(
                 key,
                 body,
                 mandatory=True,
+                call=True,
                 reply_to=REPLY_TO,
                 correlation_id=corr,
                 expiration=max(timeout, 0.001),
@@ -329,56 +342,66 @@ class VsmBus:
                 if left <= 0:
                     raise Timeout(f"no answer from {key.split('.', 1)[-1]!r} within {timeout:g} s")
                 every = PROBE_EVERY if probe is not None else left
-                with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(fut), min(left, every))
-                if probe is None:
-                    continue
                 try:
-                    await self.publish(key, probe, mandatory=True, expiration=PROBE_EVERY)
+                    return await asyncio.wait_for(asyncio.shield(fut), min(left, every))
+                except TimeoutError:
+                    pass
                 except Unreachable:
+                    if not probed:
+                        raise
                     raise Unreachable(
                         f"{key.split('.', 1)[-1]!r} went down before it answered"
                     ) from None
+                if probe is not None:
+                    probed = True
+                    await self.publish(
+                        key,
+                        probe,
+                        mandatory=True,
+                        call=True,
+                        correlation_id=corr,
+                        expiration=PROBE_EVERY,
+                    )
         finally:
-            self._pending.pop(corr, None)
+            self.calls.pending.pop(corr, None)
 
-    async def _replies(self) -> None:
-        """Consume direct reply-to on our channel, once per connection (not at start-up)."""
-        # Requests made at once all come here first: one consume only, a second on the same
-        # channel is an error that closes it.
-        async with self._replies_lock:
-            await self._consume_replies()
-
-    async def _consume_replies(self) -> None:
-        if self._replies_on:
-            return
-        if self._ch is None:
+    async def _calls(self) -> None:
+        if self._conn is None or self.lost.is_set():
             raise BrokerError("not connected to the broker")
         try:
-            queue = await self._ch.get_queue(REPLY_TO, ensure=False)
-            await queue.consume(self._on_reply, no_ack=True)
+            await self.calls.open(self._conn, self.topo.exchange)
         except _LOST as exc:
             raise BrokerError(f"cannot receive replies: {_describe(exc)}") from None
-        self._replies_on = True
 
-    async def _on_reply(self, message: Incoming) -> None:
-        corr = message.correlation_id or ""
-        fut = self._pending.get(corr)
-        if fut is not None and not fut.done():
-            fut.set_result(message)
-            return
-        listener = self._listeners.get(corr)
-        if listener is not None:
-            await listener.on_message(message.body)
+    async def _replies(self) -> None:
+        """Consume direct reply-to on the confirm channel, once per connection."""
+        async with self._replies_lock:  # a second consume on the same channel would close it
+            if self._replies_on:
+                return
+            if self._ch is None:
+                raise BrokerError("not connected to the broker")
+            try:
+                queue = await self._ch.get_queue(REPLY_TO, ensure=False)
+                await queue.consume(self.calls.on_reply, no_ack=True)
+            except _LOST as exc:
+                raise BrokerError(f"cannot receive replies: {_describe(exc)}") from None
+            self._replies_on = True
 
     # --- the vsmd.mcp.transport.Link of this VSM's MCP client sessions ----------------------
 
-    async def listen(self, correlation_id: str, listener: Any) -> None:
-        await self._replies()
-        self._listeners[correlation_id] = listener
+    async def listen(
+        self, correlation_id: str, listener: Listener, confirmed: bool = False
+    ) -> None:
+        """Answers with this correlation id go to ``listener``: those to requests published
+        with ``send`` (the calls channel), or with ``confirmed`` to the confirm channel's."""
+        if confirmed:
+            await self._replies()
+        else:
+            await self._calls()
+        self.calls.listeners[correlation_id] = listener
 
     def unlisten(self, correlation_id: str) -> None:
-        self._listeners.pop(correlation_id, None)
+        self.calls.listeners.pop(correlation_id, None)
 
     async def send(
         self,
@@ -389,12 +412,13 @@ class VsmBus:
         correlation_id: str | None,
         mandatory: bool,
     ) -> None:
+        """Unconfirmed, on the calls channel: a returned message goes to the listener of its
+        correlation id (``on_returned``), not to this call."""
         self.traffic.count_out()
         props: dict[str, Any] = {}
         if reply_to is not None:
-            await self._replies()  # direct reply-to: consumed before the first publish naming it
             props = {"reply_to": reply_to, "correlation_id": correlation_id}
-        await self.publish(key, body, mandatory=mandatory, **props)
+        await self.publish(key, body, mandatory=mandatory, call=True, **props)
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import aio_pika
 import aio_pika.abc
 
-from vsmd.errors import BrokerError, ProtocolError, Timeout, Unauthorized
+from vsmd.errors import BrokerError, ProtocolError, Timeout, Unauthorized, Unreachable
 from vsmd.security.identity import DAEMON_USER, OPERATOR_USER, vsm_id_of
 from vsmd.tasks.api import OnDelivery
 from vsmd.tasks.message import (
@@ -32,7 +32,8 @@ from vsmd.tasks.message import (
     check_args,
     check_name,
 )
-from vsmd.vsm.bus import LOST, REPLY_TO, Incoming
+from vsmd.vsm.bus import LOST, Incoming
+from vsmd.vsm.calls import REPLY_TO
 from vsmd.vsm.context import unpack_reply
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class TaskQueue:
             await self._publish(req, {})
             return {"submitted": req.id, "task": task, "queue": self.name}
         answer = _Answer()
-        await self.bus.listen(req.id, answer)
+        await self.bus.listen(req.id, answer, confirmed=True)
         try:
             await self._publish(req, {"reply_to": REPLY_TO, "correlation_id": req.id})
             try:
@@ -152,6 +153,10 @@ class _Answer:
         if not self.future.done():
             self.future.set_exception(BrokerError("lost the broker before the task's result came"))
 
+    async def on_returned(self, error: Unreachable) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
 
 class AmqpDelivery:
     """Implements :class:`vsmd.tasks.api.Delivery` for one aio-pika message."""
@@ -176,7 +181,7 @@ class AmqpDelivery:
     async def reply(self, payload: bytes) -> None:
         assert self.reply_to is not None
         self._live()
-        await self._q.bus.reply(self.reply_to, self._msg.correlation_id, payload)
+        await self._q.bus.reply_confirmed(self.reply_to, self._msg.correlation_id, payload)
 
     async def retry(self, attempts: int, error: str) -> None:
         self._live()

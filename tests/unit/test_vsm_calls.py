@@ -1,0 +1,185 @@
+"""The calls channel of a VSM (vsmd/vsm/calls.py): returned requests fail whoever waits on them,
+a lost connection fails everything waiting, and an aiormq whose frame reader cannot be given a
+return handler gets a confirm channel instead."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from pamqp import commands as spec
+from pamqp.header import ContentHeader
+
+from vsmd.errors import BrokerError, Unreachable
+from vsmd.vsm.calls import Calls, _hear_returns
+
+
+def _returned(corr: str | None, key: str) -> Any:
+    """What aiormq delivers for a basic.return (the fields Calls reads)."""
+    return SimpleNamespace(
+        header=SimpleNamespace(properties=SimpleNamespace(correlation_id=corr)), routing_key=key
+    )
+
+
+class _Listener:
+    def __init__(self) -> None:
+        self.returned: list[Unreachable] = []
+        self.lost = 0
+
+    async def on_message(self, body: bytes) -> None:
+        return None
+
+    async def on_lost(self) -> None:
+        self.lost += 1
+
+    async def on_returned(self, error: Unreachable) -> None:
+        self.returned.append(error)
+
+
+async def _settle() -> None:
+    for _ in range(3):  # the listener's handler runs as a task of its own
+        await asyncio.sleep(0)
+
+
+def test_a_returned_request_fails_its_caller_and_no_other() -> None:
+    async def main() -> None:
+        calls = Calls()
+        loop = asyncio.get_running_loop()
+        mine, other = loop.create_future(), loop.create_future()
+        calls.pending.update({"c1": mine, "c2": other})
+        calls.on_returned(_returned("c1", "vsm.0123456789ab"))
+        calls.on_returned(_returned("nobody", "vsm.x"))  # a caller that gave up: ignored
+        with pytest.raises(Unreachable, match="no VSM at '0123456789ab': unknown or down"):
+            await mine
+        assert not other.done()
+
+    asyncio.run(main())
+
+
+def test_a_returned_message_to_the_daemon_says_the_daemon_is_away() -> None:
+    async def main() -> None:
+        calls = Calls()
+        fut = asyncio.get_running_loop().create_future()
+        calls.pending["c"] = fut
+        calls.on_returned(_returned("c", "up.root.state"))
+        with pytest.raises(Unreachable, match="vsmd is not on the broker"):
+            await fut
+
+    asyncio.run(main())
+
+
+def test_a_returned_session_message_reaches_its_listener() -> None:
+    async def main() -> None:
+        calls = Calls()
+        listener = _Listener()
+        calls.listeners["sid"] = listener
+        calls.on_returned(_returned("sid", "down.root.a"))
+        await _settle()
+        assert [e.message for e in listener.returned] == ["no VSM at 'root.a': unknown or down"]
+
+    asyncio.run(main())
+
+
+def test_a_lost_connection_fails_every_request_and_tells_every_listener() -> None:
+    async def main() -> None:
+        calls = Calls()
+        calls.channel = SimpleNamespace()  # type: ignore[assignment]
+        fut = asyncio.get_running_loop().create_future()
+        calls.pending["c"] = fut
+        listener = _Listener()
+        calls.listeners["sid"] = listener
+        calls.lost()
+        await _settle()
+        assert calls.channel is None  # opened anew on the next call
+        with pytest.raises(BrokerError, match="lost the broker"):
+            await fut
+        assert listener.lost == 1
+
+    asyncio.run(main())
+
+
+class _Raw:
+    """An aiormq channel's frame reader as far as _hear_returns uses it."""
+
+    def __init__(self, frames: list[Any]) -> None:
+        self.frames = frames
+
+    async def _get_frame(self) -> Any:
+        return self.frames.pop(0)
+
+    async def _read_content(self, frame: Any, header: ContentHeader) -> Any:
+        return SimpleNamespace(delivery=frame, header=header, body=self.frames.pop(0))
+
+    async def _on_return_frame(self, frame: Any) -> None:
+        raise AssertionError("aiormq's own handler drops returns on an unconfirmed channel")
+
+
+def test_the_reader_of_an_unconfirmed_channel_hands_returns_over() -> None:
+    async def main() -> None:
+        got: list[Any] = []
+        raw = _Raw([ContentHeader(body_size=2), b"{}"])
+        assert _hear_returns(raw, got.append)  # type: ignore[arg-type]
+        frame = spec.Basic.Return(reply_code=312, reply_text="NO_ROUTE", routing_key="vsm.x")
+        await raw._on_return_frame(frame)
+        assert len(got) == 1 and got[0].delivery is frame and got[0].body == b"{}"
+        assert raw.frames == []  # header and body read, as the reader expects
+
+    asyncio.run(main())
+
+
+def test_a_handler_that_fails_does_not_stop_the_reader() -> None:
+    async def main() -> None:
+        def broken(_message: Any) -> None:
+            raise RuntimeError("boom")
+
+        raw = _Raw([ContentHeader(body_size=2), b"{}"])
+        assert _hear_returns(raw, broken)  # type: ignore[arg-type]
+        await raw._on_return_frame(spec.Basic.Return(routing_key="vsm.x"))
+
+    asyncio.run(main())
+
+
+class _Channel:
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.closed = False
+
+    async def get_underlay_channel(self) -> Any:
+        return self.raw
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def get_queue(self, _name: str, ensure: bool) -> Any:
+        async def consume(_callback: Any, no_ack: bool) -> None:
+            return None
+
+        return SimpleNamespace(consume=consume)
+
+    async def get_exchange(self, name: str, ensure: bool) -> Any:
+        return SimpleNamespace(name=name)
+
+
+def test_without_the_reader_helpers_the_calls_channel_confirms() -> None:
+    async def main() -> None:
+        asked: list[dict[str, Any]] = []
+        made: list[_Channel] = []
+
+        async def channel(**kw: Any) -> _Channel:
+            asked.append(kw)
+            made.append(_Channel(object()))  # an aiormq without _get_frame and _read_content
+            return made[-1]
+
+        calls = Calls()
+        await calls.open(SimpleNamespace(channel=channel), "ns.recursive")  # type: ignore[arg-type]
+        assert asked == [
+            {"publisher_confirms": False},
+            {"publisher_confirms": True, "on_return_raises": True},
+        ]
+        assert made[0].closed and calls.channel is cast(Any, made[1])
+        await calls.open(SimpleNamespace(channel=channel), "ns.recursive")  # type: ignore[arg-type]
+        assert len(asked) == 2  # once per connection
+
+    asyncio.run(main())
