@@ -8,12 +8,13 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any, cast
 
+import aiormq.abc
 import pytest
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
 from vsmd.errors import BrokerError, Unreachable
-from vsmd.vsm.calls import Calls, _hear_returns
+from vsmd.vsm.calls import Calls, Delivery, _hear_returns, properties
 
 
 def _returned(corr: str | None, key: str) -> Any:
@@ -141,6 +142,16 @@ def test_a_handler_that_fails_does_not_stop_the_reader() -> None:
     asyncio.run(main())
 
 
+class _PlainRaw:
+    """An aiormq channel without the reader helpers _hear_returns needs."""
+
+    def __init__(self) -> None:
+        self.consumed: list[str] = []
+
+    async def basic_consume(self, queue: str, _callback: Any, no_ack: bool) -> None:
+        self.consumed.append(queue)
+
+
 class _Channel:
     def __init__(self, raw: Any) -> None:
         self.raw = raw
@@ -152,15 +163,6 @@ class _Channel:
     async def close(self) -> None:
         self.closed = True
 
-    async def get_queue(self, _name: str, ensure: bool) -> Any:
-        async def consume(_callback: Any, no_ack: bool) -> None:
-            return None
-
-        return SimpleNamespace(consume=consume)
-
-    async def get_exchange(self, name: str, ensure: bool) -> Any:
-        return SimpleNamespace(name=name)
-
 
 def test_without_the_reader_helpers_the_calls_channel_confirms() -> None:
     async def main() -> None:
@@ -169,17 +171,47 @@ def test_without_the_reader_helpers_the_calls_channel_confirms() -> None:
 
         async def channel(**kw: Any) -> _Channel:
             asked.append(kw)
-            made.append(_Channel(object()))  # an aiormq without _get_frame and _read_content
+            made.append(_Channel(_PlainRaw()))
             return made[-1]
 
         calls = Calls()
-        await calls.open(SimpleNamespace(channel=channel), "ns.recursive")  # type: ignore[arg-type]
+        await calls.open(SimpleNamespace(channel=channel))  # type: ignore[arg-type]
         assert asked == [
             {"publisher_confirms": False},
             {"publisher_confirms": True, "on_return_raises": True},
         ]
         assert made[0].closed and calls.channel is cast(Any, made[1])
-        await calls.open(SimpleNamespace(channel=channel), "ns.recursive")  # type: ignore[arg-type]
+        assert made[1].raw.consumed == ["amq.rabbitmq.reply-to"]  # replies on the one kept
+        await calls.open(SimpleNamespace(channel=channel))  # type: ignore[arg-type]
         assert len(asked) == 2  # once per connection
 
     asyncio.run(main())
+
+
+def test_a_delivery_carries_what_the_runtime_reads_and_acks_on_its_channel() -> None:
+    acked: list[int] = []
+
+    class _AckRaw:
+        async def basic_ack(self, tag: int) -> None:
+            acked.append(tag)
+
+    props = spec.Basic.Properties(reply_to="r", correlation_id="c", user_id="vsm-a1")
+    frame = spec.Basic.Deliver(delivery_tag=7, exchange="ns.recursive", routing_key="vsm.a1")
+    raw = aiormq.abc.DeliveredMessage(
+        delivery=frame,
+        header=ContentHeader(properties=props, body_size=2),
+        body=b"{}",
+        channel=_AckRaw(),  # type: ignore[arg-type]
+    )
+    d = Delivery(raw)
+    assert (d.body, d.reply_to, d.correlation_id, d.user_id) == (b"{}", "r", "c", "vsm-a1")
+    assert (d.exchange, d.routing_key) == ("ns.recursive", "vsm.a1")
+    asyncio.run(d.ack())
+    assert acked == [7]
+
+
+def test_a_calls_expiration_is_in_milliseconds_and_never_zero() -> None:
+    assert properties(expiration=2.5).expiration == "2500"
+    assert properties(expiration=0.0001).expiration == "1"  # "0" would mean: deliver now or drop
+    assert properties().expiration is None
+    assert properties(user_id="vsm-x").user_id == "vsm-x"

@@ -11,11 +11,11 @@ from vsmd.errors import Unauthorized
 from vsmd.protocol import Envelope
 from vsmd.security.identity import DAEMON_USER, OPERATOR_USER, VIEWER_USER, vsm_id_of
 from vsmd.spec import VsmSpec
-from vsmd.vsm.bus import Incoming
+from vsmd.vsm.calls import Delivery
 
 
 def admit(
-    msg: Incoming, env: Envelope, spec: VsmSpec, ancestors: tuple[str, ...], topo: Topology
+    msg: Delivery, env: Envelope, spec: VsmSpec, ancestors: tuple[str, ...], topo: Topology
 ) -> None:
     """Return if the message may reach the VSM of ``spec``; raise Unauthorized otherwise.
 

@@ -24,7 +24,7 @@ import aiormq.exceptions
 from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError, Timeout, Unreachable
 from vsmd.spec import VsmSpec
-from vsmd.vsm.calls import REPLY_TO, Calls, Listener, unreachable
+from vsmd.vsm.calls import REPLY_TO, Calls, Delivery, Listener, properties, unreachable
 from vsmd.vsm.credentials import amqp_url, fetch_token
 from vsmd.vsm.traffic import Traffic
 
@@ -42,8 +42,8 @@ INBOX_LOCKED_RETRY = 10.0
 CONNECT_TIMEOUT = 5.0
 START_CONNECT_TIMEOUT = 60.0
 
-Incoming = aio_pika.abc.AbstractIncomingMessage
-OnMessage = Callable[[Incoming], Awaitable[None]]
+Incoming = aio_pika.abc.AbstractIncomingMessage  # a worker's task (vsmd/vsm/task_queue.py)
+OnMessage = Callable[[Delivery], Awaitable[None]]
 Attach = Callable[[aio_pika.abc.AbstractChannel], Awaitable[None]]
 
 # What a dropped or refused connection looks like from aio-pika and aiormq.
@@ -116,13 +116,17 @@ class VsmBus:
             )
             # consume-ok comes after every bind above (AMQP keeps a channel's order), and a bind
             # that failed has closed the channel by then: so the inbox is bound when we are ready.
-            await self._inbox.consume(self._on_message)
+            raw = await self._ch.get_underlay_channel()
+            await raw.basic_consume(self._inbox.name, self._deliver)
             for setup in self._attached:  # before ready: a spawn returns with them in place
                 await self._attach(setup)
             self._up = True
         except _LOST as exc:
             await self.close()
             raise BrokerError(f"cannot set up the inbox: {_describe(exc)}") from None
+
+    async def _deliver(self, message: aiormq.abc.DeliveredMessage) -> None:
+        await self._on_message(Delivery(message))
 
     async def _declare_inbox(self) -> aio_pika.abc.AbstractQueue:
         assert self._conn is not None
@@ -282,19 +286,35 @@ class VsmBus:
         """
         if self._ch is None or self._exchange is None or self.lost.is_set():
             raise BrokerError("not connected to the broker")
-        channel, target = self._ch, self._exchange
-        if call:
-            await self._calls()
-            assert self.calls.channel is not None and self.calls.exchange is not None
-            channel, target = self.calls.channel, self.calls.exchange
-        if exchange == "":
-            target = channel.default_exchange
         if self.user is not None:
             props["user_id"] = self.user  # the broker checks it: receivers trust only this
+        if call:
+            await self._call(key, body, mandatory, "" if exchange == "" else None, props)
+            return
+        target = self._ch.default_exchange if exchange == "" else self._exchange
         message = aio_pika.Message(body, content_type="application/json", **props)
         try:
             await target.publish(message, key, mandatory=mandatory)
         except aio_pika.exceptions.DeliveryError:
+            raise unreachable(key) from None
+        except _LOST as exc:
+            raise BrokerError(f"cannot publish: {_describe(exc)}") from None
+
+    async def _call(
+        self, key: str, body: bytes, mandatory: bool, exchange: str | None, props: dict[str, Any]
+    ) -> None:
+        await self._calls()
+        raw = self.calls.raw
+        assert raw is not None
+        try:
+            await raw.basic_publish(
+                body,
+                exchange=self.topo.exchange if exchange is None else exchange,
+                routing_key=key,
+                properties=properties(**props),
+                mandatory=mandatory,
+            )
+        except aiormq.exceptions.PublishError:  # a confirm channel after all (calls.py)
             raise unreachable(key) from None
         except _LOST as exc:
             raise BrokerError(f"cannot publish: {_describe(exc)}") from None
@@ -314,7 +334,7 @@ class VsmBus:
         headers = {"x-reason": reason[:500], "x-vsm": self.spec.vsm_id}
         await self.publish(self.topo.dead_queue, body, exchange="", headers=headers)
 
-    async def request(self, key: str, body: bytes, timeout: float, probe: bytes | None) -> Incoming:
+    async def request(self, key: str, body: bytes, timeout: float, probe: bytes | None) -> Delivery:
         """Publish a request to ``key`` and wait for its reply.
 
         Unreachable when nothing is bound to ``key`` or the target's inbox goes away while we
@@ -323,7 +343,7 @@ class VsmBus:
         """
         loop = asyncio.get_running_loop()
         corr = uuid.uuid4().hex
-        fut: asyncio.Future[Incoming] = loop.create_future()
+        fut: asyncio.Future[Delivery] = loop.create_future()
         self.calls.pending[corr] = fut
         deadline = loop.time() + timeout
         probed = False
@@ -369,7 +389,7 @@ class VsmBus:
         if self._conn is None or self.lost.is_set():
             raise BrokerError("not connected to the broker")
         try:
-            await self.calls.open(self._conn, self.topo.exchange)
+            await self.calls.open(self._conn)
         except _LOST as exc:
             raise BrokerError(f"cannot receive replies: {_describe(exc)}") from None
 
@@ -381,8 +401,8 @@ class VsmBus:
             if self._ch is None:
                 raise BrokerError("not connected to the broker")
             try:
-                queue = await self._ch.get_queue(REPLY_TO, ensure=False)
-                await queue.consume(self.calls.on_reply, no_ack=True)
+                raw = await self._ch.get_underlay_channel()
+                await raw.basic_consume(REPLY_TO, self.calls.on_reply, no_ack=True)
             except _LOST as exc:
                 raise BrokerError(f"cannot receive replies: {_describe(exc)}") from None
             self._replies_on = True

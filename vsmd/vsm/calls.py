@@ -11,6 +11,10 @@ sender must know the broker took it (``ctx.send``, state, tasks) stays on the co
 The broker's direct reply-to sends an answer to the channel that published the request, so
 this channel consumes it, opened on first use: a VSM that never calls costs nothing.
 
+Its messages go through aiormq directly, as :class:`Delivery` in and pamqp properties out:
+building aio-pika's message objects cost about 30 µs for each one received and 15 µs for each
+one sent, a tenth of a call's CPU. The inbox's deliveries come as Delivery too (vsmd/vsm/bus.py).
+
 aiormq passes a returned message on only on a confirm channel (it pairs the return with the
 confirm). :func:`_hear_returns` gives this channel's frame reader a handler that reads the
 returned message and passes it to us; where that cannot be done (another aiormq), the channel
@@ -27,6 +31,7 @@ from typing import Any, Protocol
 import aio_pika
 import aio_pika.abc
 import aiormq.abc
+from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
 from vsmd.errors import BrokerError, Unreachable
@@ -35,7 +40,44 @@ log = logging.getLogger("vsmd.vsm")
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 
-Incoming = aio_pika.abc.AbstractIncomingMessage
+
+class Delivery:
+    """A message received, with what the runtime reads of it, and its ack."""
+
+    __slots__ = ("_ack", "body", "correlation_id", "exchange", "reply_to", "routing_key", "user_id")
+
+    def __init__(self, message: aiormq.abc.DeliveredMessage) -> None:
+        props = message.header.properties
+        self.body: bytes = message.body
+        self.reply_to: str | None = props.reply_to
+        self.correlation_id: str | None = props.correlation_id
+        self.user_id: str | None = props.user_id
+        self.exchange: str | None = message.exchange
+        self.routing_key: str | None = message.routing_key
+        tag = message.delivery_tag
+        self._ack = (message.channel, tag) if tag is not None else None
+
+    async def ack(self) -> None:
+        if self._ack is not None:
+            channel, tag = self._ack
+            await channel.basic_ack(tag)
+
+
+def properties(
+    reply_to: str | None = None,
+    correlation_id: str | None = None,
+    expiration: float | None = None,
+    user_id: str | None = None,
+) -> spec.Basic.Properties:
+    """What a call's publish carries (expiration in seconds, as aio-pika takes it)."""
+    return spec.Basic.Properties(
+        content_type="application/json",
+        delivery_mode=1,
+        reply_to=reply_to,
+        correlation_id=correlation_id,
+        expiration=None if expiration is None else str(max(int(expiration * 1000), 1)),
+        user_id=user_id,
+    )
 
 
 class Listener(Protocol):
@@ -60,30 +102,30 @@ class Calls:
 
     def __init__(self) -> None:
         self.channel: aio_pika.abc.AbstractChannel | None = None
-        self.exchange: aio_pika.abc.AbstractExchange | None = None
-        self.pending: dict[str, asyncio.Future[Incoming]] = {}
+        self.raw: aiormq.abc.AbstractChannel | None = None  # the same channel, aiormq's
+        self.pending: dict[str, asyncio.Future[Delivery]] = {}
         self.listeners: dict[str, Listener] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def open(self, conn: aio_pika.abc.AbstractConnection, exchange: str) -> None:
+    async def open(self, conn: aio_pika.abc.AbstractConnection) -> None:
         """The channel, consuming direct reply-to; once per connection. Requests made at once
         all come here first: a second consume of reply-to on one channel would close it."""
         async with self._lock:
             if self.channel is not None:
                 return
             ch = await conn.channel(publisher_confirms=False)
-            if not _hear_returns(await ch.get_underlay_channel(), self.on_returned):
+            raw = await ch.get_underlay_channel()
+            if not _hear_returns(raw, self.on_returned):
                 await ch.close()
                 ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
-            replies = await ch.get_queue(REPLY_TO, ensure=False)
-            await replies.consume(self.on_reply, no_ack=True)
-            self.exchange = await ch.get_exchange(exchange, ensure=False)
-            self.channel = ch
+                raw = await ch.get_underlay_channel()
+            await raw.basic_consume(REPLY_TO, self.on_reply, no_ack=True)
+            self.channel, self.raw = ch, raw
 
     def closed(self) -> None:
         """The connection or this channel went: a new one is opened on next use."""
-        self.channel = self.exchange = None
+        self.channel = self.raw = None
 
     def lost(self) -> None:
         """Fail everything that waits: its answer cannot come on a connection that is gone."""
@@ -94,7 +136,8 @@ class Calls:
         for listener in list(self.listeners.values()):
             self._spawn(listener.on_lost())
 
-    async def on_reply(self, message: Incoming) -> None:
+    async def on_reply(self, raw: aiormq.abc.DeliveredMessage) -> None:
+        message = Delivery(raw)
         corr = message.correlation_id or ""
         fut = self.pending.get(corr)
         if fut is not None and not fut.done():

@@ -16,7 +16,7 @@ from vsmd.errors import ProtocolError
 from vsmd.mcp.registry import FULL, NONE, READ, Caller, McpRegistry
 from vsmd.protocol import Envelope
 from vsmd.security.identity import DAEMON_USER, OPERATOR_USER, VIEWER_USER, vsm_id_of
-from vsmd.vsm.bus import Incoming
+from vsmd.vsm.calls import Delivery
 from vsmd.vsm.context import SEVERITIES
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ OBJ = {"type": "object"}
 STR = {"type": "string"}
 
 
-def caller_of(rt: VsmRuntime, msg: Incoming, env: Envelope) -> Caller:
+def caller_of(rt: VsmRuntime, msg: Delivery, env: Envelope) -> Caller:
     """Secure mode judges by the broker-checked user_id; cooperative mode by the envelope."""
     me, ancestors = rt.spec.vsm_id, rt.bus.ancestors
     if rt.spec.token_socket:

@@ -30,7 +30,8 @@ from vsmd.protocol import Envelope, error_reply, loads_object, ok_reply
 from vsmd.spec import EXIT_AGENT, EXIT_BROKER, EXIT_OK, EXIT_SPEC, VsmSpec
 from vsmd.vsm import loop as vsm_loop
 from vsmd.vsm.authority import admit
-from vsmd.vsm.bus import START_CONNECT_TIMEOUT, Incoming, VsmBus
+from vsmd.vsm.bus import START_CONNECT_TIMEOUT, VsmBus
+from vsmd.vsm.calls import Delivery
 from vsmd.vsm.context import Context, ThreadContext, unpack_reply
 from vsmd.vsm.mcp_tools import BuiltinTools, Events, caller_of
 from vsmd.vsm.sync import StateLink, up_message
@@ -113,7 +114,7 @@ class VsmRuntime:
 
     # --- the inbox -------------------------------------------------------------------------
 
-    async def _on_message(self, msg: Incoming) -> None:
+    async def _on_message(self, msg: Delivery) -> None:
         try:
             reply = await self._handle(msg)
             if reply is not None and msg.reply_to:
@@ -125,7 +126,7 @@ class VsmRuntime:
             with contextlib.suppress(Exception):
                 await msg.ack()
 
-    async def _handle(self, msg: Incoming) -> bytes | None:
+    async def _handle(self, msg: Delivery) -> bytes | None:
         try:
             env = Envelope.decode(msg.body, self.spec.max_message_bytes)
             if env.type != "probe":  # the daemon's liveness probes are no traffic of ours
