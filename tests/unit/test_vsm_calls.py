@@ -13,7 +13,8 @@ import pytest
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
-from vsmd.errors import BrokerError, Unreachable
+from vsmd.errors import BrokerError, Timeout, Unreachable
+from vsmd.vsm import calls as calls_module
 from vsmd.vsm.calls import Calls, Delivery, _hear_returns, properties
 
 
@@ -22,6 +23,13 @@ def _returned(corr: str | None, key: str) -> Any:
     return SimpleNamespace(
         header=SimpleNamespace(properties=SimpleNamespace(correlation_id=corr)), routing_key=key
     )
+
+
+def _calls() -> Calls:
+    def gone() -> Any:
+        raise BrokerError("not connected to the broker")
+
+    return Calls("ns.recursive", gone)
 
 
 class _Listener:
@@ -46,7 +54,7 @@ async def _settle() -> None:
 
 def test_a_returned_request_fails_its_caller_and_no_other() -> None:
     async def main() -> None:
-        calls = Calls()
+        calls = _calls()
         loop = asyncio.get_running_loop()
         mine, other = loop.create_future(), loop.create_future()
         calls.pending.update({"c1": mine, "c2": other})
@@ -61,7 +69,7 @@ def test_a_returned_request_fails_its_caller_and_no_other() -> None:
 
 def test_a_returned_message_to_the_daemon_says_the_daemon_is_away() -> None:
     async def main() -> None:
-        calls = Calls()
+        calls = _calls()
         fut = asyncio.get_running_loop().create_future()
         calls.pending["c"] = fut
         calls.on_returned(_returned("c", "up.root.state"))
@@ -73,7 +81,7 @@ def test_a_returned_message_to_the_daemon_says_the_daemon_is_away() -> None:
 
 def test_a_returned_session_message_reaches_its_listener() -> None:
     async def main() -> None:
-        calls = Calls()
+        calls = _calls()
         listener = _Listener()
         calls.listeners["sid"] = listener
         calls.on_returned(_returned("sid", "down.root.a"))
@@ -85,7 +93,7 @@ def test_a_returned_session_message_reaches_its_listener() -> None:
 
 def test_a_lost_connection_fails_every_request_and_tells_every_listener() -> None:
     async def main() -> None:
-        calls = Calls()
+        calls = _calls()
         calls.channel = SimpleNamespace()  # type: ignore[assignment]
         fut = asyncio.get_running_loop().create_future()
         calls.pending["c"] = fut
@@ -174,15 +182,16 @@ def test_without_the_reader_helpers_the_calls_channel_confirms() -> None:
             made.append(_Channel(_PlainRaw()))
             return made[-1]
 
-        calls = Calls()
-        await calls.open(SimpleNamespace(channel=channel))  # type: ignore[arg-type]
+        conn = cast(Any, SimpleNamespace(channel=channel))
+        calls = Calls("ns.recursive", lambda: conn)
+        await calls.open()
         assert asked == [
             {"publisher_confirms": False},
             {"publisher_confirms": True, "on_return_raises": True},
         ]
         assert made[0].closed and calls.channel is cast(Any, made[1])
         assert made[1].raw.consumed == ["amq.rabbitmq.reply-to"]  # replies on the one kept
-        await calls.open(SimpleNamespace(channel=channel))  # type: ignore[arg-type]
+        await calls.open()
         assert len(asked) == 2  # once per connection
 
     asyncio.run(main())
@@ -215,3 +224,95 @@ def test_a_calls_expiration_is_in_milliseconds_and_never_zero() -> None:
     assert properties(expiration=0.0001).expiration == "1"  # "0" would mean: deliver now or drop
     assert properties().expiration is None
     assert properties(user_id="vsm-x").user_id == "vsm-x"
+
+
+class _Broker:
+    """An aiormq channel that records what is published and lets a test answer it."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, Any]] = []
+        self.on_publish: Any = None
+
+    async def _get_frame(self) -> Any:
+        raise AssertionError("no frames in this test")
+
+    async def _read_content(self, frame: Any, header: Any) -> Any:
+        raise AssertionError("no frames in this test")
+
+    async def _on_return_frame(self, frame: Any) -> None:
+        raise AssertionError("replaced by _hear_returns")
+
+    async def basic_consume(self, queue: str, _callback: Any, no_ack: bool) -> None:
+        return None
+
+    async def basic_publish(self, body: bytes, **kw: Any) -> None:
+        self.published.append((kw["routing_key"], body, kw["properties"]))
+        if self.on_publish is not None:
+            self.on_publish(kw["properties"])
+
+
+def _open_calls(broker: _Broker) -> Calls:
+    async def channel(**_kw: Any) -> _Channel:
+        return _Channel(broker)
+
+    conn = cast(Any, SimpleNamespace(channel=channel))
+    return Calls("ns.recursive", lambda: conn)
+
+
+def _reply(corr: str, body: bytes) -> Any:
+    props = spec.Basic.Properties(correlation_id=corr)
+    return aiormq.abc.DeliveredMessage(
+        delivery=spec.Basic.Deliver(routing_key="amq.rabbitmq.reply-to.x"),
+        header=ContentHeader(properties=props, body_size=len(body)),
+        body=body,
+        channel=None,  # type: ignore[arg-type]
+    )
+
+
+def test_a_request_gets_its_reply_and_carries_what_the_broker_needs() -> None:
+    async def main() -> None:
+        broker = _Broker()
+        calls = _open_calls(broker)
+        loop = asyncio.get_running_loop()
+        broker.on_publish = lambda p: loop.create_task(
+            calls.on_reply(_reply(p.correlation_id, b'{"ok":true}'))
+        )
+        answer = await calls.request("vsm.b2", b"{}", 5.0, None, "vsm-a1")
+        assert answer.body == b'{"ok":true}'
+        [(key, _body, props)] = broker.published
+        assert key == "vsm.b2" and props.reply_to == "amq.rabbitmq.reply-to"
+        assert props.expiration == "5000" and props.user_id == "vsm-a1"
+        assert calls.pending == {}  # nothing left behind
+
+    asyncio.run(main())
+
+
+def test_a_target_whose_probe_comes_back_went_down_before_it_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(calls_module, "PROBE_EVERY", 0.01)
+
+    async def main() -> None:
+        broker = _Broker()
+        calls = _open_calls(broker)
+
+        def returned(props: Any) -> None:
+            if len(broker.published) == 2:  # the probe, not the request: the inbox is gone
+                calls.on_returned(_returned(props.correlation_id, "vsm.b2"))
+
+        broker.on_publish = returned
+        with pytest.raises(Unreachable, match="'b2' went down before it answered"):
+            await calls.request("vsm.b2", b"{}", 5.0, b'{"type":"probe"}', None)
+        assert broker.published[1][1] == b'{"type":"probe"}'
+
+    asyncio.run(main())
+
+
+def test_a_request_without_an_answer_times_out() -> None:
+    async def main() -> None:
+        calls = _open_calls(_Broker())
+        with pytest.raises(Timeout, match=r"no answer from 'b2' within 0\.05 s"):
+            await calls.request("vsm.b2", b"{}", 0.05, None, None)
+        assert calls.pending == {}
+
+    asyncio.run(main())

@@ -1,7 +1,8 @@
 """A VSM's one broker connection, on the VSM's event loop: inbox, publishing, requests.
 
-aio-pika is imported here and in vsmd/vsm/task_queue.py (a worker's task queue on this same
-connection) and nowhere else in the VSM; its errors become vsmd's at this edge.
+aio-pika and aiormq are imported here, in vsmd/vsm/calls.py (requests and replies on a channel
+of their own), vsmd/vsm/task_queue.py (a worker's task queue on this same connection) and
+vsmd/vsm/edge.py (their errors), and nowhere else in the VSM; their errors become vsmd's there.
 The inbox is exclusive: it exists exactly while the VSM is connected, so a message to a VSM that
 is down is returned by the broker (mandatory publish) instead of waiting in a queue nobody reads,
 and its bindings go with it.
@@ -12,26 +13,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
-import aiormq.exceptions
+import aiormq.abc
 
 from vsmd.bus.topology import Topology
-from vsmd.errors import BrokerError, Timeout, Unreachable
+from vsmd.errors import BrokerError
 from vsmd.spec import VsmSpec
-from vsmd.vsm.calls import REPLY_TO, Calls, Delivery, Listener, properties, unreachable
+from vsmd.vsm.calls import REPLY_TO, Calls, Delivery, Listener, unreachable
 from vsmd.vsm.credentials import amqp_url, fetch_token
+from vsmd.vsm.edge import LOST, describe
 from vsmd.vsm.traffic import Traffic
 
 log = logging.getLogger("vsmd.vsm")
 
 PREFETCH = 64  # handler tasks in flight at most: a message is acked when handled
-PROBE_EVERY = 1.0  # a pending request checks this often that its target still has an inbox
 # A restarted VSM may find its old exclusive inbox still held for a moment (the broker has not
 # yet seen the dead connection): declaring again is retried this long.
 INBOX_LOCKED_RETRY = 10.0
@@ -45,17 +45,6 @@ START_CONNECT_TIMEOUT = 60.0
 Incoming = aio_pika.abc.AbstractIncomingMessage  # a worker's task (vsmd/vsm/task_queue.py)
 OnMessage = Callable[[Delivery], Awaitable[None]]
 Attach = Callable[[aio_pika.abc.AbstractChannel], Awaitable[None]]
-
-# What a dropped or refused connection looks like from aio-pika and aiormq.
-_LOST: tuple[type[BaseException], ...] = (
-    aio_pika.exceptions.AMQPError,
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel closed under us
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
-LOST = _LOST  # for vsmd/vsm/task_queue.py, the other aio-pika edge of the VSM
 
 
 class VsmBus:
@@ -74,7 +63,7 @@ class VsmBus:
         self._replies_lock = asyncio.Lock()
         self._up = False  # open() finished and close() not begun
         # Requests, replies and MCP client sessions: on a channel without confirms.
-        self.calls = Calls()
+        self.calls = Calls(topo.exchange, self._connection)
         # Consumers set up again on every open, each on a channel of its own (a worker's task
         # queue wants its own prefetch); their channels are watched as the inbox's is.
         self._attached: list[Attach] = []
@@ -89,6 +78,11 @@ class VsmBus:
         # Secure mode: the broker identity (user_id on every publish) and its token's life.
         self.user: str | None = None
         self.token_ttl = 0.0
+
+    def _connection(self) -> aio_pika.abc.AbstractConnection:
+        if self._conn is None or self.lost.is_set():
+            raise BrokerError("not connected to the broker")
+        return self._conn
 
     @property
     def connected(self) -> bool:
@@ -121,9 +115,9 @@ class VsmBus:
             for setup in self._attached:  # before ready: a spawn returns with them in place
                 await self._attach(setup)
             self._up = True
-        except _LOST as exc:
+        except LOST as exc:
             await self.close()
-            raise BrokerError(f"cannot set up the inbox: {_describe(exc)}") from None
+            raise BrokerError(f"cannot set up the inbox: {describe(exc)}") from None
 
     async def _deliver(self, message: aiormq.abc.DeliveredMessage) -> None:
         await self._on_message(Delivery(message))
@@ -183,8 +177,8 @@ class VsmBus:
         if self._up:
             try:
                 await self._attach(setup)
-            except _LOST as exc:
-                raise BrokerError(f"cannot set up a consumer: {_describe(exc)}") from None
+            except LOST as exc:
+                raise BrokerError(f"cannot set up a consumer: {describe(exc)}") from None
 
     async def _attach(self, setup: Attach) -> None:
         ch = await self._open_channel()
@@ -200,7 +194,7 @@ class VsmBus:
         """Give the connection up as lost: the runtime reconnects."""
         conn = self._conn
         if conn is not None:
-            with contextlib.suppress(*_LOST, RuntimeError):
+            with contextlib.suppress(*LOST, RuntimeError):
                 await conn.close()
         if not self.lost.is_set():  # a close callback may have said so already
             self._on_close()
@@ -213,7 +207,7 @@ class VsmBus:
         self._replies_on = False
         self.calls.closed()
         if conn is not None:
-            with contextlib.suppress(*_LOST, RuntimeError):
+            with contextlib.suppress(*LOST, RuntimeError):
                 await conn.close()
 
     async def refresh_token(self) -> None:
@@ -223,8 +217,8 @@ class VsmBus:
         _user, token, self.token_ttl = await fetch_token(self.spec.token_socket)
         try:
             await self._conn.update_secret(token, reason="refresh")
-        except _LOST as exc:
-            raise BrokerError(f"cannot refresh the broker token: {_describe(exc)}") from None
+        except LOST as exc:
+            raise BrokerError(f"cannot refresh the broker token: {describe(exc)}") from None
 
     async def move(self, ancestors: tuple[str, ...]) -> None:
         """Re-parented: a token whose scopes cover the new place, then its bindings.
@@ -263,8 +257,8 @@ class VsmBus:
         try:
             await self._bind(sorted(new - old))
             await self._bind(sorted(old - new), unbind=True)
-        except _LOST as exc:
-            raise BrokerError(f"cannot rebind the inbox: {_describe(exc)}") from None
+        except LOST as exc:
+            raise BrokerError(f"cannot rebind the inbox: {describe(exc)}") from None
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -289,7 +283,7 @@ class VsmBus:
         if self.user is not None:
             props["user_id"] = self.user  # the broker checks it: receivers trust only this
         if call:
-            await self._call(key, body, mandatory, "" if exchange == "" else None, props)
+            await self.calls.publish(key, body, mandatory, "" if exchange == "" else None, props)
             return
         target = self._ch.default_exchange if exchange == "" else self._exchange
         message = aio_pika.Message(body, content_type="application/json", **props)
@@ -297,27 +291,8 @@ class VsmBus:
             await target.publish(message, key, mandatory=mandatory)
         except aio_pika.exceptions.DeliveryError:
             raise unreachable(key) from None
-        except _LOST as exc:
-            raise BrokerError(f"cannot publish: {_describe(exc)}") from None
-
-    async def _call(
-        self, key: str, body: bytes, mandatory: bool, exchange: str | None, props: dict[str, Any]
-    ) -> None:
-        await self._calls()
-        raw = self.calls.raw
-        assert raw is not None
-        try:
-            await raw.basic_publish(
-                body,
-                exchange=self.topo.exchange if exchange is None else exchange,
-                routing_key=key,
-                properties=properties(**props),
-                mandatory=mandatory,
-            )
-        except aiormq.exceptions.PublishError:  # a confirm channel after all (calls.py)
-            raise unreachable(key) from None
-        except _LOST as exc:
-            raise BrokerError(f"cannot publish: {_describe(exc)}") from None
+        except LOST as exc:
+            raise BrokerError(f"cannot publish: {describe(exc)}") from None
 
     async def reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
         # Not mandatory: a requester that gave up is no error of ours. Unconfirmed: it is
@@ -335,63 +310,8 @@ class VsmBus:
         await self.publish(self.topo.dead_queue, body, exchange="", headers=headers)
 
     async def request(self, key: str, body: bytes, timeout: float, probe: bytes | None) -> Delivery:
-        """Publish a request to ``key`` and wait for its reply.
-
-        Unreachable when nothing is bound to ``key`` or the target's inbox goes away while we
-        wait (checked every PROBE_EVERY s with a ``probe`` that its receiver ignores; the
-        broker returns the probe, under the request's correlation id, when the inbox is gone).
-        """
-        loop = asyncio.get_running_loop()
-        corr = uuid.uuid4().hex
-        fut: asyncio.Future[Delivery] = loop.create_future()
-        self.calls.pending[corr] = fut
-        deadline = loop.time() + timeout
-        probed = False
-        try:
-            await self.publish(
-                key,
-                body,
-                mandatory=True,
-                call=True,
-                reply_to=REPLY_TO,
-                correlation_id=corr,
-                expiration=max(timeout, 0.001),
-            )
-            while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise Timeout(f"no answer from {key.split('.', 1)[-1]!r} within {timeout:g} s")
-                every = PROBE_EVERY if probe is not None else left
-                try:
-                    return await asyncio.wait_for(asyncio.shield(fut), min(left, every))
-                except TimeoutError:
-                    pass
-                except Unreachable:
-                    if not probed:
-                        raise
-                    raise Unreachable(
-                        f"{key.split('.', 1)[-1]!r} went down before it answered"
-                    ) from None
-                if probe is not None:
-                    probed = True
-                    await self.publish(
-                        key,
-                        probe,
-                        mandatory=True,
-                        call=True,
-                        correlation_id=corr,
-                        expiration=PROBE_EVERY,
-                    )
-        finally:
-            self.calls.pending.pop(corr, None)
-
-    async def _calls(self) -> None:
-        if self._conn is None or self.lost.is_set():
-            raise BrokerError("not connected to the broker")
-        try:
-            await self.calls.open(self._conn)
-        except _LOST as exc:
-            raise BrokerError(f"cannot receive replies: {_describe(exc)}") from None
+        """Publish a request to ``key`` and wait for its reply (vsmd/vsm/calls.py)."""
+        return await self.calls.request(key, body, timeout, probe, self.user)
 
     async def _replies(self) -> None:
         """Consume direct reply-to on the confirm channel, once per connection."""
@@ -403,8 +323,8 @@ class VsmBus:
             try:
                 raw = await self._ch.get_underlay_channel()
                 await raw.basic_consume(REPLY_TO, self.calls.on_reply, no_ack=True)
-            except _LOST as exc:
-                raise BrokerError(f"cannot receive replies: {_describe(exc)}") from None
+            except LOST as exc:
+                raise BrokerError(f"cannot receive replies: {describe(exc)}") from None
             self._replies_on = True
 
     # --- the vsmd.mcp.transport.Link of this VSM's MCP client sessions ----------------------
@@ -417,7 +337,7 @@ class VsmBus:
         if confirmed:
             await self._replies()
         else:
-            await self._calls()
+            await self.calls.open()
         self.calls.listeners[correlation_id] = listener
 
     def unlisten(self, correlation_id: str) -> None:
@@ -439,10 +359,3 @@ class VsmBus:
         if reply_to is not None:
             props = {"reply_to": reply_to, "correlation_id": correlation_id}
         await self.publish(key, body, mandatory=mandatory, call=True, **props)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, aio_pika.exceptions.ProbableAuthenticationError):
-        return "the broker refused the credentials"
-    return f"{type(exc).__name__}: {text[:300]}"

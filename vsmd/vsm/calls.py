@@ -25,20 +25,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import aio_pika
 import aio_pika.abc
 import aiormq.abc
+import aiormq.exceptions
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
-from vsmd.errors import BrokerError, Unreachable
+from vsmd.errors import BrokerError, Timeout, Unreachable
+from vsmd.vsm.edge import LOST, describe
 
 log = logging.getLogger("vsmd.vsm")
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+PROBE_EVERY = 1.0  # a pending request checks this often that its target still has an inbox
 
 
 class Delivery:
@@ -100,7 +104,11 @@ def unreachable(key: str) -> Unreachable:
 class Calls:
     """The waiting requests and listeners of one VSM, and the channel their traffic uses."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, exchange: str, connection: Callable[[], aio_pika.abc.AbstractConnection]
+    ) -> None:
+        self.exchange = exchange  # the tree's
+        self._connection = connection  # the VSM's live one, or BrokerError
         self.channel: aio_pika.abc.AbstractChannel | None = None
         self.raw: aiormq.abc.AbstractChannel | None = None  # the same channel, aiormq's
         self.pending: dict[str, asyncio.Future[Delivery]] = {}
@@ -108,20 +116,84 @@ class Calls:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def open(self, conn: aio_pika.abc.AbstractConnection) -> None:
+    async def open(self) -> None:
         """The channel, consuming direct reply-to; once per connection. Requests made at once
         all come here first: a second consume of reply-to on one channel would close it."""
         async with self._lock:
             if self.channel is not None:
                 return
-            ch = await conn.channel(publisher_confirms=False)
-            raw = await ch.get_underlay_channel()
-            if not _hear_returns(raw, self.on_returned):
-                await ch.close()
-                ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+            conn = self._connection()
+            try:
+                ch = await conn.channel(publisher_confirms=False)
                 raw = await ch.get_underlay_channel()
-            await raw.basic_consume(REPLY_TO, self.on_reply, no_ack=True)
+                if not _hear_returns(raw, self.on_returned):
+                    await ch.close()
+                    ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+                    raw = await ch.get_underlay_channel()
+                await raw.basic_consume(REPLY_TO, self.on_reply, no_ack=True)
+            except LOST as exc:
+                raise BrokerError(f"cannot receive replies: {describe(exc)}") from None
             self.channel, self.raw = ch, raw
+
+    async def publish(
+        self, key: str, body: bytes, mandatory: bool, exchange: str | None, props: dict[str, Any]
+    ) -> None:
+        """On the tree's exchange (or ``exchange``, "" for a queue name), unconfirmed."""
+        await self.open()
+        assert self.raw is not None
+        try:
+            await self.raw.basic_publish(
+                body,
+                exchange=self.exchange if exchange is None else exchange,
+                routing_key=key,
+                properties=properties(**props),
+                mandatory=mandatory,
+            )
+        except aiormq.exceptions.PublishError:  # a confirm channel after all (open)
+            raise unreachable(key) from None
+        except LOST as exc:
+            raise BrokerError(f"cannot publish: {describe(exc)}") from None
+
+    async def request(
+        self, key: str, body: bytes, timeout: float, probe: bytes | None, user: str | None
+    ) -> Delivery:
+        """Publish a request to ``key`` and wait for its reply.
+
+        Unreachable when nothing is bound to ``key`` or the target's inbox goes away while we
+        wait (checked every PROBE_EVERY s with a ``probe`` that its receiver ignores; the
+        broker returns the probe, under the request's correlation id, when the inbox is gone).
+        """
+        loop = asyncio.get_running_loop()
+        corr = uuid.uuid4().hex
+        fut: asyncio.Future[Delivery] = loop.create_future()
+        self.pending[corr] = fut
+        deadline = loop.time() + timeout
+        expiration = max(timeout, 0.001)
+        props = {"reply_to": REPLY_TO, "correlation_id": corr, "expiration": expiration}
+        probed = False
+        try:
+            await self.publish(key, body, True, None, {**props, "user_id": user})
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise Timeout(f"no answer from {key.split('.', 1)[-1]!r} within {timeout:g} s")
+                every = PROBE_EVERY if probe is not None else left
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), min(left, every))
+                except TimeoutError:
+                    pass
+                except Unreachable:
+                    if not probed:
+                        raise
+                    raise Unreachable(
+                        f"{key.split('.', 1)[-1]!r} went down before it answered"
+                    ) from None
+                if probe is not None:
+                    probed = True
+                    again = {"correlation_id": corr, "expiration": PROBE_EVERY, "user_id": user}
+                    await self.publish(key, probe, True, None, again)
+        finally:
+            self.pending.pop(corr, None)
 
     def closed(self) -> None:
         """The connection or this channel went: a new one is opened on next use."""

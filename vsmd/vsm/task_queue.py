@@ -32,9 +32,10 @@ from vsmd.tasks.message import (
     check_args,
     check_name,
 )
-from vsmd.vsm.bus import LOST, Incoming
+from vsmd.vsm.bus import Incoming
 from vsmd.vsm.calls import REPLY_TO
 from vsmd.vsm.context import unpack_reply
+from vsmd.vsm.edge import LOST
 
 if TYPE_CHECKING:
     from vsmd.bus.topology import Topology
