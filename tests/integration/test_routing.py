@@ -14,6 +14,7 @@ it: the request queues behind anything already routed to its inbox.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import pytest
 
 from tests.support.harness import DaemonProc, poll_for, running_daemon
 from vsmctl.client import VsmClient
+from vsmd.errors import VsmdError
 from vsmd.protocol import Policy, SpawnConfig
 
 AGENTS = {"agent_modules": ["tests.support.agents", "tests.support.msg_agents"]}
@@ -147,6 +149,25 @@ def test_request_to_an_unknown_vsm_fails_fast(world: World) -> None:
     assert answer["error"] == "UNREACHABLE"  # not TIMEOUT: the broker returned it at once
     answer = world.do("a", op="send", target="r.a.nobody", kind="q")
     assert answer["error"] == "UNREACHABLE"
+
+
+def test_a_vsm_whose_calls_channel_the_broker_closes_reconnects_and_calls_again(
+    world: World,
+) -> None:
+    assert world.do("a", op="request", target=world.ids["b"], kind="q")["result"]["me"] == "r.a.b"
+    # Its answer goes out on the channel the broker is closing: it may be lost with it.
+    with contextlib.suppress(VsmdError):
+        world.do("a", op="break_calls")
+
+    def answered() -> bool:
+        try:  # a's own inbox is gone for a moment while it reconnects
+            answer = world.do("a", op="request", target=world.ids["b"], kind="q", timeout=2.0)
+        except VsmdError:
+            return False
+        return bool(answer.get("result", {}).get("me") == "r.a.b")
+
+    # Without the VSM hearing the close, every later call fails on the dead channel.
+    poll_for(answered, timeout=30, what="a's requests to work again")
 
 
 def test_request_to_a_vsm_that_dies_meanwhile(world: World) -> None:

@@ -68,8 +68,16 @@ async def _parallel(ctx: AgentContext, cmd: dict[str, Any]) -> Any:
     return [answer["kind"] for answer in await asyncio.gather(*asks)]
 
 
+async def _break_calls(ctx: AgentContext, cmd: dict[str, Any]) -> Any:
+    """A publish on the VSM's calls channel that the broker answers by closing that channel
+    (404: no such exchange), as it would a refused publish in secure mode."""
+    calls = ctx._rt.bus.calls  # type: ignore[attr-defined]  # the runtime's, on purpose
+    await calls.publish("x", b"{}", False, "vsmd-test-no-such-exchange", {})
+
+
 OPS = {
     "send": _send,
+    "break_calls": _break_calls,
     "request": _request,
     "broadcast": _broadcast,
     "alert": _alert,

@@ -25,11 +25,15 @@ def _returned(corr: str | None, key: str) -> Any:
     )
 
 
+def _no_close(*_args: Any) -> None:
+    return None
+
+
 def _calls() -> Calls:
     def gone() -> Any:
         raise BrokerError("not connected to the broker")
 
-    return Calls("ns.recursive", gone)
+    return Calls("ns.recursive", gone, _no_close)
 
 
 class _Listener:
@@ -164,6 +168,7 @@ class _Channel:
     def __init__(self, raw: Any) -> None:
         self.raw = raw
         self.closed = False
+        self.close_callbacks: set[Any] = set()
 
     async def get_underlay_channel(self) -> Any:
         return self.raw
@@ -183,7 +188,8 @@ def test_without_the_reader_helpers_the_calls_channel_confirms() -> None:
             return made[-1]
 
         conn = cast(Any, SimpleNamespace(channel=channel))
-        calls = Calls("ns.recursive", lambda: conn)
+        closed: list[Any] = []
+        calls = Calls("ns.recursive", lambda: conn, closed.append)
         await calls.open()
         assert asked == [
             {"publisher_confirms": False},
@@ -191,6 +197,9 @@ def test_without_the_reader_helpers_the_calls_channel_confirms() -> None:
         ]
         assert made[0].closed and calls.channel is cast(Any, made[1])
         assert made[1].raw.consumed == ["amq.rabbitmq.reply-to"]  # replies on the one kept
+        # The broker closing the channel kept is the VSM's to hear (it reconnects); the one
+        # closed on purpose is not.
+        assert made[1].close_callbacks == {closed.append} and made[0].close_callbacks == set()
         await calls.open()
         assert len(asked) == 2  # once per connection
 
@@ -256,7 +265,7 @@ def _open_calls(broker: _Broker) -> Calls:
         return _Channel(broker)
 
     conn = cast(Any, SimpleNamespace(channel=channel))
-    return Calls("ns.recursive", lambda: conn)
+    return Calls("ns.recursive", lambda: conn, _no_close)
 
 
 def _reply(corr: str, body: bytes) -> Any:

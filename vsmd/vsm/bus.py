@@ -63,7 +63,7 @@ class VsmBus:
         self._replies_lock = asyncio.Lock()
         self._up = False  # open() finished and close() not begun
         # Requests, replies and MCP client sessions: on a channel without confirms.
-        self.calls = Calls(topo.exchange, self._connection)
+        self.calls = Calls(topo.exchange, self._connection, self._on_channel_close)
         # Consumers set up again on every open, each on a channel of its own (a worker's task
         # queue wants its own prefetch); their channels are watched as the inbox's is.
         self._attached: list[Attach] = []

@@ -105,10 +105,16 @@ class Calls:
     """The waiting requests and listeners of one VSM, and the channel their traffic uses."""
 
     def __init__(
-        self, exchange: str, connection: Callable[[], aio_pika.abc.AbstractConnection]
+        self,
+        exchange: str,
+        connection: Callable[[], aio_pika.abc.AbstractConnection],
+        on_close: Callable[..., None],
     ) -> None:
         self.exchange = exchange  # the tree's
         self._connection = connection  # the VSM's live one, or BrokerError
+        # Told when the broker closes the channel (an error of ours): the VSM then reconnects,
+        # as it does for its inbox's channel, instead of calling on a dead channel.
+        self._on_close = on_close
         self.channel: aio_pika.abc.AbstractChannel | None = None
         self.raw: aiormq.abc.AbstractChannel | None = None  # the same channel, aiormq's
         self.pending: dict[str, asyncio.Future[Delivery]] = {}
@@ -134,6 +140,7 @@ class Calls:
             except LOST as exc:
                 raise BrokerError(f"cannot receive replies: {describe(exc)}") from None
             self.channel, self.raw = ch, raw
+            ch.close_callbacks.add(self._on_close)
 
     async def publish(
         self, key: str, body: bytes, mandatory: bool, exchange: str | None, props: dict[str, Any]
