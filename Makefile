@@ -11,7 +11,7 @@ STATE_DIR ?= $(CURDIR)/.state
 NAMESPACE ?= vsm
 BROKER ?= auto
 
-.PHONY: all venv run demo test test-unit test-integration test-stress lint format typecheck \
+.PHONY: all venv bytecode run demo test test-unit test-integration test-stress lint format typecheck \
         bench bench-quick broker dist clean test-slow
 
 all: lint typecheck test
@@ -23,6 +23,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Byte-code for every module, written now: an environment with PYTHONDONTWRITEBYTECODE would
+# otherwise compile vsmctl's modules from source on every command (about 25 ms of its start).
+# Cheap when nothing changed: only modules newer than their .pyc are compiled.
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q vsmd vsmctl bench >/dev/null
 
 # The MCP Inspector's CLI, an MCP client written by others, drives `vsmctl mcp` in
 # tests/integration/test_mcp_inspector.py; the lock file pins it and all it pulls in. npm warns
@@ -42,13 +48,13 @@ broker: $(STAMP)
 
 # Runs vsmd in the foreground with a small demo tree; Ctrl-C stops the tree and the daemon.
 # BROKER=auto uses the local RabbitMQ when it answers, else starts a private node.
-run: $(STAMP)
+run: $(STAMP) bytecode
 	@mkdir -p $(STATE_DIR)
 	$(BIN)/vsmd run --broker $(BROKER) --namespace $(NAMESPACE) --state-dir $(STATE_DIR) --demo
 
 # The loop: everything but the stress tests and the slowest integration tests (make
 # test-stress and make test-slow run those; CI runs all three).
-test: $(STAMP) broker $(INSPECTOR)
+test: $(STAMP) bytecode broker $(INSPECTOR)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q -m "not stress and not slow"
@@ -56,7 +62,7 @@ test: $(STAMP) broker $(INSPECTOR)
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-test-integration: $(STAMP) broker $(INSPECTOR)
+test-integration: $(STAMP) bytecode broker $(INSPECTOR)
 	$(BIN)/pytest -q tests/integration
 
 # The integration tests marked slow: about 10 s or more each (a broker outage, a partition,
@@ -79,11 +85,11 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP) broker
+bench: $(STAMP) bytecode broker
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench
 
-bench-quick: $(STAMP) broker
+bench-quick: $(STAMP) bytecode broker
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench --quick
 

@@ -171,7 +171,8 @@ def test_v2_a_vsm_is_nested_under_its_parent_with_its_limits(
     assert (leaf / "memory.max").read_text() == str(hard_memory(10))
     assert (leaf / "cpu.max").read_text() == "10000 100000"
     assert (leaf / "pids.max").read_text() == str(3 + cgroups.RUNTIME_TASKS)
-    assert (root / "p" / "c" / "pids.max").read_text() == "max"
+    # A new cgroup has no limit to begin with: "no limit" is not written to it.
+    assert not (root / "p" / "c" / "pids.max").exists()
 
 
 def test_v2_empty_kills_the_cgroup_and_whatever_is_still_listed(
@@ -263,10 +264,10 @@ def test_v1_limits_go_to_each_controllers_hierarchy(v1: tuple[Cgroups, Path, Kil
     cpu, memory, pids = (d / LEAF for d in leaves)
     assert (memory / "memory.limit_in_bytes").read_text() == str(hard_memory(10))
     assert (cpu / "cpu.cfs_quota_us").read_text() == "10000"
-    assert (cpu / "cpu.cfs_period_us").read_text() == "100000"
+    assert not (cpu / "cpu.cfs_period_us").exists()  # a new cgroup's period already
     assert (pids / "pids.max").read_text() == str(3 + cgroups.RUNTIME_TASKS)
     assert not (pids / "memory.limit_in_bytes").exists()
-    assert (leaves[1] / "memory.limit_in_bytes").read_text() == "-1"
+    assert not (leaves[1] / "memory.limit_in_bytes").exists()
     (memory / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
     assert cg.new_oom_kills("a") == 1
 
@@ -392,3 +393,18 @@ def test_an_orphaned_fork_server_sweeps_up_to_the_namespace(tmp_path: Path) -> N
     assert (root / "q" / LEAF).is_dir()  # not one of ours: it and the namespace stay
     sweep([str(leaves[2] / "cgroup.procs")])
     assert not root.exists() and (tmp_path / "pids").is_dir()
+
+
+def test_v1_a_restart_writes_every_limit_so_a_looser_policy_takes_effect(
+    v1: tuple[Cgroups, Path, Killer],
+) -> None:
+    cg, tmp, _ = v1
+    cg.prepare("a", None, leaf_limits(Policy(memory_mb=10, cpu_percent=5, max_procs=3)), Limits())
+    cg.prepare("a", None, Limits(), Limits())  # the same VSM again, its limits lifted
+    memory = tmp / "memory/jobs/j1/vsmd-ns/a"
+    cpu = tmp / "cpu,cpuacct/vsmd-ns/a"
+    assert (memory / LEAF / "memory.limit_in_bytes").read_text() == "-1"
+    assert (memory / "memory.limit_in_bytes").read_text() == "-1"
+    assert (cpu / LEAF / "cpu.cfs_quota_us").read_text() == "-1"
+    assert (cpu / LEAF / "cpu.cfs_period_us").read_text() == "100000"
+    assert (tmp / "pids/vsmd-ns/a" / LEAF / "pids.max").read_text() == "max"

@@ -44,6 +44,16 @@ CPU_PERIOD_US = 100_000
 HARD_FACTOR = 2
 RUNTIME_MB = 64
 RUNTIME_TASKS = 8
+# The limits a cgroup has when it is made (cgroup v1 and v2 file names): a spawn writes only
+# what differs. A refreshed cgroup (a restart) gets every value, since a policy may loosen.
+FRESH = {
+    "memory.limit_in_bytes": "-1",
+    "cpu.cfs_period_us": str(CPU_PERIOD_US),
+    "cpu.cfs_quota_us": "-1",
+    "memory.max": "max",
+    "cpu.max": f"max {CPU_PERIOD_US}",
+    "pids.max": "max",
+}
 KILL_DEADLINE = 2.0  # seconds to empty a leaf; SIGKILLed processes leave it in microseconds
 
 
@@ -86,6 +96,16 @@ def _limit_files(version: int, limits: Limits) -> list[tuple[str, str, str]]:
         ("cpu", "cpu.max", f"{cpu or 'max'} {CPU_PERIOD_US}"),
         ("pids", "pids.max", str(pids) if pids else "max"),
     ]
+
+
+def _write(path: Path, value: str) -> None:
+    # os-level: the same system calls as Path.write_text without its text layer, on a path
+    # taken several times per spawn.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _unescape(field: str) -> str:
@@ -196,15 +216,24 @@ class Cgroups:
         return sorted({(root / rel) if rel else root for root in self._roots.values()})
 
     def _make(self, rel: str, limits: Limits, leaf: bool) -> None:
+        made: set[Path] = set()
         for d in self._dirs(rel):
-            d.mkdir(exist_ok=True)
+            try:
+                os.mkdir(d)
+                made.add(d)
+            except FileExistsError:
+                pass  # a restart refreshes the limits of the cgroup it had
             if self.version == 2 and not leaf:
-                (d / "cgroup.subtree_control").write_text(
-                    " ".join(f"+{c}" for c in self.controllers)
-                )
+                _write(d / "cgroup.subtree_control", " ".join(f"+{c}" for c in self.controllers))
         for ctrl, name, value in _limit_files(self.version, limits):
-            if ctrl in self._roots:
-                ((self._roots[ctrl] / rel) / name).write_text(value)
+            if ctrl not in self._roots:
+                continue
+            d = self._roots[ctrl] / rel
+            if d in made and FRESH.get(name) == value:
+                # What a new cgroup starts with: most VSMs set no limit of some kind, and in a
+                # burst each write is a system call that contends for the cgroup lock.
+                continue
+            _write(d / name, value)
 
     # --- the daemon's lifetime -------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from vsmd.daemon.state_store import StateStore
 from vsmd.daemon.trust import Trust
 from vsmd.daemon.violations import Violations
 from vsmd.errors import Internal, ProtocolError, Unauthorized, VsmdError
+from vsmd.gcpause import gc_paused
 from vsmd.protocol import (
     Command,
     Envelope,
@@ -161,7 +162,10 @@ class Control:
         return fut
 
     def list(self, cmd: ListVsms, respond: Respond) -> None:
-        respond(ok_reply(self.manager.list_dicts(cmd.parent, cmd.recursive)))
+        # Thousands of new dicts, none of them garbage: collections set off by them would walk
+        # them again and again (and a full one every record of the registry) on the loop.
+        with gc_paused():
+            respond(ok_reply(self.manager.list_dicts(cmd.parent, cmd.recursive)))
 
     def agents(self, _cmd: ListAgents, respond: Respond) -> None:
         respond(ok_reply(self.manager.agents.describe()))
