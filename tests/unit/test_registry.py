@@ -136,11 +136,45 @@ def test_sibling_named(forest: Registry) -> None:
 
 def test_live_count(forest: Registry) -> None:
     assert forest.live_count() == 6
-    forest.get("a1").status = S.STARTING
-    forest.get("a2").status = S.STOPPING
-    forest.get("b").status = S.EXITED
-    forest.get("r2").status = S.FAILED
+    forest.get("a1").set_status(S.BACKOFF)  # waiting to restart: still counted
+    forest.get("a2").set_status(S.STOPPING)
+    forest.get("b").set_status(S.EXITED)
+    forest.get("r2").set_status(S.FAILED)
     assert forest.live_count() == 4
+    forest.get("r2").set_status(S.STARTING)  # restarted
+    assert forest.live_count() == 5
+    gone = forest.remove("a2")
+    assert forest.live_count() == 4
+    gone.set_status(S.EXITED)  # a record that left the registry is no longer counted
+    assert forest.live_count() == 4
+    forest.add(record("c", status=S.EXITED))
+    assert forest.live_count() == 4
+
+
+def test_the_indexes_agree_with_a_scan_after_every_change(forest: Registry) -> None:
+    def check() -> None:
+        recs = list(forest.all())
+        assert ids(forest.roots()) == [r.id for r in recs if r.parent is None]
+        assert forest.live_count() == sum(1 for r in recs if r.live)
+        for r in recs:
+            assert forest.sibling_named(r.parent, r.name) is not None
+
+    check()
+    forest.reparent("a1", None)  # abandoned: a top-level VSM now, in registry order
+    assert ids(forest.roots()) == ["r1", "a1", "r2"]
+    assert forest.sibling_named(None, "a1") is forest.get("a1")
+    assert forest.sibling_named("a", "a1") is None
+    check()
+    forest.reparent("a1", "r2")
+    assert forest.sibling_named("r2", "a1") is forest.get("a1")
+    assert forest.sibling_named(None, "a1") is None
+    check()
+    forest.add(record("dup", "r2", name="a1"))  # a name an abandoned VSM brought along
+    forest.remove("a1")
+    assert forest.sibling_named("r2", "a1") is forest.get("dup")
+    forest.remove("dup")
+    assert forest.sibling_named("r2", "a1") is None
+    check()
 
 
 def test_get_unknown_raises_not_found(forest: Registry) -> None:
