@@ -26,7 +26,7 @@ import orjson
 from vsmd.agents import AgentRegistry, build_registry
 from vsmd.mcp.server import build_server
 from vsmd.spec import MAX_PACKET, VsmSpec
-from vsmd.supervisor import holes
+from vsmd.supervisor import holes, hugepages
 from vsmd.supervisor.cgroups import join_cgroups, sweep
 from vsmd.supervisor.oscalls import (
     OsCalls,
@@ -102,6 +102,9 @@ class ForkServer:
             prewarm(spec, self.registry, self.mcp_server)
             gc.collect()  # the warm-up's garbage first: its holes are filled with the rest
             self.fillers = holes.fill()
+            if not self.merging:  # KSM would split the huge pages again
+                huge = hugepages.collapse()
+                log.info("%d MiB of the fork server's heap on huge pages", huge >> 20)
         if self.freeze and msg.get("gc_freeze", True):
             # Move everything imported so far out of the collector's reach so the child's
             # first collection does not write to (and un-share) every page.
