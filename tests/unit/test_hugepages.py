@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import mmap
-import os
 import re
 from pathlib import Path
 
 import pytest
 
+from tests.support.kernel import collapse_supported
 from vsmd.supervisor import hugepages
 from vsmd.supervisor.hugepages import HUGE, private_regions
 
@@ -46,13 +46,7 @@ def _huge_kib(lo: int, hi: int) -> int:
     return total
 
 
-def _collapse_supported() -> bool:
-    release = tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2])
-    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    return release >= (6, 1) and thp.exists() and "[never]" not in thp.read_text()
-
-
-@pytest.mark.skipif(not _collapse_supported(), reason="needs MADV_COLLAPSE (Linux 6.1) and THP")
+@pytest.mark.skipif(not collapse_supported(), reason="needs MADV_COLLAPSE (Linux 6.1) and THP")
 def test_a_touched_anonymous_mapping_ends_up_on_huge_pages() -> None:
     size = 4 * HUGE
     # Private and anonymous as the allocators' memory is; room for 4 aligned huge pages.

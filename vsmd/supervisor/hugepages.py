@@ -16,8 +16,9 @@ was and the spawn goes on. Not with ``memory_merge``, whose page merging splits 
 
 from __future__ import annotations
 
-import ctypes
 import errno
+
+from vsmd.supervisor.oscalls import madvise
 
 MADV_COLLAPSE = 25
 HUGE = 2 * 2**20  # the huge page size of x86-64 and arm64 with 4 KiB pages
@@ -44,8 +45,6 @@ def private_regions(maps: str) -> list[tuple[int, int]]:
 
 def collapse(maps_path: str = "/proc/self/maps") -> int:
     """Collapse what ``private_regions`` finds; the bytes now mapped by huge pages."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     try:
         with open(maps_path) as f:
             regions = private_regions(f.read())
@@ -55,8 +54,9 @@ def collapse(maps_path: str = "/proc/self/maps") -> int:
     for start, end in regions:
         # One huge page at a time: a range the kernel refuses in part is not lost as a whole.
         for at in range(start, end, HUGE):
-            if libc.madvise(at, HUGE, MADV_COLLAPSE) == 0:
+            err = madvise(at, HUGE, MADV_COLLAPSE)
+            if err == 0:
                 done += HUGE
-            elif ctypes.get_errno() == errno.EINVAL:
+            elif err == errno.EINVAL:
                 return done  # no MADV_COLLAPSE in this kernel: nothing more will work
     return done

@@ -55,6 +55,13 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def madvise(address: int, length: int, advice: int) -> int:
+    """madvise(2) on a range of this process: 0, or the errno it failed with."""
+    libc = _libc()
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return 0 if libc.madvise(address, length, advice) == 0 else ctypes.get_errno()
+
+
 def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> None:
     """Ask the kernel to send ``sig`` when the thread that forked us ends (PR_SET_PDEATHSIG).
 
