@@ -114,6 +114,16 @@ def _run(
                 ),
             ),
             (
+                "nostandby",
+                lambda: suite.run_variant(
+                    ctx,
+                    "nostandby",
+                    plan.variant_latency,
+                    plan.variant_burst,
+                    spawn_standby=False,
+                ),
+            ),
+            (
                 "exec",
                 lambda: suite.run_variant(
                     ctx, "exec", plan.exec_latency, plan.exec_burst, spawn_strategy="exec"

@@ -5,12 +5,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+# Between spawns measured with the fork server idle: long past a VSM's start, so the fork
+# server's standby (when on) is forked and connected before the next.
+APART_GAP_S = 0.3
+
 
 @dataclass(frozen=True)
 class Plan:
     quick: bool
     ping_reps: int  # admin round trips of ping
     latency_reps: int  # sequential spawn -> ready of one VSM
+    apart_reps: int  # VSMs spawned one at a time with the fork server idle before each
     bursts: tuple[tuple[int, int], ...]  # (N, repeats): N spawns at once, then N terminates
     state_sizes: tuple[int, ...]  # N at which list, vsmctl, memory and idle CPU are measured
     list_reps: int
@@ -51,6 +56,7 @@ FULL = Plan(
     quick=False,
     ping_reps=100,
     latency_reps=100,
+    apart_reps=20,
     bursts=((100, 3), (300, 3), (1000, 3)),
     state_sizes=(1, 100, 1000),
     list_reps=50,
@@ -88,6 +94,7 @@ QUICK = Plan(
     quick=True,
     ping_reps=20,
     latency_reps=20,
+    apart_reps=5,
     bursts=((20, 2),),
     state_sizes=(1, 20),
     list_reps=10,

@@ -18,7 +18,7 @@ from pathlib import Path
 from bench import daemon_steps, peers
 from bench import vsmd_figs as figs
 from bench.bus import AdminPipe
-from bench.plan import Plan
+from bench.plan import APART_GAP_S, Plan
 from bench.resources import CpuWindow, broker_settled, idle_cpu, memory
 from bench.stats import Results, log
 from bench.vsmd_proc import BIG_CONFIG, VsmdProc, start_vsmd
@@ -181,6 +181,7 @@ def run_vsmd_main(ctx: Ctx) -> None:
             spawn, term = figs.sequential(d, plan.latency_reps)
             res.add("vsmd.spawn_ready_ms", "spawn -> ready, one VSM (VsmClient)", "ms", spawn, 1)
             res.add("vsmd.terminate_one_ms", "terminate one VSM (VsmClient)", "ms", term, 1)
+            add_apart(ctx, d, "vsmd")
 
         def restart() -> None:
             total, beyond = figs.crash_restart(d, max(3, plan.latency_reps // 5))
@@ -233,6 +234,16 @@ def one_tree(ctx: Ctx, d: VsmdProc, pipe: AdminPipe) -> None:
     ctx.res.add(f"vsmd.tree.{total}.down_s", "terminate the tree's root", "s", [down], total)
 
 
+def add_apart(ctx: Ctx, d: VsmdProc, prefix: str) -> None:
+    """Spawns with the fork server idle before each (what its standby is for), and the idle
+    USS of the VSMs they made."""
+    spawn, uss = figs.apart(d, ctx.plan.apart_reps, APART_GAP_S)
+    label = f"spawn -> ready, one VSM, {APART_GAP_S:g} s after the last"
+    ctx.res.add(f"{prefix}.apart.spawn_ready_ms", label, "ms", spawn, 1)
+    label = "idle USS of those VSMs, all up"
+    ctx.res.add(f"{prefix}.apart.vsm_uss_mib", label, "MiB", uss, len(uss))
+
+
 def run_variant(
     ctx: Ctx,
     prefix: str,
@@ -246,6 +257,7 @@ def run_variant(
         def latency() -> None:
             spawn, _term = figs.sequential(d, latency_reps)
             ctx.res.add(f"{prefix}.spawn_ready_ms", "spawn -> ready, one VSM", "ms", spawn, 1)
+            add_apart(ctx, d, prefix)
 
         if latency_reps:
             guarded(ctx, f"{prefix} spawn latency", latency)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 
 from bench.goals import num
+from bench.plan import APART_GAP_S
 from bench.stats import Figure, Results, percentile
 
 
@@ -39,6 +40,7 @@ def table(head: list[str], rows: list[list[str]]) -> list[str]:
 STRATEGIES = (
     ("fork server + gc.freeze (default)", "vsmd"),
     ("fork server, no gc.freeze", "nofreeze"),
+    ("fork server, no standby", "nostandby"),
     ("exec (fresh interpreter)", "exec"),
     ("fork server + gc.freeze, agent runs gc.collect() at start", "gcfreeze"),
     ("fork server, no gc.freeze, agent runs gc.collect() at start", "gcnofreeze"),
@@ -128,10 +130,13 @@ def strategies(res: Results) -> list[str]:
         )
         n = min(ns, key=lambda x: abs(x - 100)) if ns else None
         up = res.median(f"{p}.burst.{n}.up_s")
+        apart = res.figures.get(f"{p}.apart.spawn_ready_ms")
         rows.append(
             [
                 name,
                 f"{num(statistics.median(lat.samples))} / {spread(lat)}" if lat else "—",
+                f"{num(statistics.median(apart.samples))} / {spread(apart)}" if apart else "—",
+                _s(res.median(f"{p}.apart.vsm_uss_mib")),
                 f"{n}" if n else "—",
                 f"{_s(up)} s ({num(n / up)}/s)" if up and n else "—",
                 _s(res.median(f"{p}.mem.{n}.vsm_uss_mib")),
@@ -142,13 +147,22 @@ def strategies(res: Results) -> list[str]:
     head = [
         "Strategy",
         "spawn→ready ms (median / spread)",
+        "the same, fork server idle before each",
+        "USS MiB/VSM of those",
         "N",
         "burst of N",
         "USS MiB/VSM",
         "PSS MiB/VSM",
         "RSS MiB/VSM",
     ]
-    return ["## Spawn strategies", "", *table(head, rows)]
+    intro = (
+        "*spawn→ready*: one VSM at a time, each spawned as soon as the one before was "
+        "terminated. *Fork server idle before each*: one at a time, "
+        f"{APART_GAP_S:g} s after the last one was up (the fork server has forked its standby "
+        "by then, when it has one), and the idle USS of those VSMs once all are up. *N*, "
+        "*burst*, and the memory columns after it: a burst of N spawns at once."
+    )
+    return ["## Spawn strategies", "", intro, "", *table(head, rows)]
 
 
 def idle(res: Results) -> list[str]:

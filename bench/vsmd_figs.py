@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from bench.bus import AdminPipe, BenchError, ReadyListener
+from bench.resources import memory
 from bench.vsmd_proc import BIN, VsmdProc
 from vsmd.protocol import ListVsms, Ping, Policy, Spawn, SpawnConfig, Terminate
 
@@ -48,6 +50,40 @@ def sequential(d: VsmdProc, reps: int) -> tuple[list[float], list[float]]:
             c.terminate_child_vsm(info.id)
             term_ms.append(_ms(time.perf_counter() - t))
     return spawn_ms, term_ms
+
+
+def apart(d: VsmdProc, reps: int, gap: float) -> tuple[list[float], list[float]]:
+    """ms from spawn request to "ready" of ``reps`` VSMs spawned one at a time, ``gap`` seconds
+    apart (the fork server idle before each, as before an operator's spawn), and the idle USS
+    (MiB) of each once they are all up; then they are terminated."""
+    spawn_ms: list[float] = []
+    ids: list[str] = []
+    with d.client() as c:
+        try:
+            for _ in range(reps):
+                time.sleep(gap)
+                t = time.perf_counter()
+                ids.append(c.spawn_recursive_vsm(None, SpawnConfig()).id)
+                spawn_ms.append(_ms(time.perf_counter() - t))
+            uss = settled_uss(d)
+        finally:
+            for vsm_id in ids:
+                c.terminate_child_vsm(vsm_id)
+    return spawn_ms, uss
+
+
+def settled_uss(d: VsmdProc, timeout: float = 30.0) -> list[float]:
+    """USS (MiB) of every VSM, once two readings 0.2 s apart agree on the median."""
+    deadline = time.monotonic() + timeout
+    last: list[float] = []
+    while True:
+        now = sorted(memory(d, None)["vsm_uss"])
+        if last and now and abs(statistics.median(now) - statistics.median(last)) < 0.01:
+            return now
+        if time.monotonic() > deadline:
+            return now
+        last = now
+        time.sleep(0.2)
 
 
 def _failed(replies: Sequence[tuple[float, dict[str, Any]]]) -> list[str]:

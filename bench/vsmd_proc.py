@@ -20,6 +20,7 @@ from bench.bus import BenchError, delete_namespace
 from vsmctl.client import VsmClient
 from vsmd.errors import VsmdError
 from vsmd.security import credentials
+from vsmd.supervisor.standby import TITLE as STANDBY_TITLE
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -37,6 +38,13 @@ BIG_CONFIG: dict[str, object] = {
 
 def new_namespace(tag: str) -> str:
     return f"bench-{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def is_standby(p: psutil.Process) -> bool:
+    """The child the fork server forks ahead of the next spawn: no VSM until a spawn takes it."""
+    with contextlib.suppress(psutil.Error):
+        return " ".join(p.cmdline()).startswith(STANDBY_TITLE)
+    return False
 
 
 def bench_env(namespace: str, broker_url: str) -> dict[str, str]:
@@ -99,12 +107,12 @@ class VsmdProc:
         return None
 
     def vsm_pids(self) -> list[int]:
-        """Every VSM process: the fork server's children."""
+        """Every VSM process: the fork server's children but its standby."""
         fs = self.forkserver_pid()
         if fs is None:
             return []
         with contextlib.suppress(psutil.Error):
-            return [p.pid for p in psutil.Process(fs).children()]
+            return [p.pid for p in psutil.Process(fs).children() if not is_standby(p)]
         return []
 
     def log_problems(self, limit: int = 5) -> list[str]:

@@ -45,6 +45,8 @@ class Config:
     state_dir: Path = Path("/var/lib/vsmd")
     spawn_strategy: str = "forkserver"
     gc_freeze: bool = True
+    # The fork server forks a child ahead of the next spawn (docs/spawning.md, "Standby").
+    spawn_standby: bool = True
     # The kernel's KSM may merge VSMs' identical pages (docs/spawning.md, "Memory").
     memory_merge: bool = False
     # The event loop of every VSM: "uvloop" or "asyncio" (docs/runtime-choice.md).

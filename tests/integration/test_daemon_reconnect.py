@@ -7,46 +7,18 @@ The daemon's one connection on the shared broker is closed with rabbitmqctl; not
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pika
-import psutil
 
-from tests.support.harness import poll_for, running_daemon
+from tests.support.harness import close_connection_of, poll_for, running_daemon
 from vsmd.bus.topology import Topology
 from vsmd.protocol import SpawnConfig
 
 AGENTS = {"agent_modules": ["tests.support.agents", "tests.support.msg_agents"]}
-
-
-def _close_connection_of(pid: int, broker_port: int) -> None:
-    """Close, at the broker, the AMQP connection that process ``pid`` holds."""
-    ports = [
-        c.laddr.port
-        for c in psutil.Process(pid).net_connections(kind="tcp")
-        if c.raddr and c.raddr.port == broker_port
-    ]
-    assert len(ports) == 1, ports
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "peer_port", "pid"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    [conn_pid] = [
-        line.split()[1] for line in listed.splitlines() if line.split()[:1] == [str(ports[0])]
-    ]
-    subprocess.run(
-        ["rabbitmqctl", "close_connection", conn_pid, "a test of the daemon's reconnect"],
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
 
 
 def _whole_states(conn: pika.BlockingConnection, queue: str, seen: dict[str, Any]) -> set[str]:
@@ -85,7 +57,7 @@ def test_every_vsm_sends_its_state_again_after_the_daemons_reconnect(
             assert seen == {}  # nobody sends a whole state while nothing happens
 
             assert d.proc.pid is not None
-            _close_connection_of(d.proc.pid, pika.URLParameters(broker_url).port)
+            close_connection_of(d.proc.pid, pika.URLParameters(broker_url).port)
             poll_for(
                 lambda: _whole_states(listener, queue, seen) == {r, k},
                 timeout=30,

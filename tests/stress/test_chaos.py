@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.harness import DaemonProc, poll_for, running_daemon
+from tests.support.harness import DaemonProc, is_standby, poll_for, running_daemon
 from vsmctl.client import VsmClient
 from vsmd.broker.embedded import EmbeddedBroker, _tool
 from vsmd.bus.topology import Topology
@@ -271,8 +271,12 @@ def check_processes(d: DaemonProc, c: VsmClient, killed_fs: psutil.Process) -> l
     poll_for(lambda: not zombies(d), timeout=60, interval=0.5, what="no zombie")
     [fs] = fork_servers(d)
     assert not killed_fs.is_running(), "the killed fork server is reaped"
-    strays = [p.pid for p in family(d) if p.pid != fs.pid and not title(p).startswith("vsm ")]
-    assert strays == [], "the daemon's family: the fork server and VSMs only"
+    strays = [
+        p.pid
+        for p in family(d)
+        if p.pid != fs.pid and not title(p).startswith("vsm ") and not is_standby(p)
+    ]
+    assert strays == [], "the daemon's family: the fork server, its standby and VSMs only"
     return c.list_child_vsms()
 
 

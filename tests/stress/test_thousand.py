@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.harness import DaemonProc, poll_for, queue_exists, running_daemon
+from tests.support.harness import DaemonProc, is_standby, poll_for, queue_exists, running_daemon
 from vsmctl.client import VsmClient
 from vsmd.broker.embedded import EmbeddedBroker
 from vsmd.bus.topology import Topology
@@ -26,7 +26,7 @@ def vsm_pids(d: DaemonProc) -> set[int]:
     fork_servers = [
         p for p in psutil.Process(d.proc.pid).children() if "forkserver" in " ".join(p.cmdline())
     ]
-    return {c.pid for fs in fork_servers for c in fs.children()}
+    return {c.pid for fs in fork_servers for c in fs.children() if not is_standby(c)}
 
 
 def leftovers(d: DaemonProc, ids: list[str]) -> list[str]:

@@ -16,16 +16,52 @@ from typing import TypeVar
 
 import pika
 import pika.exceptions
+import psutil
 
 from vsmctl.client import VsmClient
 from vsmd.bus.namespace import remove_namespace
 from vsmd.bus.topology import Topology
 from vsmd.daemon.journal import journaled_ids
 from vsmd.errors import VsmdError
+from vsmd.supervisor.standby import TITLE as STANDBY_TITLE
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
+
+
+def is_standby(p: psutil.Process) -> bool:
+    """The child a fork server forks ahead of the next spawn: no VSM until a spawn takes it."""
+    with contextlib.suppress(psutil.Error):
+        return " ".join(p.cmdline()).startswith(STANDBY_TITLE)
+    return False
+
+
+def close_connection_of(pid: int, broker_port: int, reason: str = "a test") -> None:
+    """Close, at the broker (rabbitmqctl on the shared node), the one AMQP connection that
+    process ``pid`` holds."""
+    ports = [
+        c.laddr.port
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == broker_port
+    ]
+    assert len(ports) == 1, ports
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "peer_port", "pid"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    [conn_pid] = [
+        line.split()[1] for line in listed.splitlines() if line.split()[:1] == [str(ports[0])]
+    ]
+    subprocess.run(
+        ["rabbitmqctl", "close_connection", conn_pid, reason],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
 
 
 def poll_for(

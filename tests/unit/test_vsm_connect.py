@@ -125,3 +125,36 @@ def test_an_agents_parent_id_follows_a_move(monkeypatch: pytest.MonkeyPatch) -> 
         assert ctx.parent_id == plain.parent_id == "p00000000000"
 
     asyncio.run(main())
+
+
+class _Made:
+    """A connection a standby made ahead: open or already closed by the broker."""
+
+    def __init__(self, closed: bool) -> None:
+        self.connected = asyncio.Event()
+        if not closed:
+            self.connected.set()
+        self.close_callbacks: set[Any] = set()
+        self.closed_by_us = False
+
+    async def channel(self, **_kw: Any) -> Any:
+        raise ConnectionError("the broker went away")  # ends open() once the bus used it
+
+    async def close(self) -> None:
+        self.closed_by_us = True
+
+
+def test_a_connection_made_ahead_is_used_while_open(asked: list[float]) -> None:
+    made = _Made(closed=False)
+    with pytest.raises(BrokerError, match="the broker went away"):
+        asyncio.run(_bus().open(START_CONNECT_TIMEOUT, made))  # type: ignore[arg-type]
+    assert asked == []  # no connect of its own
+    assert made.closed_by_us  # the failed open closed what it had taken
+
+
+def test_a_connection_made_ahead_and_since_closed_is_replaced(asked: list[float]) -> None:
+    made = _Made(closed=True)  # by the broker: is_closed is still False then, as in aio-pika
+    with pytest.raises(BrokerError, match="refused"):
+        asyncio.run(_bus().open(START_CONNECT_TIMEOUT, made))  # type: ignore[arg-type]
+    assert asked == [START_CONNECT_TIMEOUT]
+    assert made.closed_by_us  # what was left of it, let go

@@ -66,6 +66,7 @@ class Daemon:
             config.spawn_strategy,
             config.gc_freeze,
             memory_merge=config.memory_merge,
+            standby=config.spawn_standby,
         )
         self.bus = DaemonBus(
             config.broker_url,

@@ -1,5 +1,6 @@
 """The fork server (zygote): a single-threaded process that imports the VSM runtime once and
-forks VSMs on request, so a spawn costs a fork instead of a fresh interpreter.
+forks VSMs on request, so a spawn costs a fork instead of a fresh interpreter; when it is
+idle, it forks one child ahead of the next spawn (the standby, standby.py).
 
 It is the OS parent of every VSM: it reaps them and reports ``(pid, status)`` to the daemon over
 a SOCK_SEQPACKET socket (one orjson message per packet). It dies with the daemon (death signal,
@@ -22,11 +23,12 @@ import sys
 from typing import Any, NoReturn
 
 import orjson
+from setproctitle import setproctitle
 
 from vsmd.agents import AgentRegistry, build_registry
 from vsmd.mcp.server import build_server
 from vsmd.spec import MAX_PACKET, VsmSpec
-from vsmd.supervisor import holes, hugepages
+from vsmd.supervisor import holes, hugepages, standby
 from vsmd.supervisor.cgroups import join_cgroups, sweep
 from vsmd.supervisor.oscalls import (
     OsCalls,
@@ -39,8 +41,12 @@ from vsmd.supervisor.oscalls import (
     merge_pages,
 )
 from vsmd.supervisor.rlimits import apply_rlimits
+from vsmd.supervisor.standby import Settings, Standby
+from vsmd.vsm import loop as vsm_loop
+from vsmd.vsm.bus import preconnect
+from vsmd.vsm.credentials import amqp_url
 from vsmd.vsm.prewarm import prewarm
-from vsmd.vsm.runtime import run_vsm
+from vsmd.vsm.runtime import run_vsm, run_vsm_here
 
 log = logging.getLogger("vsmd.forkserver")
 EXIT_CHILD_SETUP = 70
@@ -70,6 +76,10 @@ class ForkServer:
         self.cgroups: dict[int, tuple[str, ...]] = {}  # pid -> the cgroups it joined
         # One MCP server for every VSM forked here, built before any fork: shared pages.
         self.mcp_server = build_server()
+        # The child forked ahead of the next spawn (standby.py), and the settings the last
+        # spawn that wanted one asked for: None while no standby is wanted.
+        self.standby: Standby | None = None
+        self.standby_for: Settings | None = None
 
     def send(self, msg: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -91,21 +101,19 @@ class ForkServer:
     def spawn(self, msg: dict[str, Any]) -> None:
         spec = VsmSpec.from_dict(msg["spec"])
         strategy = msg.get("strategy", "forkserver")
-        if not self.merging and msg.get("memory_merge", False):
-            self.merging = True  # once; every VSM forked from now on inherits the mark
-            try:
-                merge_pages()
-            except OSError as exc:
-                log.warning("memory_merge: the kernel refused page merging: %s", exc.strerror)
-        if not self.warm and strategy == "forkserver" and msg.get("prewarm", True):
-            self.warm = True  # once, on the first spawn: the first to bring a broker URL
-            prewarm(spec, self.registry, self.mcp_server)
-            gc.collect()  # the warm-up's garbage first: its holes are filled with the rest
-            self.fillers = holes.fill()
-            if not self.merging:  # KSM would split the huge pages again
-                huge = hugepages.collapse()
-                log.info("%d MiB of the fork server's heap on huge pages", huge >> 20)
-        if self.freeze and msg.get("gc_freeze", True):
+        self._prepare(msg, spec, strategy)
+        freeze = self.freeze and bool(msg.get("gc_freeze", True))
+        # Connected ahead with the daemon's credentials only: in secure mode a VSM connects
+        # with a token of its own, which a standby cannot have before it is that VSM.
+        url = None if spec.token_socket else amqp_url(spec)
+        settings = Settings(freeze, self.merging, url, spec.event_loop)
+        forked_here = strategy == "forkserver"
+        self.standby_for = settings if forked_here and msg.get("standby", False) else None
+        if self.standby is not None:
+            if forked_here and self.standby.settings == settings and self._hand_over(spec):
+                return
+            self.drop_standby()
+        if freeze:
             # Move everything imported so far out of the collector's reach so the child's
             # first collection does not write to (and un-share) every page.
             gc.freeze()
@@ -125,8 +133,28 @@ class ForkServer:
             return
         if pid == 0:
             os.close(out_r)
-            self._child(spec, msg.get("strategy", "forkserver"), out_w)
+            self._child(spec, strategy, out_w)
         os.close(out_w)
+        self._spawned(spec, pid, out_r)
+
+    def _prepare(self, msg: dict[str, Any], spec: VsmSpec, strategy: str) -> None:
+        """Once, on the first spawn that asks: page merging, and the warm-up."""
+        if not self.merging and msg.get("memory_merge", False):
+            self.merging = True  # once; every VSM forked from now on inherits the mark
+            try:
+                merge_pages()
+            except OSError as exc:
+                log.warning("memory_merge: the kernel refused page merging: %s", exc.strerror)
+        if not self.warm and strategy == "forkserver" and msg.get("prewarm", True):
+            self.warm = True  # once, on the first spawn: the first to bring a broker URL
+            prewarm(spec, self.registry, self.mcp_server)
+            gc.collect()  # the warm-up's garbage first: its holes are filled with the rest
+            self.fillers = holes.fill()
+            if not self.merging:  # KSM would split the huge pages again
+                huge = hugepages.collapse()
+                log.info("%d MiB of the fork server's heap on huge pages", huge >> 20)
+
+    def _spawned(self, spec: VsmSpec, pid: int, out_r: int) -> None:
         self.children[pid] = spec.vsm_id
         if spec.cgroup_procs:
             self.cgroups[pid] = spec.cgroup_procs
@@ -134,6 +162,62 @@ class ForkServer:
         with contextlib.suppress(OSError):
             socket.send_fds(self.sock, [orjson.dumps(report)], [out_r])
         os.close(out_r)  # the daemon holds its own copy now
+
+    # --- the standby -----------------------------------------------------------------------
+
+    def _hand_over(self, spec: VsmSpec) -> bool:
+        """The standby becomes the VSM of ``spec``; False when it could not take it."""
+        sb = self.standby
+        assert sb is not None
+        if not sb.hand_over(orjson.dumps(spec.to_dict())):
+            return False
+        self.standby = None
+        out_r, sb.out_r = sb.out_r, -1
+        self._spawned(spec, sb.pid, out_r)
+        return True
+
+    def drop_standby(self, reaped: bool = False) -> None:
+        """Give the standby up: killed unless ``reaped`` already (its pid may be another
+        process's by then), and reaped as an orphan. (Were it left alive, it would read an
+        empty spec and exit.)"""
+        sb, self.standby = self.standby, None
+        if sb is None:
+            return
+        sb.close()
+        if not reaped:
+            with contextlib.suppress(ProcessLookupError):
+                self.os.kill(sb.pid, signal.SIGKILL)
+
+    @property
+    def standby_due(self) -> bool:
+        return self.standby is None and self.standby_for is not None and not self.orphaned
+
+    def refill(self) -> None:
+        """Fork a standby for the next spawn; the loop calls this when no request waits."""
+        settings = self.standby_for
+        if not self.standby_due or settings is None:
+            return
+        if settings.gc_freeze:
+            gc.freeze()
+        fds: list[int] = []
+        try:
+            fds += os.pipe()
+            fds += os.pipe()
+            pid = self.os.fork()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            log.warning("no standby forked: %s", os.strerror(exc.errno or 0))
+            self.standby_for = None  # not again until the next spawn asks for one
+            return
+        spec_r, spec_w, out_r, out_w = fds
+        if pid == 0:
+            os.close(spec_w)
+            os.close(out_r)
+            self._child(None, "forkserver", out_w, spec_r, settings)
+        os.close(spec_r)
+        os.close(out_w)
+        self.standby = Standby(pid, spec_w, out_r, settings)
 
     def _spawn_failed(self, spec: VsmSpec, error: str) -> None:
         self.send({"ev": "spawn_failed", "vsm_id": spec.vsm_id, "error": error})
@@ -159,6 +243,8 @@ class ForkServer:
                 return
             vsm_id = self.children.pop(pid, None)
             self.cgroups.pop(pid, None)  # the daemon empties and removes it from here on
+            if self.standby is not None and pid == self.standby.pid:
+                self.drop_standby(reaped=True)  # died unused: the loop forks another
             if vsm_id is None:
                 continue  # an agent's orphaned subprocess, re-parented to us: reaped, done
             code, sig = describe_status(status)
@@ -169,52 +255,95 @@ class ForkServer:
             self.send({"ev": "exited", "vsm_id": vsm_id, "pid": pid, "code": code, "signal": sig})
 
     def kill_all(self) -> None:
+        self.standby_for = None
+        self.drop_standby()
         for pid in list(self.children):
             self.kill(pid, signal.SIGKILL)
 
     # --- the child side of fork ------------------------------------------------------------
 
-    def _child(self, spec: VsmSpec, strategy: str, out: int) -> NoReturn:
+    def _child(
+        self,
+        spec: VsmSpec | None,
+        strategy: str,
+        out: int,
+        spec_r: int = -1,
+        settings: Settings | None = None,
+    ) -> NoReturn:
+        """The child's side: ``spec`` None for a standby, which reads it from ``spec_r``."""
         code = EXIT_CHILD_SETUP
+        name = spec.vsm_id if spec is not None else "standby"
         try:
-            _redirect_output(out)  # first: whatever goes wrong below is logged as this VSM's
-            os.setsid()  # own session and process group: a terminate kills the agent's helpers too
-            die_with_parent(signal.SIGKILL, self.pid)
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, DEATH_SIGNAL):
-                signal.signal(sig, signal.SIG_DFL)
-            self.sock.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            # Hard quotas before any agent code, inherited by exec and every process it starts.
-            join_cgroups(spec.cgroup_procs)
-            apply_rlimits(spec.policy)
-            if spec.uid:
-                drop_to(spec.uid, self.pid)  # its own uid: no other VSM's files, signals, memory
-            elif spec.token_socket:
-                hide_memory()  # same uid as its siblings: at least keep its token to itself
-            if strategy == "exec":
-                # The state stays off argv (ps shows argv): the VSM asks the daemon for it.
-                spec = dataclasses.replace(spec, state={}, sync=True)
-                os.execv(
-                    sys.executable,
-                    [
-                        sys.executable,
-                        "-P",
-                        "-m",
-                        "vsmd.vsm.runtime",
-                        orjson.dumps(spec.to_dict()).decode(),
-                    ],
-                )
-            gc.enable()
-            code = run_vsm(spec, self.registry, self.mcp_server)
+            self._detach(out)
+            if spec is not None:
+                code = self._become(spec, strategy)
+            else:
+                assert settings is not None
+                setproctitle(standby.TITLE)
+                code = vsm_loop.run(self._standby(spec_r, settings), settings.loop)
         except BaseException as exc:
             with contextlib.suppress(Exception):
-                print(f"vsm {spec.vsm_id}: start failed: {exc!r}", file=sys.stderr)
+                print(f"vsm {name}: start failed: {exc!r}", file=sys.stderr)
         finally:
             with contextlib.suppress(Exception):
                 sys.stderr.flush()
             os._exit(code)
+
+    def _detach(self, out: int) -> None:
+        """What every child does first, whoever it will be."""
+        _redirect_output(out)  # first: whatever goes wrong below is logged as this VSM's
+        os.setsid()  # own session and process group: a terminate kills the agent's helpers too
+        die_with_parent(signal.SIGKILL, self.pid)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, DEATH_SIGNAL):
+            signal.signal(sig, signal.SIG_DFL)
+        self.sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    async def _standby(self, spec_r: int, settings: Settings) -> int:
+        """A standby's life, on the loop the VSM will run on: connect ahead (not in secure
+        mode), wait for the spec, then become that VSM with the connection."""
+        made = await preconnect(settings.url) if settings.url else None
+        raw = await standby.receive_here(spec_r)
+        if not raw:  # given up on
+            if made is not None:
+                with contextlib.suppress(Exception):
+                    await made.close()
+            return 0
+        spec = VsmSpec.from_dict(orjson.loads(raw))
+        self._limit(spec)
+        gc.enable()
+        return await run_vsm_here(spec, self.registry, self.mcp_server, made)
+
+    def _limit(self, spec: VsmSpec) -> None:
+        """Hard quotas and identity before any agent code, inherited by exec and every process
+        the agent starts."""
+        join_cgroups(spec.cgroup_procs)
+        apply_rlimits(spec.policy)
+        if spec.uid:
+            drop_to(spec.uid, self.pid)  # its own uid: no other VSM's files, signals, memory
+        elif spec.token_socket:
+            hide_memory()  # same uid as its siblings: at least keep its token to itself
+
+    def _become(self, spec: VsmSpec, strategy: str) -> int:
+        """The VSM of ``spec``: its limits and identity, then its run."""
+        self._limit(spec)
+        if strategy == "exec":
+            # The state stays off argv (ps shows argv): the VSM asks the daemon for it.
+            spec = dataclasses.replace(spec, state={}, sync=True)
+            os.execv(
+                sys.executable,
+                [
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "vsmd.vsm.runtime",
+                    orjson.dumps(spec.to_dict()).decode(),
+                ],
+            )
+        gc.enable()
+        return run_vsm(spec, self.registry, self.mcp_server)
 
     # --- main loop -------------------------------------------------------------------------
 
@@ -242,9 +371,14 @@ class ForkServer:
 
     def _loop(self) -> None:
         while not self.orphaned:
-            readable, _, _ = select.select([self.sock.fileno(), self._wake_r], [], [])
+            # A standby is forked only when no request waits: never ahead of a spawn's fork.
+            wait = 0.0 if self.standby_due else None
+            readable, _, _ = select.select([self.sock.fileno(), self._wake_r], [], [], wait)
             if self.orphaned:
                 return
+            if not readable:
+                self.refill()
+                continue
             if self._wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)

@@ -50,6 +50,7 @@ class ForkServerPool:
         strategy: str = "forkserver",
         gc_freeze: bool = True,
         memory_merge: bool = False,
+        standby: bool = True,
         hello_timeout: float = HELLO_TIMEOUT,
     ) -> None:
         self._sink = sink
@@ -57,6 +58,7 @@ class ForkServerPool:
         self.strategy = strategy
         self.gc_freeze = gc_freeze
         self.memory_merge = memory_merge
+        self.standby = standby  # a child forked ahead of the next spawn (standby.py)
         self.hello_timeout = hello_timeout
         # While no fork server runs: when the daemon tries again (monotonic), for the refusals.
         self.retry_at: float | None = None
@@ -185,6 +187,7 @@ class ForkServerPool:
                 "strategy": self.strategy,
                 "gc_freeze": self.gc_freeze,
                 "memory_merge": self.memory_merge,
+                "standby": self.standby,
             }
         )
 

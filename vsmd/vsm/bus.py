@@ -42,9 +42,20 @@ INBOX_LOCKED_RETRY = 10.0
 CONNECT_TIMEOUT = 5.0
 START_CONNECT_TIMEOUT = 60.0
 
+Connection = aio_pika.abc.AbstractConnection
 Incoming = aio_pika.abc.AbstractIncomingMessage  # a worker's task (vsmd/vsm/task_queue.py)
 OnMessage = Callable[[Delivery], Awaitable[None]]
 Attach = Callable[[aio_pika.abc.AbstractChannel], Awaitable[None]]
+
+
+async def preconnect(url: str, timeout: float = CONNECT_TIMEOUT) -> Connection | None:
+    """A connection made before the VSM is known, by the fork server's standby
+    (vsmd/supervisor/standby.py); None when the broker cannot be reached now, and the VSM then
+    connects at its start as usual."""
+    try:
+        return await aio_pika.connect(url, timeout=timeout)
+    except LOST:
+        return None
 
 
 class VsmBus:
@@ -90,16 +101,29 @@ class VsmBus:
 
     # --- connection ------------------------------------------------------------------------
 
-    async def open(self, connect_timeout: float = CONNECT_TIMEOUT) -> None:
-        """Connect, declare and bind the inbox, consume it. BrokerError when it cannot."""
+    async def open(
+        self, connect_timeout: float = CONNECT_TIMEOUT, made: Connection | None = None
+    ) -> None:
+        """Connect, declare and bind the inbox, consume it. BrokerError when it cannot.
+
+        ``made``: a connection to this VSM's broker URL made ahead (preconnect), used if it is
+        still open."""
         self.lost.clear()
         token = None
         if self.spec.token_socket:  # a fresh token for every connection
             self.user, token, self.token_ttl = await fetch_token(self.spec.token_socket)
         try:
-            self._conn = await aio_pika.connect(
-                amqp_url(self.spec, self.user, token), timeout=connect_timeout
-            )
+            # A connection the broker closed is not is_closed (only our own close sets that),
+            # but no longer connected.
+            if made is not None and made.connected.is_set() and token is None:
+                self._conn = made
+            else:
+                if made is not None:
+                    with contextlib.suppress(*LOST, RuntimeError):
+                        await made.close()
+                self._conn = await aio_pika.connect(
+                    amqp_url(self.spec, self.user, token), timeout=connect_timeout
+                )
             self._conn.close_callbacks.add(self._on_close)
             self._ch = await self._open_channel()
             await self._ch.set_qos(prefetch_count=PREFETCH)

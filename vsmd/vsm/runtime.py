@@ -30,7 +30,7 @@ from vsmd.protocol import Envelope, error_reply, loads_object, ok_reply
 from vsmd.spec import EXIT_AGENT, EXIT_BROKER, EXIT_OK, EXIT_SPEC, VsmSpec
 from vsmd.vsm import loop as vsm_loop
 from vsmd.vsm.authority import admit
-from vsmd.vsm.bus import START_CONNECT_TIMEOUT, VsmBus
+from vsmd.vsm.bus import START_CONNECT_TIMEOUT, Connection, VsmBus
 from vsmd.vsm.calls import Delivery
 from vsmd.vsm.context import Context, ThreadContext, unpack_reply
 from vsmd.vsm.mcp_tools import BuiltinTools, Events, caller_of
@@ -322,13 +322,14 @@ class VsmRuntime:
         finally:
             stop.cancel()
 
-    async def main(self) -> int:
+    async def main(self, made: Connection | None = None) -> int:
+        """The VSM's life; ``made``: its broker connection, made ahead by a standby."""
         loop = asyncio.get_running_loop()
         self._stop, self._started = asyncio.Event(), asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         try:
-            await self.bus.open(START_CONNECT_TIMEOUT)
+            await self.bus.open(START_CONNECT_TIMEOUT, made)
             await self._publish_up("ready", {"pid": os.getpid()})
         except BrokerError as err:
             print(f"vsm {self.spec.vsm_id}: cannot start: {err.message}", file=sys.stderr)
@@ -352,19 +353,40 @@ class VsmRuntime:
         return code
 
 
+def _runtime(
+    spec: VsmSpec, registry: AgentRegistry | None, mcp_server: Server[Session] | None
+) -> VsmRuntime | None:
+    setproctitle(f"vsm {spec.vsm_id} {spec.path}")
+    try:
+        reg = registry if registry is not None else build_registry(spec.agent_modules)
+        return VsmRuntime(spec, reg, mcp_server)
+    except VsmdError as err:
+        print(f"vsm {spec.vsm_id}: {err.message}", file=sys.stderr)
+        return None
+
+
 def run_vsm(
     spec: VsmSpec, registry: AgentRegistry | None = None, mcp_server: Server[Session] | None = None
 ) -> int:
     """Entry point of a VSM process, after fork or exec; ``mcp_server`` is the one the fork
     server built for all its VSMs (an exec'd VSM builds its own)."""
-    setproctitle(f"vsm {spec.vsm_id} {spec.path}")
-    try:
-        reg = registry if registry is not None else build_registry(spec.agent_modules)
-        runtime = VsmRuntime(spec, reg, mcp_server)
-    except VsmdError as err:
-        print(f"vsm {spec.vsm_id}: {err.message}", file=sys.stderr)
+    runtime = _runtime(spec, registry, mcp_server)
+    if runtime is None:
         return EXIT_SPEC
     return vsm_loop.run(runtime.main(), spec.event_loop)
+
+
+async def run_vsm_here(
+    spec: VsmSpec, registry: AgentRegistry, mcp_server: Server[Session], made: Connection | None
+) -> int:
+    """The same on the running loop, that of a standby which made ``made`` on it."""
+    runtime = _runtime(spec, registry, mcp_server)
+    if runtime is None:
+        if made is not None:
+            with contextlib.suppress(Exception):
+                await made.close()
+        return EXIT_SPEC
+    return await runtime.main(made)
 
 
 def main(argv: list[str] | None = None) -> int:
