@@ -13,7 +13,7 @@ import pytest
 from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError
 from vsmd.spec import VsmSpec
-from vsmd.vsm.bus import CONNECT_TIMEOUT, START_CONNECT_TIMEOUT, VsmBus
+from vsmd.vsm.bus import CONNECT_TIMEOUT, START_CONNECT_TIMEOUT, Made, VsmBus
 from vsmd.vsm.context import Context, ThreadContext
 
 
@@ -127,34 +127,57 @@ def test_an_agents_parent_id_follows_a_move(monkeypatch: pytest.MonkeyPatch) -> 
     asyncio.run(main())
 
 
-class _Made:
-    """A connection a standby made ahead: open or already closed by the broker."""
+class _Conn:
+    """A connection a standby made ahead: open, or already closed by the broker."""
 
     def __init__(self, closed: bool) -> None:
         self.connected = asyncio.Event()
         if not closed:
             self.connected.set()
         self.close_callbacks: set[Any] = set()
+        self.channels_opened = 0
         self.closed_by_us = False
 
     async def channel(self, **_kw: Any) -> Any:
+        self.channels_opened += 1
         raise ConnectionError("the broker went away")  # ends open() once the bus used it
 
     async def close(self) -> None:
         self.closed_by_us = True
 
 
+class _Channel:
+    """Its first channel, open."""
+
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.close_callbacks: set[Any] = set()
+
+    async def get_exchange(self, *_a: Any, **_kw: Any) -> Any:
+        raise ConnectionError("the broker went away")
+
+
 def test_a_connection_made_ahead_is_used_while_open(asked: list[float]) -> None:
-    made = _Made(closed=False)
+    conn = _Conn(closed=False)
     with pytest.raises(BrokerError, match="the broker went away"):
-        asyncio.run(_bus().open(START_CONNECT_TIMEOUT, made))  # type: ignore[arg-type]
+        asyncio.run(_bus().open(START_CONNECT_TIMEOUT, Made(conn, None)))  # type: ignore[arg-type]
     assert asked == []  # no connect of its own
-    assert made.closed_by_us  # the failed open closed what it had taken
+    assert conn.channels_opened == 1  # its first channel, which the standby could not open
+    assert conn.closed_by_us  # the failed open closed what it had taken
+
+
+def test_the_first_channel_made_ahead_is_used_too(asked: list[float]) -> None:
+    conn, ch = _Conn(closed=False), _Channel()
+    bus = _bus()
+    with pytest.raises(BrokerError, match="the broker went away"):
+        asyncio.run(bus.open(START_CONNECT_TIMEOUT, Made(conn, ch)))  # type: ignore[arg-type]
+    assert asked == [] and conn.channels_opened == 0
+    assert ch.close_callbacks  # watched as the bus's own: its close is a lost broker
 
 
 def test_a_connection_made_ahead_and_since_closed_is_replaced(asked: list[float]) -> None:
-    made = _Made(closed=True)  # by the broker: is_closed is still False then, as in aio-pika
+    conn = _Conn(closed=True)  # by the broker: is_closed is still False then, as in aio-pika
     with pytest.raises(BrokerError, match="refused"):
-        asyncio.run(_bus().open(START_CONNECT_TIMEOUT, made))  # type: ignore[arg-type]
+        asyncio.run(_bus().open(START_CONNECT_TIMEOUT, Made(conn, None)))  # type: ignore[arg-type]
     assert asked == [START_CONNECT_TIMEOUT]
-    assert made.closed_by_us  # what was left of it, let go
+    assert conn.closed_by_us  # what was left of it, let go

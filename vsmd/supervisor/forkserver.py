@@ -308,8 +308,7 @@ class ForkServer:
         raw = await standby.receive_here(spec_r)
         if not raw:  # given up on
             if made is not None:
-                with contextlib.suppress(Exception):
-                    await made.close()
+                await made.close()
             return 0
         spec = VsmSpec.from_dict(orjson.loads(raw))
         self._limit(spec)

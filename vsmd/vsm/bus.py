@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -48,14 +49,36 @@ OnMessage = Callable[[Delivery], Awaitable[None]]
 Attach = Callable[[aio_pika.abc.AbstractChannel], Awaitable[None]]
 
 
-async def preconnect(url: str, timeout: float = CONNECT_TIMEOUT) -> Connection | None:
-    """A connection made before the VSM is known, by the fork server's standby
-    (vsmd/supervisor/standby.py); None when the broker cannot be reached now, and the VSM then
-    connects at its start as usual."""
+@dataclass
+class Made:
+    """A connection and its first channel, made before the VSM is known by the fork server's
+    standby (vsmd/supervisor/standby.py): what a VSM opens first, the same for every VSM."""
+
+    conn: Connection
+    channel: aio_pika.abc.AbstractChannel | None  # None when it could not be opened
+
+    async def close(self) -> None:
+        with contextlib.suppress(*LOST, RuntimeError):
+            await self.conn.close()
+
+
+async def preconnect(url: str, timeout: float = CONNECT_TIMEOUT) -> Made | None:
+    """None when the broker cannot be reached now: the VSM then connects at its start."""
     try:
-        return await aio_pika.connect(url, timeout=timeout)
+        conn = await aio_pika.connect(url, timeout=timeout)
     except LOST:
         return None
+    try:
+        return Made(conn, await _first_channel(conn))
+    except LOST:
+        return Made(conn, None)
+
+
+async def _first_channel(conn: Connection) -> aio_pika.abc.AbstractChannel:
+    """The inbox's channel: publisher confirms, returns raised, the inbox's prefetch."""
+    ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+    await ch.set_qos(prefetch_count=PREFETCH)
+    return ch
 
 
 class VsmBus:
@@ -102,31 +125,34 @@ class VsmBus:
     # --- connection ------------------------------------------------------------------------
 
     async def open(
-        self, connect_timeout: float = CONNECT_TIMEOUT, made: Connection | None = None
+        self, connect_timeout: float = CONNECT_TIMEOUT, made: Made | None = None
     ) -> None:
         """Connect, declare and bind the inbox, consume it. BrokerError when it cannot.
 
-        ``made``: a connection to this VSM's broker URL made ahead (preconnect), used if it is
-        still open."""
+        ``made``: a connection to this VSM's broker URL and its first channel, made ahead
+        (preconnect), used as far as they are still open."""
         self.lost.clear()
         token = None
         if self.spec.token_socket:  # a fresh token for every connection
             self.user, token, self.token_ttl = await fetch_token(self.spec.token_socket)
         try:
+            ch = None
             # A connection the broker closed is not is_closed (only our own close sets that),
             # but no longer connected.
-            if made is not None and made.connected.is_set() and token is None:
-                self._conn = made
+            if made is not None and made.conn.connected.is_set() and token is None:
+                self._conn = made.conn
+                if made.channel is not None and not made.channel.is_closed:
+                    ch = made.channel
             else:
                 if made is not None:
-                    with contextlib.suppress(*LOST, RuntimeError):
-                        await made.close()
+                    await made.close()
                 self._conn = await aio_pika.connect(
                     amqp_url(self.spec, self.user, token), timeout=connect_timeout
                 )
             self._conn.close_callbacks.add(self._on_close)
-            self._ch = await self._open_channel()
-            await self._ch.set_qos(prefetch_count=PREFETCH)
+            if ch is None:
+                ch = await _first_channel(self._conn)
+            self._ch = self._watch(ch)
             self._exchange = await self._ch.get_exchange(self.topo.exchange, ensure=False)
             self._inbox = await self._declare_inbox()
             await self._bind(
@@ -163,8 +189,7 @@ class VsmBus:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-            self._ch = await self._open_channel()
-            await self._ch.set_qos(prefetch_count=PREFETCH)
+            self._ch = self._watch(await _first_channel(self._conn))
             self._exchange = await self._ch.get_exchange(self.topo.exchange, ensure=False)
 
     async def _bind(self, keys: list[str], unbind: bool = False) -> None:
@@ -180,7 +205,9 @@ class VsmBus:
 
     async def _open_channel(self) -> aio_pika.abc.AbstractChannel:
         assert self._conn is not None
-        ch = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+        return self._watch(await self._conn.channel(publisher_confirms=True, on_return_raises=True))
+
+    def _watch(self, ch: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractChannel:
         # A channel the broker closes (an error of ours) leaves the VSM deaf on a live
         # connection: treat it as a lost broker, so the VSM reconnects and is bound again.
         ch.close_callbacks.add(self._on_channel_close)

@@ -30,7 +30,7 @@ from vsmd.protocol import Envelope, error_reply, loads_object, ok_reply
 from vsmd.spec import EXIT_AGENT, EXIT_BROKER, EXIT_OK, EXIT_SPEC, VsmSpec
 from vsmd.vsm import loop as vsm_loop
 from vsmd.vsm.authority import admit
-from vsmd.vsm.bus import START_CONNECT_TIMEOUT, Connection, VsmBus
+from vsmd.vsm.bus import START_CONNECT_TIMEOUT, Made, VsmBus
 from vsmd.vsm.calls import Delivery
 from vsmd.vsm.context import Context, ThreadContext, unpack_reply
 from vsmd.vsm.mcp_tools import BuiltinTools, Events, caller_of
@@ -322,7 +322,7 @@ class VsmRuntime:
         finally:
             stop.cancel()
 
-    async def main(self, made: Connection | None = None) -> int:
+    async def main(self, made: Made | None = None) -> int:
         """The VSM's life; ``made``: its broker connection, made ahead by a standby."""
         loop = asyncio.get_running_loop()
         self._stop, self._started = asyncio.Event(), asyncio.Event()
@@ -377,14 +377,13 @@ def run_vsm(
 
 
 async def run_vsm_here(
-    spec: VsmSpec, registry: AgentRegistry, mcp_server: Server[Session], made: Connection | None
+    spec: VsmSpec, registry: AgentRegistry, mcp_server: Server[Session], made: Made | None
 ) -> int:
     """The same on the running loop, that of a standby which made ``made`` on it."""
     runtime = _runtime(spec, registry, mcp_server)
     if runtime is None:
         if made is not None:
-            with contextlib.suppress(Exception):
-                await made.close()
+            await made.close()
         return EXIT_SPEC
     return await runtime.main(made)
 
