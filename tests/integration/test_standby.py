@@ -44,12 +44,18 @@ def first_vsm(d: DaemonProc) -> tuple[str, int]:
     return vsm.id, psutil.Process(pid).ppid()
 
 
+def first_standby(d: DaemonProc) -> tuple[int, int]:
+    """After a first spawn: the fork server's pid and its standby's, once it is there."""
+    _, forkserver = first_vsm(d)
+    [pid] = poll_for(lambda: standbys(forkserver) or None, what="a standby")
+    return forkserver, pid
+
+
 def test_the_next_spawn_takes_the_standby_and_a_new_one_follows(
     broker_url: str, tmp_path: Path
 ) -> None:
     with running_daemon(broker_url, tmp_path) as d:
-        _, forkserver = first_vsm(d)
-        [ready] = poll_for(lambda: standbys(forkserver) or None, what="a standby")
+        forkserver, ready = first_standby(d)
         # It connected to the broker ahead (cooperative mode), and the VSM it becomes keeps
         # that connection: the same one, and no other.
         made = poll_for(lambda: broker_links(ready, broker_url) or None, what="its connection")
@@ -72,8 +78,7 @@ def test_a_standby_killed_before_use_is_replaced_and_spawns_go_on(
     broker_url: str, tmp_path: Path
 ) -> None:
     with running_daemon(broker_url, tmp_path) as d:
-        _, forkserver = first_vsm(d)
-        [doomed] = poll_for(lambda: standbys(forkserver) or None, what="a standby")
+        forkserver, doomed = first_standby(d)
         os.kill(doomed, signal.SIGKILL)
         poll_for(
             lambda: [p for p in standbys(forkserver) if p != doomed] or None,
@@ -90,8 +95,7 @@ def test_a_standby_whose_connection_the_broker_closed_connects_anew_as_the_vsm(
     broker_url: str, tmp_path: Path
 ) -> None:
     with running_daemon(broker_url, tmp_path) as d:
-        _, forkserver = first_vsm(d)
-        [ready] = poll_for(lambda: standbys(forkserver) or None, what="a standby")
+        _, ready = first_standby(d)
         [made] = poll_for(lambda: broker_links(ready, broker_url) or None, what="its connection")
         close_connection_of(ready, urlsplit(broker_url).port or 5672, "a test of the standby")
         poll_for(lambda: broker_links(ready, broker_url) == [] or None, what="it to be closed")

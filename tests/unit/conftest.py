@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.unit.fakes import FakeClock, FakePool, HostMemory, Notes, Tree
+from tests.unit.fakes import FakeClock, FakeOs, FakePool, HostMemory, Notes, Tree
 from vsmd.agents import AgentRegistry
 from vsmd.config import Config
 from vsmd.daemon.journal import Journal
@@ -113,3 +114,24 @@ def manager(make_manager: MakeManager) -> SpawnManager:
 @pytest.fixture
 def tree(manager: SpawnManager, pool: FakePool) -> Tree:
     return Tree(manager, pool)
+
+
+# The fork server's tests (test_forkserver.py, test_standby.py): fake OS calls, and a real
+# SOCK_SEQPACKET pair whose other end is the daemon's.
+@pytest.fixture
+def fake_os() -> FakeOs:
+    return FakeOs()
+
+
+@pytest.fixture
+def socks() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.setblocking(False)
+    with ours, theirs:
+        yield ours, theirs
+
+
+@pytest.fixture
+def daemon_end(socks: tuple[socket.socket, socket.socket]) -> socket.socket:
+    """The daemon's end of the socket: what the fork server sends arrives here."""
+    return socks[1]

@@ -32,24 +32,6 @@ SETTINGS = Settings(False, False, amqp_url(make_spec()), make_spec().event_loop)
 
 
 @pytest.fixture
-def fake_os() -> FakeOs:
-    return FakeOs()
-
-
-@pytest.fixture
-def socks() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    theirs.setblocking(False)
-    with ours, theirs:
-        yield ours, theirs
-
-
-@pytest.fixture
-def daemon_end(socks: tuple[socket.socket, socket.socket]) -> socket.socket:
-    return socks[1]
-
-
-@pytest.fixture
 def server(socks: tuple[socket.socket, socket.socket], fake_os: FakeOs) -> Iterator[ForkServer]:
     fs = ForkServer(socks[0], AgentRegistry(), fake_os)
     fs.freeze = False  # keep gc.freeze() out of the test process
