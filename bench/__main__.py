@@ -124,6 +124,12 @@ def _run(
                 ),
             ),
             (
+                "nohuge",
+                lambda: suite.run_variant(
+                    ctx, "nohuge", plan.variant_latency, plan.variant_burst, huge_pages=False
+                ),
+            ),
+            (
                 "exec",
                 lambda: suite.run_variant(
                     ctx, "exec", plan.exec_latency, plan.exec_burst, spawn_strategy="exec"

@@ -127,9 +127,11 @@ def cpu_table(res: Results) -> list[str]:
             mgr = sum(res.median(f"{key}.cpu_{m}_s") or 0.0 for m in managers)
             broker = res.median(f"{key}.cpu_broker_s") or 0.0
             total = kid + mgr + broker
+            kdamond = res.median(f"{key}.cpu_kdamond_s")
             rows.append(
                 f"| {name} | {n:,} | {num(wall)} | {num(kid)} ({num(kid / n * 1000)} ms each) "
-                f"| {num(mgr)} | {num(broker)} | {num(total)} | {num(total / wall)} |"
+                f"| {num(mgr)} | {num(broker)} | {num(total)} | {num(total / wall)} "
+                f"| {num(kdamond) if kdamond is not None else '—'} |"
             )
     if not rows:
         return []
@@ -140,11 +142,14 @@ def cpu_table(res: Results) -> list[str]:
         "spent from the first request to the last ready. *Manager*: vsmd's daemon + fork "
         "server; the floor's forking parent + this bench process (it collects the "
         '"ready" messages); multiprocessing\'s fork server + this bench process; supervisord. '
-        "*Cores busy*: all these CPU seconds over the wall time.",
+        "*Cores busy*: all these CPU seconds over the wall time. *kdamond*: the machine's own "
+        "DAMON memory monitor over the same window (— where it runs none, or the run did not "
+        "measure it), not in the total: the bench does not start it, but it takes the same "
+        "cores.",
         "",
         "| Contender | N | wall s | processes CPU s | manager CPU s | broker CPU s "
-        "| total CPU s | cores busy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| total CPU s | cores busy | kdamond CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]

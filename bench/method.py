@@ -92,9 +92,11 @@ def _nerves(plan: dict[str, Any]) -> list[str]:
         "(the broker routes each to one more queue). *Request/reply*: `ctx.request` of the "
         f"parent to its child, {plan['nerve_rr']} times after 5 to warm up. *Broadcast*: a "
         f"root with {plan['nerve_subtree']:,} children `ctx.broadcast`s "
-        f"{plan['nerve_rounds']} times 0.5 s apart; each child notes the arrival time and "
-        "sends them all to the root afterwards; *until all have it* is the latest arrival of a "
-        "round.",
+        f"{plan['nerve_rounds']} times, 0.5 s after each `ctx.broadcast` returned; each child "
+        "notes the arrival time and sends them all to the root afterwards; *until all have it* "
+        "is the latest arrival of a round. The CPU of the VSMs, the broker, the daemon and the "
+        "machine's kdamond threads (where it runs them) is taken around the root's rounds and "
+        "divided by the messages received.",
         "- **Bare aio-pika** (`bench/nerve_floor.py`): two processes on the same broker, one "
         "connection each, messages of vsmd's size (a delta, a call envelope). Latency: one "
         "message at a time, as far apart as the probes. Rate: as many messages as vsmd's "
@@ -106,7 +108,8 @@ def _nerves(plan: dict[str, Any]) -> list[str]:
         f"{plan['nerve_subtree']:,} receivers (as the fork server forks VSMs); each opens its own "
         "connection, binds an exclusive inbox to a topic exchange, consumes it with a prefetch "
         "of 64 and acks each message once it has noted its arrival; the process then publishes "
-        "the same rounds, 0.5 s apart, from a connection of its own.",
+        "the same rounds, 0.5 s apart, from a connection of its own, taking the CPU of the "
+        "receivers, the broker and kdamond around them.",
     ]
 
 

@@ -120,12 +120,14 @@ class NerveParent(AsyncAgent):
     async def _bcast(self, ctx: AgentContext, body: dict[str, Any]) -> dict[str, Any]:
         rounds, gap = int(body["rounds"]), float(body["gap"])
         sent: list[float] = []
+        took: list[float] = []  # ms until ctx.broadcast returned: the broker's confirm
         for r in range(rounds):
             t0 = now()
             await ctx.broadcast("mark", {"round": r})
+            took.append((now() - t0) * 1e3)
             sent.append(t0)
             await asyncio.sleep(gap)  # every receiver is done before the next round
-        return {"t0": sent}
+        return {"t0": sent, "took_ms": took}
 
     async def _arrivals(self, ctx: AgentContext, body: dict[str, Any]) -> dict[str, Any]:
         expect, timeout = int(body["expect"]), float(body["timeout"])

@@ -24,6 +24,8 @@ import aio_pika.abc
 import orjson
 import uvloop
 
+from bench.schedstat import task_seconds
+
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 
@@ -186,7 +188,12 @@ async def _declare(a: dict[str, Any], delete: bool) -> None:
     await conn.close()
 
 
-async def _broadcast(a: dict[str, Any], n: int) -> dict[str, Any]:
+def _cpu(pids: list[int | None]) -> float:
+    return sum(task_seconds(pid) or 0.0 for pid in pids if pid is not None)
+
+
+async def _broadcast(a: dict[str, Any], receivers: list[int]) -> dict[str, Any]:
+    n = len(receivers)
     rounds, gap, timeout = int(a["rounds"]), float(a["gap"]), float(a["timeout"])
     conn = await aio_pika.connect(a["url"])
     ch = await conn.channel(publisher_confirms=False)
@@ -199,11 +206,17 @@ async def _broadcast(a: dict[str, Any], n: int) -> dict[str, Any]:
     await (await ch.get_queue(a["collect"], ensure=False)).consume(on_message, no_ack=True)
     for _ in range(n):
         await asyncio.wait_for(inbox.get(), timeout)  # every receiver consumes
+    # The CPU of the rounds, as vsmd's step takes it around the root's rounds.
+    watch: dict[str, list[int | None]] = {"receivers": [*receivers], **a["watch"]}
+    before = {k: _cpu(v) for k, v in watch.items()}
+    started = time.perf_counter()
     sent = []
     for r in range(rounds):
         sent.append(now())
         await exchange.publish(aio_pika.Message(orjson.dumps({"round": r})), "all")
         await asyncio.sleep(gap)  # every receiver is done before the next round
+    cpu = {k: _cpu(v) - before[k] for k, v in watch.items()}
+    window_s = time.perf_counter() - started
     await exchange.publish(aio_pika.Message(b'{"report":true}'), "all")
     reports = [orjson.loads(await asyncio.wait_for(inbox.get(), timeout)) for _ in range(n)]
     await conn.close()
@@ -213,7 +226,13 @@ async def _broadcast(a: dict[str, Any], n: int) -> dict[str, Any]:
         if len(arrived) == n:  # a round someone missed has no "until all"
             last.append(max(arrived))
         every.extend(arrived)
-    return {"all_ms": last, "each_ms": every, "missed": rounds * n - len(every)}
+    return {
+        "all_ms": last,
+        "each_ms": every,
+        "missed": rounds * n - len(every),
+        "cpu": cpu,
+        "window_s": window_s,
+    }
 
 
 def fanout(a: dict[str, Any]) -> None:
@@ -228,7 +247,7 @@ def fanout(a: dict[str, Any]) -> None:
             if pid == 0:
                 _receive(a, index)
             pids.append(pid)
-        result = uvloop.run(_broadcast(a, n))
+        result = uvloop.run(_broadcast(a, pids))
         for pid in pids:
             os.waitpid(pid, 0)
         pids.clear()

@@ -124,8 +124,55 @@ def _prose(res: Results, cores: int) -> list[str | None]:
                 _ratio(m(f"ns.bcast.{n}.all_ms"), m(f"nsfloor.bcast.{n}.all_ms")),
             )
         )
+        lines.extend(_broadcast_cpu(res, n))
     lines.append(_floor_vs_goals(res))
     return lines
+
+
+def _broadcast_cpu(res: Results, n: int) -> list[str | None]:
+    """Where the CPU of the rounds went, in vsmd and in the floor, per message received."""
+    m = res.median
+    v, f = f"ns.bcast.{n}.", f"nsfloor.bcast.{n}."
+    return [
+        _line(
+            "The root's ctx.broadcast returned after {} ms (median; worst {} ms): it waits for "
+            "the broker's confirm, which comes once the message is in every inbox. vsmd's "
+            "rounds took {} s in all, the floor's, which publishes without confirms, {} s.",
+            m(f"{v}publish_ms"),
+            max(fig.samples) if (fig := res.figures.get(f"{v}publish_ms")) else None,
+            m(f"{v}window_s"),
+            m(f"{f}window_s"),
+        ),
+        _line(
+            "CPU per message received, over those rounds: {} ms in the VSMs, {} ms in the "
+            "broker and {} ms in the daemon; in the floor {} ms in the receivers and {} ms in "
+            "the broker. The VSMs took {}x the receivers' CPU per message.",
+            m(f"{v}cpu_vsms_ms"),
+            m(f"{v}cpu_broker_ms"),
+            m(f"{v}cpu_daemon_ms"),
+            m(f"{f}cpu_receivers_ms"),
+            m(f"{f}cpu_broker_ms"),
+            _ratio(m(f"{v}cpu_vsms_ms"), m(f"{f}cpu_receivers_ms")),
+        ),
+        _line(
+            "The machine's own memory monitor (the kernel's DAMON threads, kdamond, which the "
+            "bench does not start) used {} CPU ms per message received during vsmd's rounds and "
+            "{} ms during the floor's: {}% and {}% of one core, on the same two cores.",
+            m(f"{v}cpu_kdamond_ms"),
+            m(f"{f}cpu_kdamond_ms"),
+            _busy(res, v),
+            _busy(res, f),
+        ),
+    ]
+
+
+def _busy(res: Results, key: str) -> float | None:
+    """Percent of one core that kdamond used over the rounds."""
+    per, window = res.median(f"{key}cpu_kdamond_ms"), res.median(f"{key}window_s")
+    fig = res.figures.get(f"{key}cpu_kdamond_ms")
+    if per is None or not window or fig is None or fig.n is None:
+        return None
+    return per * fig.n / 1e3 / window * 100
 
 
 def _floor_vs_goals(res: Results) -> str | None:

@@ -18,7 +18,7 @@ import orjson
 
 from bench import suite
 from bench.bus import AdminPipe, BenchError, Tap
-from bench.resources import CpuWindow
+from bench.resources import CpuWindow, memory_monitors
 from bench.stats import log
 from bench.vsmd_figs import terminate
 from bench.vsmd_proc import REPO, VsmdProc
@@ -141,7 +141,21 @@ def _broadcast(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe) -> None:
         spawn_vsms(pipe, n, root["id"], "nervechild")
         with d.client(300.0) as c:
             rounds = plan.nerve_rounds
-            t0 = c.call(root["id"], "bcast", {"rounds": rounds, "gap": 0.5})["t0"]
+            window = CpuWindow(
+                {
+                    "vsms": list(d.vsm_pids()),
+                    "broker": [ctx.broker_pid],
+                    "daemon": [d.pid],
+                    **memory_monitors(),
+                }
+            )
+            started = time.perf_counter()
+            sent = c.call(root["id"], "bcast", {"rounds": rounds, "gap": 0.5})
+            window_s = time.perf_counter() - started
+            _cpu_per_arrival(ctx, f"{PREFIX}.bcast.{n}", n * rounds, window.stop({}), window_s)
+            t0 = sent["t0"]
+            label = "the root's ctx.broadcast, until it returned (the broker's confirm)"
+            res.add(f"{PREFIX}.bcast.{n}.publish_ms", label, "ms", sent["took_ms"], n)
             got = c.call(root["id"], "arrivals", {"expect": n, "timeout": 120.0})["reports"]
     finally:
         terminate(pipe, [root["id"]], 300.0)
@@ -163,6 +177,16 @@ def _broadcast(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe) -> None:
         )
     label = "broadcast from the root until each VSM has it (every arrival)"
     res.add(f"{PREFIX}.bcast.{n}.each_ms", label, "ms", every, n)
+
+
+def _cpu_per_arrival(
+    ctx: suite.Ctx, key: str, arrivals: int, cpu: dict[str, float], window_s: float
+) -> None:
+    """CPU ms per message that reached one receiver, over the rounds (their gaps included)."""
+    ctx.res.add(f"{key}.window_s", "the rounds, their gaps included", "s", [window_s], arrivals)
+    for who, secs in cpu.items():
+        label = f"CPU per arrival while broadcasting: {who}"
+        ctx.res.add(f"{key}.cpu_{who}_ms", label, "CPU ms", [secs * 1e3 / arrivals], arrivals)
 
 
 # --- the floor: bare aio-pika -----------------------------------------------------------------
@@ -282,8 +306,11 @@ def _floor_broadcast(ctx: suite.Ctx) -> None:
         "rounds": plan.nerve_rounds,
         "gap": 0.5,
         "timeout": 120.0,
+        "watch": {"broker": [ctx.broker_pid], **memory_monitors()},
     }
     got = _result(_proc("fanout", args), 300.0 + plan.nerve_rounds)
+    arrivals = n * plan.nerve_rounds
+    _cpu_per_arrival(ctx, f"nsfloor.bcast.{n}", arrivals, got["cpu"], got["window_s"])
     if got["missed"]:
         res.fail(f"broadcast floor: {got['missed']} arrivals missing")
     label = "bare aio-pika: broadcast until all N forked receivers have it"

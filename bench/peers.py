@@ -27,7 +27,7 @@ import psutil
 
 from bench import child
 from bench.bus import BenchError, ReadyListener
-from bench.resources import CpuWindow
+from bench.resources import CpuWindow, memory_monitors
 from bench.vsmd_proc import BIN, REPO
 from vsmd.bus.connection import close_quietly, connect
 
@@ -79,7 +79,12 @@ class Floor:
     def run(self, n: int) -> PeerRun:
         self.listener.reset()
         window = CpuWindow(
-            {"broker": [self.broker_pid], "bench": [os.getpid()], "parent": [self.proc.pid]}
+            {
+                "broker": [self.broker_pid],
+                "bench": [os.getpid()],
+                "parent": [self.proc.pid],
+                **memory_monitors(),
+            }
         )
         start = time.perf_counter()
         pids = [int(p) for p in self._ask(f"up {n}", ready_timeout(n)).split()]
@@ -165,7 +170,12 @@ class Multiprocessing:
         ]
         server = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
         window = CpuWindow(
-            {"broker": [self.broker_pid], "bench": [os.getpid()], "forkserver": [server]}
+            {
+                "broker": [self.broker_pid],
+                "bench": [os.getpid()],
+                "forkserver": [server],
+                **memory_monitors(),
+            }
         )
         start = time.perf_counter()
         try:
@@ -295,7 +305,12 @@ class Supervisord:
             raise BenchError(f"this supervisord has {self.n} programs, not {n}")
         self.listener.reset()
         window = CpuWindow(
-            {"broker": [self.broker_pid], "bench": [os.getpid()], "supervisord": [self.proc.pid]}
+            {
+                "broker": [self.broker_pid],
+                "bench": [os.getpid()],
+                "supervisord": [self.proc.pid],
+                **memory_monitors(),
+            }
         )
         start = time.perf_counter()
         self.rpc.supervisor.startAllProcesses(False)

@@ -74,6 +74,7 @@ def idle_cpu(d: VsmdProc, broker: int | None, seconds: float) -> dict[str, float
         "forkserver": _procs([d.forkserver_pid()]),
         "vsms_total": vsms,
         "broker": _procs([broker]),
+        **{k: _procs(v) for k, v in memory_monitors().items()},
     }
     before = {k: _cpu(v) for k, v in groups.items()}
     start = time.perf_counter()
@@ -84,6 +85,18 @@ def idle_cpu(d: VsmdProc, broker: int | None, seconds: float) -> dict[str, float
     if vsms:
         out["vsm_each"] = out["vsms_total"] / len(vsms)
     return out
+
+
+def memory_monitors() -> dict[str, list[int | None]]:
+    """{"kdamond": pids} where the machine runs the kernel's DAMON threads, else {}: they
+    sample the pages of every process and their CPU grows with what many processes map, so
+    a step that runs many processes shares the cores with them."""
+    pids: list[int | None] = [
+        p.pid
+        for p in psutil.process_iter(["name"])
+        if str(p.info["name"] or "").startswith("kdamond")
+    ]
+    return {"kdamond": pids} if pids else {}
 
 
 def cpu_of(pids: Iterable[int | None]) -> float:

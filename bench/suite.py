@@ -19,7 +19,7 @@ from bench import daemon_steps, peers
 from bench import vsmd_figs as figs
 from bench.bus import AdminPipe
 from bench.plan import APART_GAP_S, Plan
-from bench.resources import CpuWindow, broker_settled, idle_cpu, memory
+from bench.resources import CpuWindow, broker_settled, idle_cpu, memory, memory_monitors
 from bench.stats import Results, log
 from bench.vsmd_proc import BIG_CONFIG, VsmdProc, start_vsmd
 from vsmd.config import Config
@@ -115,6 +115,7 @@ def one_burst(
         "bench": [os.getpid()],
         "daemon": [d.pid],
         "forkserver": [d.forkserver_pid()],
+        **memory_monitors(),  # the machine's, where it runs them: they share our cores
     }
     steps_before = daemon_steps.read(pipe)  # before the CPU window: its ping is not the burst's
     window = CpuWindow(managers)

@@ -41,6 +41,7 @@ STRATEGIES = (
     ("fork server + gc.freeze (default)", "vsmd"),
     ("fork server, no gc.freeze", "nofreeze"),
     ("fork server, no standby", "nostandby"),
+    ("fork server, heap not on huge pages", "nohuge"),
     ("exec (fresh interpreter)", "exec"),
     ("fork server + gc.freeze, agent runs gc.collect() at start", "gcfreeze"),
     ("fork server, no gc.freeze, agent runs gc.collect() at start", "gcnofreeze"),
@@ -167,7 +168,7 @@ def strategies(res: Results) -> list[str]:
 
 def idle(res: Results) -> list[str]:
     rows = []
-    for prefix in ("vsmd", "nosampler"):
+    for prefix in ("vsmd", "nosampler", "nohuge"):
         for n in sorted(
             {f.n for k, f in res.figures.items() if k.startswith(f"{prefix}.idle.") and f.n}
         ):
@@ -184,6 +185,7 @@ def idle(res: Results) -> list[str]:
                     g("vsm_each"),
                     g("vsms_total"),
                     g("broker"),
+                    g("kdamond"),
                     _s(res.median(f"{prefix}.mem.{n}.daemon_rss_mib")),
                     _s(res.median(f"{prefix}.mem.{n}.broker_rss_mib")),
                 ]
@@ -196,13 +198,18 @@ def idle(res: Results) -> list[str]:
         "per VSM %",
         "all VSMs %",
         "broker %",
+        "kdamond %",
         "daemon RSS MiB",
         "broker RSS MiB",
     ]
     return [
         "## Idle cost",
         "",
-        "CPU in % of one core over the idle window.",
+        "CPU in % of one core over the idle window. *kdamond*: the kernel's DAMON memory "
+        "monitor, which this machine runs for itself (— where it runs none, or the run did not "
+        "measure it): the bench does not start it, but its work grows with the pages many "
+        "processes map. *nohuge*: the fork server's heap left on 4 KiB pages "
+        "(`huge_pages = false`).",
         "",
         *table(head, rows),
     ]

@@ -1,5 +1,6 @@
 """The real fork server maps its heap with huge pages once it has warmed up (its first spawn),
-and not with memory_merge, whose page merging would split them again."""
+and not with memory_merge, whose page merging would split them again, nor with
+huge_pages = false."""
 
 from __future__ import annotations
 
@@ -17,11 +18,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.mark.parametrize("merge", [False, True])
-def test_the_fork_server_heap_is_on_huge_pages_unless_pages_are_merged(
-    broker_url: str, tmp_path: Path, merge: bool
+@pytest.mark.parametrize(
+    ("config", "expect_huge"),
+    [
+        ({}, True),
+        ({"memory_merge": True}, False),
+        ({"huge_pages": False}, False),
+    ],
+    ids=["default", "memory_merge", "huge_pages_off"],
+)
+def test_the_fork_server_heap_is_on_huge_pages_unless_merged_or_turned_off(
+    broker_url: str, tmp_path: Path, config: dict[str, object], expect_huge: bool
 ) -> None:
-    with running_daemon(broker_url, tmp_path, config={"memory_merge": merge}) as d:
+    with running_daemon(broker_url, tmp_path, config=config) as d:
         c = d.client()
         vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="huge"))
         pid = c.show(vsm.id).pid
@@ -29,10 +38,10 @@ def test_the_fork_server_heap_is_on_huge_pages_unless_pages_are_merged(
         forkserver = psutil.Process(pid).ppid()
         assert "forkserver" in " ".join(psutil.Process(forkserver).cmdline())
         huge = anon_huge_kib(forkserver)
-        if merge:
-            assert huge == 0
-        else:
+        if expect_huge:
             assert huge >= 2048  # at least one 2 MiB page
+        else:
+            assert huge == 0
         # VSMs forked from it, the first and a later one, run and answer themselves.
         later = c.spawn_recursive_vsm(vsm.id, SpawnConfig(name="later"))
         for one in (vsm, later):

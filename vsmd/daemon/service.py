@@ -67,6 +67,7 @@ class Daemon:
             config.gc_freeze,
             memory_merge=config.memory_merge,
             standby=config.spawn_standby,
+            huge_pages=config.huge_pages,
         )
         self.bus = DaemonBus(
             config.broker_url,

@@ -150,7 +150,8 @@ class ForkServer:
             prewarm(spec, self.registry, self.mcp_server)
             gc.collect()  # the warm-up's garbage first: its holes are filled with the rest
             self.fillers = holes.fill()
-            if not self.merging:  # KSM would split the huge pages again
+            # Not with KSM, which would split the huge pages again.
+            if not self.merging and msg.get("huge_pages", True):
                 huge = hugepages.collapse()
                 log.info("%d MiB of the fork server's heap on huge pages", huge >> 20)
 

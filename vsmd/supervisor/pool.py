@@ -51,6 +51,7 @@ class ForkServerPool:
         gc_freeze: bool = True,
         memory_merge: bool = False,
         standby: bool = True,
+        huge_pages: bool = True,
         hello_timeout: float = HELLO_TIMEOUT,
     ) -> None:
         self._sink = sink
@@ -59,6 +60,7 @@ class ForkServerPool:
         self.gc_freeze = gc_freeze
         self.memory_merge = memory_merge
         self.standby = standby  # a child forked ahead of the next spawn (standby.py)
+        self.huge_pages = huge_pages  # the heap collapsed to huge pages (hugepages.py)
         self.hello_timeout = hello_timeout
         # While no fork server runs: when the daemon tries again (monotonic), for the refusals.
         self.retry_at: float | None = None
@@ -188,6 +190,7 @@ class ForkServerPool:
                 "gc_freeze": self.gc_freeze,
                 "memory_merge": self.memory_merge,
                 "standby": self.standby,
+                "huge_pages": self.huge_pages,
             }
         )
 
