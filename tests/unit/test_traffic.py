@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from vsmd.vsm.runtime import RATE_WINDOW, rate_window
 from vsmd.vsm.traffic import Traffic
 
 
@@ -42,3 +43,14 @@ def test_counting_without_a_parked_reporter_only_counts() -> None:
         assert (traffic.received, traffic.sent) == (2, 2)
 
     asyncio.run(scenario())
+
+
+def test_each_vsm_has_its_own_rate_window_within_a_quarter_of_the_nominal() -> None:
+    """VSMs woken by one broadcast must not all report their rates at the same instant."""
+    ids = [f"{i:012x}" for i in range(200)]
+    windows = [rate_window(vsm_id) for vsm_id in ids]
+    assert all(0.75 * RATE_WINDOW <= w <= 1.25 * RATE_WINDOW for w in windows)
+    assert rate_window(ids[0]) == rate_window(ids[0])  # the same VSM keeps its window
+    # Spread over the range, not bunched: some in each fifth of it.
+    fifths = {int((w / RATE_WINDOW - 0.75) / 0.1) for w in windows}
+    assert fifths == {0, 1, 2, 3, 4}

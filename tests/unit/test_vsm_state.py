@@ -83,6 +83,38 @@ def test_children_add_up_in_the_subtree_summary() -> None:
     }
 
 
+def test_only_a_childs_summary_makes_the_parent_sum_its_children_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Summing walks every child: a child's rate report (msg_in, msg_out) must not start it,
+    or a parent of a thousand children walks them all on each of their reports."""
+
+    async def run() -> tuple[StateReplica, list[int]]:
+        state, _sink = replica()
+        sums: list[int] = []  # how many times it summed, after each delta
+        calls = 0
+        summarize = state._summarize
+
+        def counted() -> None:
+            nonlocal calls
+            calls += 1
+            summarize()
+
+        monkeypatch.setattr(state, "_summarize", counted)
+        clock = Clock("kid")
+        state.apply_child("k1", encode({("metrics", "msg_in"): Entry(2.0, clock.tick())}))
+        sums.append(calls)
+        summary = {"count": 1, "worst_health": "degraded", "counters": {}}
+        state.apply_child("k1", encode({("metrics", "subtree"): Entry(summary, clock.tick())}))
+        sums.append(calls)
+        return state, sums
+
+    state, sums = asyncio.run(run())
+    assert sums == [0, 1]  # none for the rates, one for the summary
+    assert state.own.section("metrics")["subtree"]["worst_health"] == "degraded"
+    assert state.child_states()["k1"]["metrics"]["msg_in"] == 2.0
+
+
 def test_oversized_and_non_json_values_are_refused() -> None:
     async def run() -> None:
         state, _sink = replica(limit=1000)

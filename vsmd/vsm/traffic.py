@@ -1,8 +1,9 @@
 """A VSM's message counts in and out, for the rates it reports in its state (vsmctl top).
 
-The reporter looks at the counts every RATE_WINDOW seconds while messages flow. Once it has
-reported zero both ways it parks until the next message instead of waking on a timer: with
-thousands of idle VSMs on a machine, a timer each would be thousands of wake-ups for nothing.
+The reporter looks at the counts every 3.75 to 6.25 seconds (runtime.rate_window, by the VSM's
+id) while messages flow. Once it has reported zero both ways it parks until the next message
+instead of waking on a timer: with thousands of idle VSMs on a machine, a timer each would be
+thousands of wake-ups for nothing.
 """
 
 from __future__ import annotations
