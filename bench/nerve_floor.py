@@ -189,6 +189,8 @@ async def _declare(a: dict[str, Any], delete: bool) -> None:
 
 
 def _cpu(pids: list[int | None]) -> float:
+    # Not bench.resources.cpu_of: it brings psutil and vsmd into the process that forks the
+    # receivers, which would then share more pages than a bare aio-pika parent does.
     return sum(task_seconds(pid) or 0.0 for pid in pids if pid is not None)
 
 
