@@ -42,6 +42,8 @@ INBOX_LOCKED_RETRY = 10.0
 # daemon's spawn_timeout, not this, is what ends a start that takes too long.
 CONNECT_TIMEOUT = 5.0
 START_CONNECT_TIMEOUT = 60.0
+INBOX_TAG = "inbox"  # the inbox's consumer, one per channel
+SETUP_FAILED: tuple[type[BaseException], ...] = (BrokerError, *LOST)
 
 Connection = aio_pika.abc.AbstractConnection
 Incoming = aio_pika.abc.AbstractIncomingMessage  # a worker's task (vsmd/vsm/task_queue.py)
@@ -90,7 +92,7 @@ class VsmBus:
         self._conn: aio_pika.abc.AbstractConnection | None = None
         self._ch: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
-        self._inbox: aio_pika.abc.AbstractQueue | None = None
+        self._inbox: str | None = None  # its name, while declared and consumed
         # Direct reply-to on the confirm channel, for what must be confirmed and still wants an
         # answer (a task submitted with wait): consumed on first use.
         self._replies_on = False
@@ -125,9 +127,13 @@ class VsmBus:
     # --- connection ------------------------------------------------------------------------
 
     async def open(
-        self, connect_timeout: float = CONNECT_TIMEOUT, made: Made | None = None
+        self,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        made: Made | None = None,
+        first: tuple[str, bytes] | None = None,
     ) -> None:
-        """Connect, declare and bind the inbox, consume it. BrokerError when it cannot.
+        """Connect, declare and bind the inbox, consume it; then publish ``first`` (routing key,
+        body: the ready report), confirmed. BrokerError when it cannot.
 
         ``made``: a connection to this VSM's broker URL and its first channel, made ahead
         (preconnect), used as far as they are still open."""
@@ -154,25 +160,72 @@ class VsmBus:
                 ch = await _first_channel(self._conn)
             self._ch = self._watch(ch)
             self._exchange = await self._ch.get_exchange(self.topo.exchange, ensure=False)
-            self._inbox = await self._declare_inbox()
+            if first is not None and not self._attached and await self._open_at_once(first):
+                self._up = True
+                return
+            await self._open_step_by_step()
+            self._up = True
+            if first is not None:
+                await self.publish(*first)
+        except SETUP_FAILED as exc:
+            await self.close()
+            why = exc.message if isinstance(exc, BrokerError) else describe(exc)
+            raise BrokerError(f"cannot set up the inbox: {why}") from None
+
+    async def _open_at_once(self, first: tuple[str, bytes]) -> bool:
+        """The inbox's declare, binds and consume sent without waiting for their answers
+        (nowait), then ``first``: one round trip to the broker instead of three (declare, four
+        binds, consume and a confirmed publish took 6.3 ms so against 8.0 ms one answer at a
+        time, medians of 80 on the shared broker). The broker handles a channel's methods in
+        their order, so the confirm of ``first`` comes only after every step before it
+        succeeded; a step it refuses closes the channel instead, and ``first`` is dropped.
+
+        False when the broker refused a step while the connection stays up (our previous
+        incarnation still holds the inbox: RESOURCE_LOCKED), for the caller to go step by
+        step, with retries, on a new channel."""
+        assert self._ch is not None and self._conn is not None
+        raw = await self._ch.get_underlay_channel()
+        assert isinstance(raw, aiormq.Channel)
+        name = self.topo.inbox(self.spec.vsm_id)
+        try:
+            await raw.queue_declare(name, exclusive=True, nowait=True)
             await self._bind(
                 self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, self.ancestors)
             )
-            # consume-ok comes after every bind above (AMQP keeps a channel's order), and a bind
-            # that failed has closed the channel by then: so the inbox is bound when we are ready.
-            raw = await self._ch.get_underlay_channel()
-            await raw.basic_consume(self._inbox.name, self._deliver)
-            for setup in self._attached:  # before ready: a spawn returns with them in place
-                await self._attach(setup)
-            self._up = True
-        except LOST as exc:
-            await self.close()
-            raise BrokerError(f"cannot set up the inbox: {describe(exc)}") from None
+            # aiormq's basic_consume always waits for consume-ok: register the consumer as it
+            # does, then send the method without the wait. Deliveries to the tag come after
+            # the broker took the consume, and so after this line ran.
+            raw.consumers[INBOX_TAG] = self._deliver
+            await raw.rpc(
+                aiormq.spec.Basic.Consume(queue=name, consumer_tag=INBOX_TAG, nowait=True)
+            )
+            self._inbox = name
+            await self.publish(*first)
+        except SETUP_FAILED:
+            if not self._conn.connected.is_set():
+                raise
+            self._inbox = None
+            self._ch = self._watch(await _first_channel(self._conn))
+            self._exchange = await self._ch.get_exchange(self.topo.exchange, ensure=False)
+            return False
+        return True
+
+    async def _open_step_by_step(self) -> None:
+        """Declare (retried while the inbox is locked), bind, consume: each answered."""
+        self._inbox = await self._declare_inbox()
+        await self._bind(self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, self.ancestors))
+        # consume-ok comes after every bind above (AMQP keeps a channel's order), and a bind
+        # that failed has closed the channel by then: so the inbox is bound when we are ready.
+        assert self._ch is not None
+        raw = await self._ch.get_underlay_channel()
+        await raw.basic_consume(self._inbox, self._deliver)
+        for setup in self._attached:  # before ready: a spawn returns with them in place
+            await self._attach(setup)
 
     async def _deliver(self, message: aiormq.abc.DeliveredMessage) -> None:
         await self._on_message(Delivery(message))
 
-    async def _declare_inbox(self) -> aio_pika.abc.AbstractQueue:
+    async def _declare_inbox(self) -> str:
         assert self._conn is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + INBOX_LOCKED_RETRY
@@ -180,9 +233,10 @@ class VsmBus:
         while True:
             assert self._ch is not None
             try:
-                return await self._ch.declare_queue(
+                queue = await self._ch.declare_queue(
                     self.topo.inbox(self.spec.vsm_id), exclusive=True
                 )
+                return queue.name
             except aio_pika.exceptions.ChannelClosed as exc:
                 # 405 RESOURCE_LOCKED: our previous incarnation's connection is not gone yet.
                 if "RESOURCE_LOCKED" not in str(exc) or loop.time() >= deadline:

@@ -40,7 +40,10 @@ async def _nothing() -> None:
 
 async def _cycle(runtime: VsmRuntime, mcp: bool) -> None:
     spec = runtime.spec
-    await runtime.bus.open()
+    # A first message as a start has its ready report, so that the start's own path is the
+    # one run here: a probe to itself, which the runtime ignores.
+    probe = Envelope(type="probe", sender=spec.vsm_id, path=spec.path).encode()
+    await runtime.bus.open(first=(runtime.topo.id_key(spec.vsm_id), probe))
     try:
         # A request to itself: publish with confirm, the reply consumer, the inbox handler,
         # the reply; then a state write and its encoding.

@@ -337,8 +337,8 @@ class VsmRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         try:
-            await self.bus.open(START_CONNECT_TIMEOUT, made)
-            await self._publish_up("ready", {"pid": os.getpid()})
+            ready = up_message(self.spec, self.topo, "ready", {"pid": os.getpid()})
+            await self.bus.open(START_CONNECT_TIMEOUT, made, ready)
         except BrokerError as err:
             print(f"vsm {self.spec.vsm_id}: cannot start: {err.message}", file=sys.stderr)
             await self.bus.close()
