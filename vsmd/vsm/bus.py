@@ -21,11 +21,12 @@ import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
 import aiormq.abc
+import aiormq.exceptions
 
 from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError
 from vsmd.spec import VsmSpec
-from vsmd.vsm.calls import REPLY_TO, Calls, Delivery, Listener, unreachable
+from vsmd.vsm.calls import REPLY_TO, Calls, Delivery, Listener, properties, unreachable
 from vsmd.vsm.credentials import amqp_url, fetch_token
 from vsmd.vsm.edge import LOST, describe
 from vsmd.vsm.traffic import Traffic
@@ -390,14 +391,23 @@ class VsmBus:
         if call:
             await self.calls.publish(key, body, mandatory, "" if exchange == "" else None, props)
             return
-        target = self._ch.default_exchange if exchange == "" else self._exchange
-        message = aio_pika.Message(body, content_type="application/json", **props)
         try:
-            await target.publish(message, key, mandatory=mandatory)
-        except aio_pika.exceptions.DeliveryError:
+            # Through aiormq, as the calls channel does: aio-pika's Message and Exchange layer
+            # cost more than the publish itself.
+            raw = await self._ch.get_underlay_channel()
+            confirmed = await raw.basic_publish(
+                body,
+                exchange="" if exchange == "" else self.topo.exchange,
+                routing_key=key,
+                properties=properties(**props),
+                mandatory=mandatory,
+            )
+        except aiormq.exceptions.DeliveryError:  # returned (no inbox bound there) or nacked
             raise unreachable(key) from None
         except LOST as exc:
             raise BrokerError(f"cannot publish: {describe(exc)}") from None
+        if isinstance(confirmed, aiormq.abc.DeliveredMessage):  # returned, not raised
+            raise unreachable(key)
 
     async def reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
         # Not mandatory: a requester that gave up is no error of ours. Unconfirmed: it is

@@ -72,15 +72,19 @@ def properties(
     correlation_id: str | None = None,
     expiration: float | None = None,
     user_id: str | None = None,
+    headers: dict[str, Any] | None = None,
+    delivery_mode: int = 1,
 ) -> spec.Basic.Properties:
-    """What a call's publish carries (expiration in seconds, as aio-pika takes it)."""
+    """What a VSM's publish carries (expiration in seconds, as aio-pika takes it): built
+    directly, since aio-pika's Message took 15 µs a message against 1 µs for these."""
     return spec.Basic.Properties(
         content_type="application/json",
-        delivery_mode=1,
+        delivery_mode=int(delivery_mode),
         reply_to=reply_to,
         correlation_id=correlation_id,
         expiration=None if expiration is None else str(max(int(expiration * 1000), 1)),
         user_id=user_id,
+        headers=headers,
     )
 
 
