@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,11 +12,12 @@ import pika
 import psutil
 import pytest
 
-from vsmd.broker.embedded import EmbeddedBroker
+from vsmd.broker.embedded import HANDSHAKE_TIMEOUT_MS, EmbeddedBroker, _tool
 from vsmd.broker.probe import broker_answers, tcp_answers
 from vsmd.errors import BrokerError
 
 SHARED_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+HANDSHAKE_EXPR = "application:get_env(rabbit, handshake_timeout)."
 
 
 def node_processes(name: str, base_dir: Path) -> list[psutil.Process]:
@@ -93,6 +95,17 @@ def test_context_manager_and_default_name(tmp_path: Path) -> None:
         assert broker.spec.name.startswith("vsmd-")
         assert broker.spec.name.endswith("@localhost")
         assert broker_answers(broker.url)
+        # The node in effect, not only its file: a burst of spawns on a small machine must not
+        # lose VSMs to the broker's 10 s default.
+        setting = subprocess.run(
+            [_tool("rabbitmqctl"), "-n", broker.spec.name, "eval", HANDSHAKE_EXPR],
+            env=broker._env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert setting.stdout.strip() == f"{{ok,{HANDSHAKE_TIMEOUT_MS}}}", setting
         name, base = broker.spec.name, broker.spec.base_dir
     assert not broker.is_running()
     assert eventually(lambda: not node_processes(name, base))

@@ -36,6 +36,13 @@ from vsmd.security.private_file import write_private
 log = logging.getLogger("vsmd.broker")
 _RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 _HOST = "127.0.0.1"
+# How long the node waits from a client's TCP connect until its AMQP handshake is done (the
+# broker's default: 10 s). In bursts of 1,000 spawns on two cores VSM processes went longer
+# than 10 s between their connect and their protocol header: the node closed 13 of them in one
+# burst ({handshake_timeout,frame_header} in its log), and those spawns failed; another such
+# burst lost 18 spawns with the same error in the VSMs' logs. A VSM itself waits up to 60 s for its first connection (vsmd/vsm/bus.py,
+# START_CONNECT_TIMEOUT).
+HANDSHAKE_TIMEOUT_MS = 60_000
 _POLL = 0.1
 _CONN_PID = re.compile(r"<[A-Za-z0-9_.@-]+\.\d+\.\d+\.\d+>")
 
@@ -163,7 +170,10 @@ class EmbeddedBroker:
             (base / sub).mkdir(parents=True, exist_ok=True)
         # Secrets go into these files: the node's directory is its user's alone.
         base.chmod(0o700)
-        conf = [f"listeners.tcp.default = {_HOST}:{s.port}"]
+        conf = [
+            f"listeners.tcp.default = {_HOST}:{s.port}",
+            f"handshake_timeout = {HANDSHAKE_TIMEOUT_MS}",
+        ]
         plugins = "[]"
         if self._secure is not None:
             plugins = f"[{secure.PLUGIN},{secure.EVENTS_PLUGIN}]"
