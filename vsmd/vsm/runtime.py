@@ -36,6 +36,7 @@ from vsmd.vsm.calls import Delivery
 from vsmd.vsm.context import Context, ThreadContext, unpack_reply
 from vsmd.vsm.mcp_tools import BuiltinTools, Events, caller_of
 from vsmd.vsm.sync import StateLink, up_message
+from vsmd.vsm.traffic import moved as traffic_moved
 
 log = logging.getLogger("vsmd.vsm")
 RATE_WINDOW = 5.0  # seconds over which a VSM reports its message rates, give or take a quarter
@@ -255,8 +256,9 @@ class VsmRuntime:
 
     async def _report_rates(self) -> None:
         """Messages per second in and out over the last rate_window, into our state when they
-        changed: an idle VSM writes nothing, a busy one one update per window. Once it has
-        shown zero both ways it sleeps until the next message, not on a timer."""
+        moved (traffic.moved): an idle VSM writes nothing, a busy one at most one update per
+        window. Once it has shown zero both ways it sleeps until the next message, not on a
+        timer."""
         traffic = self.bus.traffic
         window = rate_window(self.spec.vsm_id)
         last = (0, 0)
@@ -268,7 +270,7 @@ class VsmRuntime:
             now = (traffic.received, traffic.sent)
             rates = tuple(round((n - p) / window, 1) for n, p in zip(now, last, strict=True))
             last = now
-            if rates != shown:
+            if traffic_moved(shown, rates, window):
                 shown = (rates[0], rates[1])
                 self.state.rates(*shown)
 
