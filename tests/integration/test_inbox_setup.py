@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiormq
 import pika
 import pytest
 
@@ -119,10 +120,27 @@ def _bus(spec: VsmSpec, tree: Tree, got: list[Delivery]) -> VsmBus:
     return VsmBus(spec, Topology(spec.namespace), record)
 
 
-def test_a_start_binds_its_inbox_and_reports_ready_once(tree: Tree) -> None:
+def _recording_step_by_step(bus: VsmBus, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the start went step by step, noted as it goes on."""
+    step_by_step = bus._open_step_by_step
+    taken: list[bool] = []
+
+    async def recorded() -> None:
+        taken.append(True)
+        await step_by_step()
+
+    monkeypatch.setattr(bus, "_open_step_by_step", recorded)
+    return taken
+
+
+def test_a_start_binds_its_inbox_and_reports_ready_once(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
     got: list[Delivery] = []
     bus = _bus(_spec(tree), tree, got)
+    taken = _recording_step_by_step(bus, monkeypatch)
     _run_start(tree, bus, got)
+    assert taken == []  # all at once
     assert _collected(tree) == ["up.root.leaf.ready", "up.root.leaf.marker"]
 
 
@@ -147,6 +165,23 @@ def test_a_start_waits_for_the_inbox_its_previous_incarnation_holds(
     _run_start(tree, bus, got)
     assert fell_back == [True]
     # The broker dropped the first ready report with the channel it closed: one arrived.
+    assert _collected(tree) == ["up.root.leaf.ready", "up.root.leaf.marker"]
+
+
+class _OtherChannel:
+    """Stands for an aiormq whose channels are of another kind than the one the steps at once
+    were written for."""
+
+
+def test_an_aiormq_of_another_make_starts_step_by_step(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got: list[Delivery] = []
+    bus = _bus(_spec(tree), tree, got)
+    taken = _recording_step_by_step(bus, monkeypatch)
+    monkeypatch.setattr(aiormq, "Channel", _OtherChannel)
+    _run_start(tree, bus, got)
+    assert taken == [True]
     assert _collected(tree) == ["up.root.leaf.ready", "up.root.leaf.marker"]
 
 

@@ -40,8 +40,8 @@ _HOST = "127.0.0.1"
 # broker's default: 10 s). In bursts of 1,000 spawns on two cores VSM processes went longer
 # than 10 s between their connect and their protocol header: the node closed 13 of them in one
 # burst ({handshake_timeout,frame_header} in its log), and those spawns failed; another such
-# burst lost 18 spawns with the same error in the VSMs' logs. A VSM itself waits up to 60 s for its first connection (vsmd/vsm/bus.py,
-# START_CONNECT_TIMEOUT).
+# burst lost 18 spawns with the same error in the VSMs' logs. A VSM itself waits up to 60 s
+# for its first connection (vsmd/vsm/bus.py, START_CONNECT_TIMEOUT).
 HANDSHAKE_TIMEOUT_MS = 60_000
 _POLL = 0.1
 _CONN_PID = re.compile(r"<[A-Za-z0-9_.@-]+\.\d+\.\d+\.\d+>")

@@ -186,7 +186,8 @@ class VsmBus:
         step, with retries, on a new channel."""
         assert self._ch is not None and self._conn is not None
         raw = await self._ch.get_underlay_channel()
-        assert isinstance(raw, aiormq.Channel)
+        if not isinstance(raw, aiormq.Channel) or not isinstance(raw.consumers, dict):
+            return False  # an aiormq without what the consume below relies on: step by step
         name = self.topo.inbox(self.spec.vsm_id)
         try:
             await raw.queue_declare(name, exclusive=True, nowait=True)
