@@ -6,7 +6,7 @@ step on a new channel, and the ready report still arrives exactly once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +112,7 @@ def _run_start(tree: Tree, bus: VsmBus, got: list[Delivery]) -> None:
     asyncio.run(main())
 
 
-def _bus(spec: VsmSpec, tree: Tree, got: list[Delivery]) -> VsmBus:
+def _bus(spec: VsmSpec, got: list[Delivery]) -> VsmBus:
     async def record(msg: Delivery) -> None:
         got.append(msg)
         await msg.ack()
@@ -120,27 +120,39 @@ def _bus(spec: VsmSpec, tree: Tree, got: list[Delivery]) -> VsmBus:
     return VsmBus(spec, Topology(spec.namespace), record)
 
 
-def _recording_step_by_step(bus: VsmBus, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether the start went step by step, noted as it goes on."""
+def _recording_step_by_step(
+    bus: VsmBus, monkeypatch: pytest.MonkeyPatch, before: Callable[[], None] = lambda: None
+) -> list[bool]:
+    """Whether the start went step by step, noted as it goes on; ``before`` runs first."""
     step_by_step = bus._open_step_by_step
     taken: list[bool] = []
 
     async def recorded() -> None:
         taken.append(True)
+        before()
         await step_by_step()
 
     monkeypatch.setattr(bus, "_open_step_by_step", recorded)
     return taken
 
 
+class _OtherChannel:
+    """Stands for an aiormq whose channels are of another kind than the one the steps at once
+    were written for."""
+
+
+@pytest.mark.parametrize("other_make", [False, True], ids=["at-once", "other-aiormq"])
 def test_a_start_binds_its_inbox_and_reports_ready_once(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, other_make: bool
 ) -> None:
+    """All at once; with an aiormq of another make, step by step."""
     got: list[Delivery] = []
-    bus = _bus(_spec(tree), tree, got)
+    bus = _bus(_spec(tree), got)
     taken = _recording_step_by_step(bus, monkeypatch)
+    if other_make:
+        monkeypatch.setattr(aiormq, "Channel", _OtherChannel)
     _run_start(tree, bus, got)
-    assert taken == []  # all at once
+    assert taken == ([True] if other_make else [])
     assert _collected(tree) == ["up.root.leaf.ready", "up.root.leaf.marker"]
 
 
@@ -151,44 +163,19 @@ def test_a_start_waits_for_the_inbox_its_previous_incarnation_holds(
     holder = pika.BlockingConnection(pika.URLParameters(tree.url))
     holder.channel().queue_declare(tree.topo.inbox(spec.vsm_id), exclusive=True)
     got: list[Delivery] = []
-    bus = _bus(spec, tree, got)
-    step_by_step = bus._open_step_by_step
-    fell_back: list[bool] = []
-
-    async def after_refusal() -> None:
-        # The steps at once were refused (RESOURCE_LOCKED): now the old incarnation goes.
-        fell_back.append(True)
-        holder.close()
-        await step_by_step()
-
-    monkeypatch.setattr(bus, "_open_step_by_step", after_refusal)
+    bus = _bus(spec, got)
+    # The steps at once were refused (RESOURCE_LOCKED): then the old incarnation goes.
+    fell_back = _recording_step_by_step(bus, monkeypatch, before=holder.close)
     _run_start(tree, bus, got)
     assert fell_back == [True]
     # The broker dropped the first ready report with the channel it closed: one arrived.
     assert _collected(tree) == ["up.root.leaf.ready", "up.root.leaf.marker"]
 
 
-class _OtherChannel:
-    """Stands for an aiormq whose channels are of another kind than the one the steps at once
-    were written for."""
-
-
-def test_an_aiormq_of_another_make_starts_step_by_step(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    got: list[Delivery] = []
-    bus = _bus(_spec(tree), tree, got)
-    taken = _recording_step_by_step(bus, monkeypatch)
-    monkeypatch.setattr(aiormq, "Channel", _OtherChannel)
-    _run_start(tree, bus, got)
-    assert taken == [True]
-    assert _collected(tree) == ["up.root.leaf.ready", "up.root.leaf.marker"]
-
-
 def test_a_start_the_broker_refuses_fails_with_a_broker_error(tree: Tree) -> None:
     got: list[Delivery] = []
     # Another namespace, whose exchange nobody declared: the binds are refused (404).
-    bus = _bus(_spec(tree, namespace=new_namespace()), tree, got)
+    bus = _bus(_spec(tree, namespace=new_namespace()), got)
 
     async def main() -> None:
         ready = up_message(bus.spec, bus.topo, "ready", {"pid": 1})

@@ -153,7 +153,7 @@ class _Channel:
         self.is_closed = False
         self.close_callbacks: set[Any] = set()
 
-    async def get_exchange(self, *_a: Any, **_kw: Any) -> Any:
+    async def declare_queue(self, *_a: Any, **_kw: Any) -> Any:  # the inbox, the first use
         raise ConnectionError("the broker went away")
 
 

@@ -92,7 +92,6 @@ class VsmBus:
         self._on_message = on_message
         self._conn: aio_pika.abc.AbstractConnection | None = None
         self._ch: aio_pika.abc.AbstractChannel | None = None
-        self._exchange: aio_pika.abc.AbstractExchange | None = None
         self._inbox: str | None = None  # its name, while declared and consumed
         # Direct reply-to on the confirm channel, for what must be confirmed and still wants an
         # answer (a task submitted with wait): consumed on first use.
@@ -160,7 +159,6 @@ class VsmBus:
             if ch is None:
                 ch = await _first_channel(self._conn)
             self._ch = self._watch(ch)
-            self._exchange = await self._ch.get_exchange(self.topo.exchange, ensure=False)
             if first is not None and not self._attached and await self._open_at_once(first):
                 self._up = True
                 return
@@ -208,7 +206,6 @@ class VsmBus:
                 raise
             self._inbox = None
             self._ch = self._watch(await _first_channel(self._conn))
-            self._exchange = await self._ch.get_exchange(self.topo.exchange, ensure=False)
             return False
         return True
 
@@ -246,7 +243,6 @@ class VsmBus:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
             self._ch = self._watch(await _first_channel(self._conn))
-            self._exchange = await self._ch.get_exchange(self.topo.exchange, ensure=False)
 
     async def _bind(self, keys: list[str], unbind: bool = False) -> None:
         """Bind without waiting for each bind-ok: a round trip per key saved on every start."""
@@ -309,7 +305,7 @@ class VsmBus:
     async def close(self) -> None:
         self._up = False
         conn, self._conn = self._conn, None
-        self._ch = self._exchange = self._inbox = None
+        self._ch = self._inbox = None
         self._watched = []
         self._replies_on = False
         self.calls.closed()
@@ -359,7 +355,7 @@ class VsmBus:
         """Bind the keys of the new place, drop the old ones."""
         old = set(self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, before))
         new = set(self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, after))
-        if self._inbox is None or self._exchange is None:
+        if self._inbox is None:
             return  # bound anew on reconnect
         try:
             await self._bind(sorted(new - old))
@@ -385,7 +381,7 @@ class VsmBus:
         it goes unconfirmed on the calls channel, and such an address fails whoever waits on
         the message's correlation id instead (vsmd/vsm/calls.py).
         """
-        if self._ch is None or self._exchange is None or self.lost.is_set():
+        if self._ch is None or self.lost.is_set():
             raise BrokerError("not connected to the broker")
         if self.user is not None:
             props["user_id"] = self.user  # the broker checks it: receivers trust only this
