@@ -4,7 +4,7 @@ Every time is ``CLOCK_MONOTONIC``, which on Linux is one clock for every process
 machine, so a time taken in one VSM can be subtracted from a time taken in another.
 
 The parent learns of a child's state update only by reading its replica
-(``ctx.state.child_states()``): the agent API has no call on arrival, so the parent looks. For
+(``ctx.state.child_get``): the agent API has no call on arrival, so the parent looks. For
 the latency it looks on every turn of its loop while a probe is due (a timer of 0.5 ms would
 wake only every 1-1.5 ms); the mean loop turn is returned with the samples.
 """
@@ -27,7 +27,7 @@ def now() -> float:
 
 
 def _data(ctx: AgentContext, child: str, key: str) -> Any:
-    return ctx.state.child_states().get(child, {}).get("data", {}).get(key)
+    return ctx.state.child_get(child, key)
 
 
 class NerveParent(AsyncAgent):
@@ -82,8 +82,14 @@ class NerveParent(AsyncAgent):
         }
 
     async def _rate(self, ctx: AgentContext, body: dict[str, Any]) -> dict[str, Any]:
-        """Every child writes as fast as it can for ``seconds``; the parent counts the writes
-        its replica holds (a write counts once the replica has it or a later one of the key)."""
+        """Every child writes on a schedule, each write of a run to a key of its own; the
+        parent counts what its replica holds until it has every child's last write.
+
+        A child's progress mark (``burst``) travels in the same delta as the writes made
+        before it, or after them (deltas go out in order), so a mark of ``i`` in the replica
+        means the replica has the child's first ``i`` writes. The parent reads only the marks
+        (``child_get``), seldom while they write.
+        """
         children, seconds = list(body["children"]), float(body["seconds"])
         run = now()
         start = now()
@@ -91,13 +97,12 @@ class NerveParent(AsyncAgent):
         await ctx.broadcast("burst", ask, depth=1)
         deadline = start + seconds + 60.0
         seen: dict[str, int] = {}
+        done = 0
         while now() < deadline:
-            # Reading 100 replicas costs: rarely while they write, often once they are done.
             await asyncio.sleep(0.05 if now() < start + seconds else 0.005)
-            states = ctx.state.child_states()
             done = 0
             for cid in children:
-                b = states.get(cid, {}).get("data", {}).get("burst")
+                b = _data(ctx, cid, "burst")
                 if isinstance(b, list) and b[0] == run:
                     seen[cid] = int(b[1])
                     done += 1 if b[2] else 0
@@ -171,7 +176,10 @@ class NerveChild(AsyncAgent):
 
     @staticmethod
     async def _burst(ctx: AgentContext, run: float, seconds: float, every: float) -> None:
-        """A write every ``every`` s on a fixed schedule; behind it, the writes due at once.
+        """A write every ``every`` s on a fixed schedule, the ``i``-th of a run to key
+        ``w<i>``: no write replaces another of its run, so every one the parent counts crossed
+        the broker. Behind the schedule, the writes due are made at once; after them the
+        progress mark, ``[run, i, done]``.
 
         It always sleeps at least a timer tick: with a hundred writers on a small machine,
         catching up without sleeping takes the CPU that the broker needs to confirm a delta.
@@ -181,6 +189,7 @@ class NerveChild(AsyncAgent):
             due = int((t - start) / every) + 1
             while i < due:
                 i += 1
-                ctx.state.set("burst", [run, i, False])
+                ctx.state.set(f"w{i}", [run, i])
+            ctx.state.set("burst", [run, i, False])
             await asyncio.sleep(max(0.001, start + i * every - now()))
-        ctx.state.set("burst", [run, i + 1, True])
+        ctx.state.set("burst", [run, i, True])

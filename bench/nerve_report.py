@@ -32,7 +32,8 @@ def _rows(res: Results) -> list[list[str]]:
         key = f"ns.state.rate.{n}"
         floor = f"nsfloor.rate.{n}.per_s"
         rows.append(_row(res, "state deltas at the parent", n, f"{key}.deltas_per_s", floor))
-        rows.append(_row(res, "writes in the parent's replica", n, f"{key}.writes_per_s", None))
+        label = "updates in the parent's replica"
+        rows.append(_row(res, label, n, f"{key}.writes_per_s", None))
     for n in sizes(res, "ns.bcast.", ".all_ms"):
         for what, tail in (("until all have it", "all_ms"), ("each arrival", "each_ms")):
             key, floor = f"ns.bcast.{n}.{tail}", f"nsfloor.bcast.{n}.{tail}"
@@ -83,8 +84,8 @@ def _prose(res: Results, cores: int) -> list[str | None]:
         busy = sum(c for c in cpu if c is not None) / (m(f"{k}.s") or 1) / cores * 100
         lines.append(
             _line(
-                "With {} children writing, the parent received {} deltas/s carrying {} writes/s "
-                "({} writes a delta: a delta takes every write since the one before); a bare "
+                "With {} children writing, the parent received {} deltas/s carrying {} updates/s "
+                "({} updates a delta: a delta takes every write since the one before); a bare "
                 "pair moved {} messages/s of the same size. In that window the VSMs used {} CPU "
                 "s, the broker {} and the daemon {} over {} s: {}% of the machine's {} cores.",
                 n,
@@ -177,15 +178,13 @@ def _busy(res: Results, key: str) -> float | None:
 
 def _floor_vs_goals(res: Results) -> str | None:
     """Which goals bare aio-pika itself misses on this machine: vsmd cannot beat its floor."""
-    rates = sizes(res, "nsfloor.rate.", ".per_s")
+    # The rate's floor moves messages, one per delta; the goal counts updates, which a delta
+    # carries many of: the floor bounds neither way, so it is not among these.
     checks = [
         ("latency", res.median("nsfloor.latency_ms"), 2.0, "ms", False),
         ("request/reply", res.median("nsfloor.rr_ms"), 0.6, "ms", False),
         # (what, the floor's median, the goal's limit, unit, higher is better)
     ]
-    if rates:
-        rate = res.median(f"nsfloor.rate.{rates[-1]}.per_s")
-        checks.append(("rate", rate, 20_000.0, "messages/s", True))
     fans = sizes(res, "nsfloor.bcast.", ".all_ms")
     if fans and fans[-1] >= 1000:  # the goal is for a subtree of 1,000
         broadcast = res.median(f"nsfloor.bcast.{fans[-1]}.all_ms")

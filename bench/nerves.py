@@ -123,8 +123,8 @@ def _rate(ctx: suite.Ctx, d: VsmdProc, parent: str, kids: list[str]) -> None:
     res.add(f"{key}.deltas_per_s", label, "deltas/s", [deltas / took], k)
     res.add(
         f"{key}.writes_per_s",
-        "writes of N children in the parent's replica",
-        "writes/s",
+        "updates of N children in the parent's replica (each write to a key of its own)",
+        "updates/s",
         [out["writes"] / took],
         k,
     )

@@ -34,7 +34,9 @@ class Plan:
     nerve_rr: int  # request/reply parent -> child
     nerve_children: int  # children writing at once for the rate
     nerve_seconds: float  # how long each writes
-    nerve_offered: int  # writes/s of all of them together, on a fixed schedule
+    # writes/s of all of them together, on a fixed schedule: twice the goal, so that what
+    # arrives is what the tree carries, not what the writers were asked for
+    nerve_offered: int
     nerve_rate_repeats: int
     nerve_floor_cap: int  # most messages of the rate's floor (0: as many as vsmd's deltas)
     nerve_subtree: int  # VSMs under the root that broadcasts
@@ -75,7 +77,7 @@ FULL = Plan(
     nerve_rr=500,
     nerve_children=100,
     nerve_seconds=3.0,
-    nerve_offered=20_000,
+    nerve_offered=40_000,
     nerve_rate_repeats=2,
     nerve_floor_cap=0,
     nerve_subtree=1000,
@@ -113,7 +115,7 @@ QUICK = Plan(
     nerve_rr=100,
     nerve_children=20,
     nerve_seconds=1.0,
-    nerve_offered=20_000,
+    nerve_offered=40_000,
     nerve_rate_repeats=1,
     nerve_floor_cap=3000,
     nerve_subtree=50,

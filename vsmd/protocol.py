@@ -43,14 +43,20 @@ def loads_object(body: bytes, limit: int) -> dict[str, Any]:
 
 
 def depth_over(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests lists and objects more than ``limit`` deep (no recursion)."""
+    """Whether ``value`` nests lists and objects more than ``limit`` deep (no recursion).
+
+    The daemon checks every state value it receives: only containers go on the stack, so a
+    scalar or a flat list costs a loop over it and no more."""
+    if not isinstance(value, dict | list):
+        return False
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         v, depth = stack.pop()
-        if isinstance(v, dict | list):
-            if depth > limit:
-                return True
-            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+        if depth > limit:
+            return True
+        for c in v.values() if isinstance(v, dict) else v:
+            if isinstance(c, dict | list):
+                stack.append((c, depth + 1))
     return False
 
 

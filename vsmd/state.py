@@ -150,6 +150,11 @@ class StateMap:
     def section(self, name: str) -> dict[str, Any]:
         return {k: e.value for (s, k), e in self.entries.items() if s == name and not e.deleted}
 
+    def value(self, section: str, key: str, default: Any = None) -> Any:
+        """One key's value: a lookup, where ``section`` copies the whole section."""
+        e = self.entries.get((section, key))
+        return default if e is None or e.deleted else e.value
+
     def view(self) -> dict[str, dict[str, Any]]:
         """Every section as plain key-values (tombstones left out)."""
         out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
@@ -201,6 +206,20 @@ def to_bytes(entries: Mapping[Key, Entry], limit: int, **extra: Any) -> bytes:
     if len(raw) > limit:
         raise TooLarge(f"state of {len(raw)} bytes is over the limit of {limit} bytes")
     return raw
+
+
+def entry_bytes(key: Key, entry: Entry) -> bytes:
+    """One entry as a snapshot lists it: the daemon journals a state one entry to a row, so a
+    VSM that changes a few of its keys costs the journal those few, not its whole state."""
+    try:
+        return dumps(entry.to_dict(*key))
+    except TypeError as exc:  # as in to_bytes
+        raise ProtocolError(f"state cannot be encoded as JSON: {exc}") from None
+
+
+def from_entry_bytes(rows: Iterable[bytes], limit: int) -> dict[Key, Entry]:
+    """Entries written by ``entry_bytes``, read as the snapshot that lists them."""
+    return from_bytes(b'{"schema":%d,"entries":[%b]}' % (SCHEMA, b",".join(rows)), limit)[0]
 
 
 def from_bytes(raw: bytes, limit: int) -> tuple[dict[Key, Entry], dict[str, Any]]:

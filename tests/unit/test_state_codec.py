@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vsmd.errors import BadJson, ProtocolError, TooLarge
+from vsmd.protocol import depth_over
 from vsmd.state import (
     SCHEMA,
     Entry,
@@ -21,7 +22,9 @@ from vsmd.state import (
     Version,
     decode,
     encode,
+    entry_bytes,
     from_bytes,
+    from_entry_bytes,
     to_bytes,
 )
 
@@ -297,3 +300,47 @@ def test_a_key_repeated_in_one_snapshot_keeps_its_highest_version() -> None:
         }
     )
     assert entries == {("data", "a"): Entry("new", Version(2, 0, "w"))}
+
+
+# --- the daemon's journal rows ------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(state_keys, state_entries, max_size=5))
+def test_entries_journaled_one_to_a_row_read_back_exactly(entries: dict[Key, Entry]) -> None:
+    assert from_entry_bytes([entry_bytes(k, e) for k, e in entries.items()], LIMIT) == entries
+
+
+def test_an_entry_json_cannot_carry_is_refused_with_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="cannot be encoded as JSON"):
+        entry_bytes(("data", "s"), Entry({1, 2}, V))
+
+
+def test_value_reads_one_key_and_not_a_tombstone() -> None:
+    state = StateMap({("data", "a"): Entry(1, V), ("data", "b"): Entry(None, V, deleted=True)})
+    assert state.value("data", "a") == 1
+    assert state.value("data", "b", "gone") == "gone"
+    assert state.value("metrics", "a", 0) == 0
+
+
+def depth(value: Any) -> int:
+    """Containers deep, the plain recursive way."""
+    if isinstance(value, dict):
+        return 1 + max((depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth(v) for v in value), default=0)
+    return 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values, st.integers(0, 6))
+def test_depth_over_agrees_with_the_plain_recursive_depth(value: Any, limit: int) -> None:
+    assert depth_over(value, limit) == (depth(value) > limit)
+
+
+def test_depth_over_at_the_limit() -> None:
+    assert not depth_over(nested(200), 200)
+    assert depth_over(nested(201), 200)
+    assert depth_over([1, [2, {"a": [3]}]], 3)
+    assert not depth_over([1, [2, {"a": [3]}]], 4)
+    assert not depth_over("scalar", 0)

@@ -193,3 +193,13 @@ def test_what_is_written_while_a_send_fails_is_sent_next() -> None:
         return sent
 
     assert asyncio.run(run()) == [{"b"}]
+
+
+def test_child_get_reads_one_key_of_one_child() -> None:
+    state, _sink = replica()
+    v = Clock("kid").tick()
+    state.apply_child("kid", encode({("data", "x"): Entry(5, v), ("metrics", "x"): Entry(9, v)}))
+    assert state.child_get("kid", "x") == 5  # the data section only, as get
+    assert state.child_get("kid", "y", "none") == "none"
+    assert state.child_get("nobody", "x", "none") == "none"
+    assert state.child_get("kid", "x") == state.child_states()["kid"]["data"]["x"]

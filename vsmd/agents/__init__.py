@@ -51,6 +51,8 @@ class StateApi(Protocol):
 
     def child_states(self) -> dict[str, dict[str, dict[str, Any]]]: ...
 
+    def child_get(self, child_id: str, key: str, default: Any = None) -> Any: ...
+
 
 class AsyncStateApi(StateApi, Protocol):
     async def flush(self) -> None:

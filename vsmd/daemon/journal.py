@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,21 @@ CREATE TABLE IF NOT EXISTS vsms (
 """
 
 
-# The last synced state of each VSM (a vsmd.state snapshot), written in batches.
+# The last synced state of each VSM, one row per key (a vsmd.state entry), written in batches:
+# a VSM that changes a few keys of many costs the rows of those few.
+_STATE_ENTRIES = """
+CREATE TABLE IF NOT EXISTS state_entries (
+    id TEXT NOT NULL,
+    section TEXT NOT NULL,
+    key TEXT NOT NULL,
+    entry BLOB NOT NULL,
+    PRIMARY KEY (id, section, key)
+) WITHOUT ROWID
+"""
+# Journals written before held each state whole (a vsmd.state snapshot): still read, never
+# written; a VSM's row goes with the VSM.
 _STATES = "CREATE TABLE IF NOT EXISTS states (id TEXT PRIMARY KEY, snapshot BLOB NOT NULL)"
+StateRows = list[tuple[str, str, str, bytes]]  # (VSM id, section, key, entry)
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,7 @@ class Journal:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
             self._db.execute(_STATES)
+            self._db.execute(_STATE_ENTRIES)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the journal {path}: {exc}") from None
         self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM vsms").fetchone()[0]
@@ -82,8 +97,11 @@ class Journal:
         return len(self._pending)
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        self._run(lambda: self._db.execute(sql, args))
+
+    def _run(self, op: Callable[[], object]) -> None:
         try:
-            self._db.execute(sql, args)
+            op()
         except (OSError, sqlite3.Error) as exc:
             if not self._failing:
                 log.error("cannot write the journal %s: %s; refusing new VSMs", self.path, exc)
@@ -110,6 +128,7 @@ class Journal:
             if move is None:
                 self._write("DELETE FROM vsms WHERE id = ?", (vsm_id,))
                 self._write("DELETE FROM states WHERE id = ?", (vsm_id,))
+                self._write("DELETE FROM state_entries WHERE id = ?", (vsm_id,))
             else:
                 self._write("UPDATE vsms SET parent = ?, depth = ? WHERE id = ?", (*move, vsm_id))
             del self._pending[vsm_id]
@@ -145,22 +164,27 @@ class Journal:
         self._pending[vsm_id] = None  # supersedes a pending move
         self.flush()
 
-    def put_states(self, rows: list[tuple[str, bytes]]) -> None:
-        """Record VSM states in one transaction; raises JournalUnavailable."""
+    def put_states(self, rows: StateRows) -> None:
+        """Record changed state entries in one transaction; raises JournalUnavailable."""
         self._replay()
         self._write("BEGIN", ())
         try:
-            for row in rows:
-                self._write("INSERT OR REPLACE INTO states VALUES (?, ?)", row)
+            sql = "INSERT OR REPLACE INTO state_entries VALUES (?, ?, ?, ?)"
+            self._run(lambda: self._db.executemany(sql, rows))
             self._write("COMMIT", ())
         except JournalUnavailable:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
             raise
 
-    def load_states(self) -> dict[str, bytes]:
-        rows = self._db.execute("SELECT id, snapshot FROM states").fetchall()
-        return {r[0]: bytes(r[1]) for r in rows}
+    def load_states(self) -> tuple[dict[str, bytes], dict[str, list[bytes]]]:
+        """Each VSM's journaled state: the whole-state snapshots a journal of before holds,
+        and the entries, by VSM id."""
+        snapshots = {i: bytes(s) for i, s in self._db.execute("SELECT id, snapshot FROM states")}
+        entries: dict[str, list[bytes]] = {}
+        for vsm_id, entry in self._db.execute("SELECT id, entry FROM state_entries"):
+            entries.setdefault(vsm_id, []).append(bytes(entry))
+        return snapshots, entries
 
     def load(self) -> list[Entry]:
         """Parents before children."""

@@ -16,10 +16,21 @@ from vsmd.daemon.journal import Journal
 from vsmd.daemon.registry import Registry, VsmRecord
 from vsmd.errors import JournalUnavailable, ProtocolError, VsmdError
 from vsmd.protocol import Envelope, check_policy_value, dumps, loads_object, ok_reply
-from vsmd.state import Clock, Entry, StateMap, decode, effective_policy, encode, to_bytes
+from vsmd.state import (
+    Clock,
+    Entry,
+    Key,
+    StateMap,
+    decode,
+    effective_policy,
+    encode,
+    entry_bytes,
+    from_entry_bytes,
+)
 
 # What a VSM reports of its traffic (vsmd/vsm/state.py `rates`).
 RATE_KEYS = (("metrics", "msg_in"), ("metrics", "msg_out"))
+_NONE = object()  # a key the state does not have (None is a value it may have)
 
 log = logging.getLogger("vsmd.state")
 
@@ -39,20 +50,24 @@ class StateStore:
         self.limit = limit
         self.states: dict[str, StateMap] = {}
         self.clock = Clock("vsmd")
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, set[Key]] = {}  # keys changed since the journal's last write
         self._waiting: list[Respond] = []
 
     def load(self) -> int:
         """The states journaled before a restart; returns how many."""
         if self.journal is None:
             return 0
-        for vsm_id, raw in self.journal.load_states().items():
+        snapshots, rows = self.journal.load_states()
+        for vsm_id in {*snapshots, *rows}:
             try:
-                entries, _ = decode(loads_object(raw, 1 << 30))
+                # A journal of before holds a state whole; entries written since are newer.
+                if vsm_id in snapshots:
+                    self.of(vsm_id).apply(decode(loads_object(snapshots[vsm_id], 1 << 30))[0])
+                if vsm_id in rows:
+                    self.of(vsm_id).apply(from_entry_bytes(rows[vsm_id], 1 << 30))
             except VsmdError as err:
                 log.warning("journaled state of %s is unreadable: %s", vsm_id, err.message)
-                continue
-            self.states[vsm_id] = StateMap(entries)
+                self.states.pop(vsm_id, None)
         return len(self.states)
 
     def of(self, vsm_id: str) -> StateMap:
@@ -61,7 +76,7 @@ class StateStore:
     def forget(self, vsm_id: str) -> None:
         """The VSM is gone for good (the journal deletes its state with its entry)."""
         self.states.pop(vsm_id, None)
-        self._dirty.discard(vsm_id)
+        self._dirty.pop(vsm_id, None)
 
     # --- from VSMs -------------------------------------------------------------------------
 
@@ -71,10 +86,11 @@ class StateStore:
             self.clock.observe(e.version)
         changed = self.of(rec.id).apply(entries)
         if changed:
-            self._dirty.add(rec.id)
+            self._dirty.setdefault(rec.id, set()).update(changed)
         if any(k in RATE_KEYS for k in changed):  # for list and top, next to rss and cpu
-            metrics = self.of(rec.id).section("metrics")
-            rec.rates = {k[1]: metrics[k[1]] for k in RATE_KEYS if k[1] in metrics}
+            state = self.of(rec.id)
+            rates = {name: state.value(s, name, _NONE) for s, name in RATE_KEYS}
+            rec.rates = {name: v for name, v in rates.items() if v is not _NONE}
 
     def on_flush(self, respond: Respond) -> None:
         if self._dirty:
@@ -111,7 +127,10 @@ class StateStore:
     def write(self) -> None:
         """Journal what changed since the last write; answer the flushes waiting for it."""
         if self._dirty and self.journal is not None:
-            rows = [(i, to_bytes(self.of(i).entries, 1 << 30)) for i in self._dirty]
+            rows = []
+            for vsm_id, keys in self._dirty.items():
+                entries = self.of(vsm_id).entries
+                rows += [(vsm_id, *k, entry_bytes(k, entries[k])) for k in keys]
             try:
                 self.journal.put_states(rows)
             except JournalUnavailable as err:
@@ -173,7 +192,7 @@ class StateStore:
         checked = {k: check_policy_value(k, v) for k, v in values.items()}
         delta = {("policy", k): Entry(v, self.clock.tick(), v is None) for k, v in checked.items()}
         self.of(rec.id).apply(delta)
-        self._dirty.add(rec.id)
+        self._dirty.setdefault(rec.id, set()).update(delta)
         env = Envelope(type="policy", sender="vsmd", body={**encode(delta), "origin": rec.id})
         raw = env.encode()
         self._publish(f"vsm.{rec.id}", raw)

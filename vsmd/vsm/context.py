@@ -265,5 +265,8 @@ class ThreadState:
     def child_states(self) -> dict[str, dict[str, dict[str, Any]]]:
         return self._call(self._state.child_states)
 
+    def child_get(self, child_id: str, key: str, default: Any = None) -> Any:
+        return self._call(lambda: self._state.child_get(child_id, key, default))
+
     def flush(self) -> None:
         asyncio.run_coroutine_threadsafe(self._state.flush(), self._loop).result()

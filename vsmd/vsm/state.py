@@ -42,7 +42,7 @@ class StateReplica:
     # --- the agent's API -------------------------------------------------------------------
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.own.section("data").get(key, default)
+        return self.own.value("data", key, default)
 
     def data(self) -> dict[str, Any]:
         return self.own.section("data")
@@ -65,7 +65,7 @@ class StateReplica:
 
     def count(self, name: str, n: int = 1) -> None:
         self._may("metrics")
-        current = self.own.section("metrics").get(f"c.{name}", 0)
+        current = self.own.value("metrics", f"c.{name}", 0)
         self._write("metrics", f"c.{name}", current + n)
 
     def health(self, status: str) -> None:
@@ -92,6 +92,11 @@ class StateReplica:
 
     def child_states(self) -> dict[str, dict[str, dict[str, Any]]]:
         return {cid: m.view() for cid, m in self.children.items()}
+
+    def child_get(self, child_id: str, key: str, default: Any = None) -> Any:
+        """One data key of one child's replica, without copying every child's state."""
+        m = self.children.get(child_id)
+        return default if m is None else m.value("data", key, default)
 
     async def flush(self) -> None:
         """Returns once the daemon has journaled everything written before."""
