@@ -124,9 +124,9 @@ def _run(
                 ),
             ),
             (
-                "nohuge",
+                "huge",
                 lambda: suite.run_variant(
-                    ctx, "nohuge", plan.variant_latency, plan.variant_burst, huge_pages=False
+                    ctx, "huge", plan.variant_latency, plan.variant_burst, huge_pages=True
                 ),
             ),
             (

@@ -41,7 +41,7 @@ STRATEGIES = (
     ("fork server + gc.freeze (default)", "vsmd"),
     ("fork server, no gc.freeze", "nofreeze"),
     ("fork server, no standby", "nostandby"),
-    ("fork server, heap not on huge pages", "nohuge"),
+    ("fork server, heap on huge pages", "huge"),
     ("exec (fresh interpreter)", "exec"),
     ("fork server + gc.freeze, agent runs gc.collect() at start", "gcfreeze"),
     ("fork server, no gc.freeze, agent runs gc.collect() at start", "gcnofreeze"),
@@ -168,7 +168,7 @@ def strategies(res: Results) -> list[str]:
 
 def idle(res: Results) -> list[str]:
     rows = []
-    for prefix in ("vsmd", "nosampler", "nohuge"):
+    for prefix in ("vsmd", "nosampler", "huge"):
         for n in sorted(
             {f.n for k, f in res.figures.items() if k.startswith(f"{prefix}.idle.") and f.n}
         ):
@@ -208,8 +208,8 @@ def idle(res: Results) -> list[str]:
         "CPU in % of one core over the idle window. *kdamond*: the kernel's DAMON memory "
         "monitor, which this machine runs for itself (— where it runs none, or the run did not "
         "measure it): the bench does not start it, but its work grows with the pages many "
-        "processes map. *nohuge*: the fork server's heap left on 4 KiB pages "
-        "(`huge_pages = false`).",
+        "processes map. *huge*: the fork server's heap on 2 MiB pages "
+        "(`huge_pages = true`; the default leaves it on 4 KiB pages).",
         "",
         *table(head, rows),
     ]

@@ -50,7 +50,7 @@ class Config:
     # The kernel's KSM may merge VSMs' identical pages (docs/spawning.md, "Memory").
     memory_merge: bool = False
     # The fork server's heap on 2 MiB pages before it forks (docs/spawning.md, "Huge pages").
-    huge_pages: bool = True
+    huge_pages: bool = False
     # The event loop of every VSM: "uvloop" or "asyncio" (docs/runtime-choice.md).
     event_loop: str = "uvloop"
     # Every VSM an MCP server (docs/mcp.md); false saves the per-VSM server objects.

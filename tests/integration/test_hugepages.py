@@ -1,6 +1,6 @@
-"""The real fork server maps its heap with huge pages once it has warmed up (its first spawn),
-and not with memory_merge, whose page merging would split them again, nor with
-huge_pages = false."""
+"""With huge_pages = true the real fork server maps its heap with huge pages once it has warmed
+up (its first spawn), and not with memory_merge, whose page merging would split them again;
+by default it does not."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize(
     ("config", "expect_huge"),
     [
-        ({}, True),
-        ({"memory_merge": True}, False),
-        ({"huge_pages": False}, False),
+        ({"huge_pages": True}, True),
+        ({"huge_pages": True, "memory_merge": True}, False),
+        ({}, False),
     ],
-    ids=["default", "memory_merge", "huge_pages_off"],
+    ids=["huge_pages", "memory_merge", "default_off"],
 )
-def test_the_fork_server_heap_is_on_huge_pages_unless_merged_or_turned_off(
+def test_the_fork_server_heap_is_on_huge_pages_when_asked_and_not_merged(
     broker_url: str, tmp_path: Path, config: dict[str, object], expect_huge: bool
 ) -> None:
     with running_daemon(broker_url, tmp_path, config=config) as d:

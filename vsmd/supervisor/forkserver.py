@@ -151,7 +151,7 @@ class ForkServer:
             gc.collect()  # the warm-up's garbage first: its holes are filled with the rest
             self.fillers = holes.fill()
             # Not with KSM, which would split the huge pages again.
-            if not self.merging and msg.get("huge_pages", True):
+            if not self.merging and msg.get("huge_pages", False):
                 huge = hugepages.collapse()
                 log.info("%d MiB of the fork server's heap on huge pages", huge >> 20)
 

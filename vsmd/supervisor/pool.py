@@ -51,7 +51,7 @@ class ForkServerPool:
         gc_freeze: bool = True,
         memory_merge: bool = False,
         standby: bool = True,
-        huge_pages: bool = True,
+        huge_pages: bool = False,
         hello_timeout: float = HELLO_TIMEOUT,
     ) -> None:
         self._sink = sink
