@@ -58,7 +58,7 @@ def _floor_line(
             "of the difference is the standby's, which a VSM's fork server forks and connects "
             'ahead of the spawn (docs/spawning.md, "Standby"); the rest lies in the '
             "child's own start (the author's reading: the floor's child connects with pika, a VSM "
-            "with aio-pika)."
+            "with its own client, vsmd/amqp/)."
             if unready is not None
             else ""
         )

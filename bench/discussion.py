@@ -76,7 +76,7 @@ def _missed(res: Results) -> list[str | None]:
             "after the fork: its own AMQP connection and channel objects and buffers, the "
             "runtime and agent objects it creates, and the inherited pages whose objects' "
             "reference counts it touches. Candidates: build more of the per-VSM state in the "
-            "fork server before forking, and a leaner AMQP client than aio-pika.",
+            "fork server before forking.",
             (m("vsmd.mem.1000.vsm_uss_mib") or 0.0) - 6.0,
             m("vsmd.mem.1000.vsm_uss_mib"),
         ),

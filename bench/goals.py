@@ -157,7 +157,7 @@ def nerve_goals(res: Results) -> list[Goal]:
             lat,
             lat is not None and lat <= 2,
             f"{_ms(lat)} (p99 {num(p99('ns.state.latency_ms') or 0)}); "
-            f"bare aio-pika {_ms(m('nsfloor.latency_ms'))}",
+            f"bare client {_ms(m('nsfloor.latency_ms'))}",
         )
     ]
     n, at = at_size(res, "ns.state.rate.", ".deltas_per_s", 100)
@@ -169,7 +169,7 @@ def nerve_goals(res: Results) -> list[Goal]:
             rate,
             rate is not None and rate >= 20_000,
             f"{num(rate or 0)} updates/s in {num(m(f'ns.state.rate.{n}.deltas_per_s') or 0)} "
-            f"deltas/s; bare aio-pika {num(m(f'nsfloor.rate.{n}.per_s') or 0)} messages/s",
+            f"deltas/s; bare client {num(m(f'nsfloor.rate.{n}.per_s') or 0)} messages/s",
             at,
         )
     )
@@ -182,7 +182,7 @@ def nerve_goals(res: Results) -> list[Goal]:
             every,
             every is not None and every <= 100,
             f"{_ms(every)} (worst round {num(p99(f'ns.bcast.{n}.all_ms') or 0)}); "
-            f"bare aio-pika {_ms(m(f'nsfloor.bcast.{n}.all_ms'))}",
+            f"bare client {_ms(m(f'nsfloor.bcast.{n}.all_ms'))}",
             at,
         ),
         _check(
@@ -190,7 +190,7 @@ def nerve_goals(res: Results) -> list[Goal]:
             "≤ 0.6 ms",
             rr,
             rr is not None and rr <= 0.6,
-            f"{_ms(rr)}; bare aio-pika {_ms(m('nsfloor.rr_ms'))}",
+            f"{_ms(rr)}; bare client {_ms(m('nsfloor.rr_ms'))}",
         ),
     ]
     return goals
@@ -220,7 +220,7 @@ def mcp_goals(res: Results) -> list[Goal]:
             call,
             call is not None and call <= MCP_CALL_MS,
             f"{_ms(call)} (p99 {num(p99('mcp.call.noop_ms') or 0)}); ctx.request "
-            f"{_ms(m('mcp.rr_ms'))}; bare aio-pika with confirms {_ms(m('mcpfloor.rr_vsmd_ms'))}",
+            f"{_ms(m('mcp.rr_ms'))}; bare client with confirms {_ms(m('mcpfloor.rr_vsmd_ms'))}",
         ),
         _check(
             f"MCP calls/s, {MCP_CLIENTS} sessions against one VSM",

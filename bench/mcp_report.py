@@ -115,7 +115,7 @@ def _call_prose(res: Results) -> list[str | None]:
             "a parent VSM to its child over `ctx.mcp_client` took {} ms (p50; p99 {} ms); the "
             "built-in `status` took {} ms. The same pair's `ctx.request` took {} ms ({} bytes "
             "out). Bare "
-            "aio-pika request/reply with a tools/call's sizes ({} bytes out, {} bytes back) "
+            "bare-client request/reply with a tools/call's sizes ({} bytes out, {} bytes back) "
             "took {} ms, and {} ms publishing with confirms and mandatory routing as a VSM "
             "does. A tools/call took {} ms more than the same pair's `ctx.request`, which took "
             "{} ms " + _more_or_less(_sub(rr, bare)) + " than that bare pair.",
@@ -216,7 +216,7 @@ def _missed(res: Results, cores: int) -> list[str | None]:
         if bare is not None and bare >= MCP_CALL_MS:
             out.append(
                 _line(
-                    "**MCP tools/call ≤ {} ms: missed by {} ms.** Bare aio-pika request/reply "
+                    "**MCP tools/call ≤ {} ms: missed by {} ms.** Bare-client request/reply "
                     "with the same sizes and confirms took {} ms itself on this machine and "
                     "broker.",
                     MCP_CALL_MS,
@@ -227,7 +227,7 @@ def _missed(res: Results, cores: int) -> list[str | None]:
         else:
             out.append(
                 _line(
-                    "**MCP tools/call ≤ {} ms: missed by {} ms.** Bare aio-pika request/reply "
+                    "**MCP tools/call ≤ {} ms: missed by {} ms.** Bare-client request/reply "
                     "with the same sizes and confirms took {} ms, which leaves {} ms for what "
                     "vsmd and MCP add; a tools/call took {} ms more than that pair, and {} ms "
                     "more than the same VSMs' `ctx.request`.",
@@ -275,13 +275,14 @@ def mcp_section(res: Results, cores: int) -> list[str]:
         "## MCP: tools/call between VSMs",
         "",
         "Measured inside VSMs by bench agents (`bench/mcp_agents.py`): a parent VSM calls its "
-        "child's tools through `ctx.mcp_client`. Next to it, bare aio-pika request/reply on "
-        "the same broker with messages of a tools/call's sizes (`bench/nerve_floor.py`). The "
-        "p99 column is the largest sample when there are fewer than 100.",
+        "child's tools through `ctx.mcp_client`. Next to it, the VSM's AMQP client bare (no "
+        "runtime) doing request/reply on the same broker with messages of a tools/call's sizes "
+        "(`bench/nerve_floor.py`). The p99 column is the largest sample when there are fewer "
+        "than 100.",
         "",
     ]
     if latency:
-        head = ["MCP", "N", "vsmd median", "vsmd p99", "bare aio-pika", "vsmd/bare", "Unit"]
+        head = ["MCP", "N", "vsmd median", "vsmd p99", "bare client", "vsmd/bare", "Unit"]
         out += table(head, latency)
     if cpu:
         out += ["CPU ms per call, in exactly the measured window:", ""]

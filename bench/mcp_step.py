@@ -1,7 +1,8 @@
 """MCP between VSMs: tools/call round trips parent -> child and calls/s of several sessions at
-once, measured inside VSMs by the agents of bench/mcp_agents.py, next to bare aio-pika doing
-request/reply with messages of the same sizes (bench/nerve_floor.py); and the memory of idle
-VSMs without the MCP server, with it, and once each has served one MCP session."""
+once, measured inside VSMs by the agents of bench/mcp_agents.py, next to the bare client
+(vsmd/amqp/, no runtime) doing request/reply with messages of the same sizes
+(bench/nerve_floor.py); and the memory of idle VSMs without the MCP server, with it, and once
+each has served one MCP session."""
 
 from __future__ import annotations
 
@@ -165,9 +166,9 @@ async def _wire_sizes(d: VsmdProc, target: str) -> dict[str, int]:
 
 
 def _floor(ctx: suite.Ctx, sizes: dict[str, int]) -> None:
-    """Bare aio-pika request/reply with an MCP call's sizes: the floor of the round trip."""
+    """Bare-client request/reply with an MCP call's sizes: the floor of the round trip."""
     plan, res = ctx.plan, ctx.res
-    log("mcp floor: bare aio-pika request/reply")
+    log("mcp floor: bare-client request/reply")
     req, rep = sizes.get("request", 400), sizes.get("reply", 400)
     what = "request/reply, direct reply-to, a tools/call's sizes"
     for like_vsmd, key, label in (

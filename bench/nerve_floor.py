@@ -1,4 +1,5 @@
-"""The floor of the nervous-system figures: bare aio-pika, one process per side.
+"""The floor of the nervous-system figures: the VSM's own AMQP client (vsmd/amqp/) bare, with no
+runtime around it, one process per side, each on uvloop as a VSM is.
 
 ``python -m bench.nerve_floor ROLE JSON``. Roles: ``sink`` and ``source`` (a publisher and a
 consumer: one message at a time for latency, as fast as they go for rate) and ``server`` and
@@ -19,12 +20,12 @@ import sys
 import time
 from typing import Any
 
-import aio_pika
-import aio_pika.abc
 import orjson
 import uvloop
+from pamqp import commands as spec
 
 from bench.schedstat import task_seconds
+from vsmd import amqp
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -46,15 +47,14 @@ def emit(result: dict[str, Any]) -> None:
 
 async def sink(a: dict[str, Any]) -> None:
     n, mode = int(a["n"]), a["mode"]
-    conn = await aio_pika.connect(a["url"])
-    ch = await conn.channel()
-    await ch.set_qos(prefetch_count=64)
-    queue = await ch.declare_queue(a["queue"], exclusive=True)
+    conn = await amqp.connect(a["url"])
+    ch = await conn.channel(prefetch=64)
+    await ch.queue_declare(a["queue"], exclusive=True)
     done = asyncio.get_running_loop().create_future()
     ms: list[float] = []
     count = 0
 
-    async def on_message(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+    def on_message(msg: amqp.Message) -> None:
         nonlocal count
         data = orjson.loads(msg.body)  # decoded, as a VSM decodes an envelope
         if mode == "latency":
@@ -63,7 +63,7 @@ async def sink(a: dict[str, Any]) -> None:
         if count == n and not done.done():
             done.set_result(now())
 
-    await queue.consume(on_message, no_ack=True)
+    await ch.consume(a["queue"], on_message, no_ack=True)
     print("ready", flush=True)
     last = await asyncio.wait_for(done, float(a["timeout"]))
     emit({"ms": ms, "last": last, "count": count})
@@ -72,12 +72,11 @@ async def sink(a: dict[str, Any]) -> None:
 
 async def source(a: dict[str, Any]) -> None:
     n, size, gap = int(a["n"]), int(a["size"]), float(a["gap"])
-    conn = await aio_pika.connect(a["url"])
-    ch = await conn.channel(publisher_confirms=False)
+    conn = await amqp.connect(a["url"])
+    ch = await conn.channel()
     start = now()
     for i in range(n):
-        message = aio_pika.Message(body(size, i))
-        await ch.default_exchange.publish(message, a["queue"], mandatory=False)
+        await ch.publish(body(size, i), "", a["queue"])
         if gap:
             await asyncio.sleep(gap)
     emit({"start": start})
@@ -87,22 +86,21 @@ async def source(a: dict[str, Any]) -> None:
 
 async def server(a: dict[str, Any]) -> None:
     like_vsmd = bool(a["like_vsmd"])
-    conn = await aio_pika.connect(a["url"])
-    ch = await conn.channel(publisher_confirms=like_vsmd)
-    await ch.set_qos(prefetch_count=64)
-    queue = await ch.declare_queue(a["queue"], exclusive=True)
+    conn = await amqp.connect(a["url"])
+    ch = await conn.channel(confirms=like_vsmd, prefetch=64)
+    await ch.queue_declare(a["queue"], exclusive=True)
     # A reply as vsmd's to an empty result, or one of the size asked (an MCP answer, say).
     reply = body(int(a["reply_size"]), 0) if a.get("reply_size") else b'{"ok":true,"result":{}}'
 
-    async def on_message(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+    def on_message(msg: amqp.Message) -> None:
         orjson.loads(msg.body)
-        out = aio_pika.Message(reply, correlation_id=msg.correlation_id)
+        props = amqp.Properties(correlation_id=msg.properties.correlation_id)
         # Not mandatory, as vsmd's replies: the broker returns mandatory direct reply-to.
-        await ch.default_exchange.publish(out, msg.reply_to or "", mandatory=False)
+        ch.publish_nowait(reply, "", msg.properties.reply_to or "", props)
         if like_vsmd:
-            await msg.ack()
+            msg.ack()
 
-    await queue.consume(on_message, no_ack=not like_vsmd)
+    await ch.consume(a["queue"], on_message, no_ack=not like_vsmd)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)
@@ -112,26 +110,25 @@ async def server(a: dict[str, Any]) -> None:
 
 async def client(a: dict[str, Any]) -> None:
     n, size, like_vsmd = int(a["n"]), int(a["size"]), bool(a["like_vsmd"])
-    conn = await aio_pika.connect(a["url"])
-    ch = await conn.channel(publisher_confirms=like_vsmd)
-    replies = await ch.get_queue(REPLY_TO, ensure=False)
+    conn = await amqp.connect(a["url"])
+    ch = await conn.channel(confirms=like_vsmd)
     loop = asyncio.get_running_loop()
     waiting: dict[str, asyncio.Future[None]] = {}
 
-    async def on_reply(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+    def on_reply(msg: amqp.Message) -> None:
         orjson.loads(msg.body)
-        fut = waiting.pop(msg.correlation_id or "", None)
+        fut = waiting.pop(msg.properties.correlation_id or "", None)
         if fut is not None:
             fut.set_result(None)
 
-    await replies.consume(on_reply, no_ack=True)
+    await ch.consume(REPLY_TO, on_reply, no_ack=True)
     ms: list[float] = []
     for i in range(n + 5):  # five to warm up
         corr = str(i)
         fut = waiting[corr] = loop.create_future()
         t = time.perf_counter()
-        message = aio_pika.Message(body(size, i), reply_to=REPLY_TO, correlation_id=corr)
-        await ch.default_exchange.publish(message, a["queue"], mandatory=like_vsmd)
+        props = amqp.Properties(reply_to=REPLY_TO, correlation_id=corr)
+        await ch.publish(body(size, i), "", a["queue"], props, mandatory=like_vsmd)
         await fut
         if i >= 5:
             ms.append((time.perf_counter() - t) * 1e3)
@@ -141,28 +138,26 @@ async def client(a: dict[str, Any]) -> None:
 
 async def _receiver(a: dict[str, Any], index: int) -> None:
     """What a VSM does with a broadcast: its own connection and inbox, decode, note, ack."""
-    conn = await aio_pika.connect(a["url"])
-    ch = await conn.channel(publisher_confirms=False)
-    await ch.set_qos(prefetch_count=64)
-    exchange = await ch.get_exchange(a["exchange"], ensure=False)
-    queue = await ch.declare_queue(f"{a['exchange']}.{index}", exclusive=True)
-    await queue.bind(exchange, "all")
+    conn = await amqp.connect(a["url"])
+    ch = await conn.channel(prefetch=64)
+    queue = f"{a['exchange']}.{index}"
+    await ch.queue_declare(queue, exclusive=True)
+    await ch.queue_bind(queue, a["exchange"], "all")
     arrivals: dict[str, float] = {}
     done = asyncio.Event()
 
-    async def on_message(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+    def on_message(msg: amqp.Message) -> None:
         t = now()  # first: nothing before the time taken
         data = orjson.loads(msg.body)
         if "report" in data:
-            report = aio_pika.Message(orjson.dumps(arrivals))
-            await ch.default_exchange.publish(report, a["collect"], mandatory=False)
+            ch.publish_nowait(orjson.dumps(arrivals), "", a["collect"])
             done.set()
         else:
             arrivals[str(data["round"])] = t
-        await msg.ack()  # acked once handled, as a VSM's inbox is
+        msg.ack()  # acked once handled, as a VSM's inbox is
 
-    await queue.consume(on_message)
-    await ch.default_exchange.publish(aio_pika.Message(b"ready"), a["collect"], mandatory=False)
+    await ch.consume(queue, on_message)
+    await ch.publish(b"ready", "", a["collect"])
     await done.wait()
     await conn.close()
 
@@ -177,35 +172,35 @@ def _receive(a: dict[str, Any], index: int) -> None:
 
 
 async def _declare(a: dict[str, Any], delete: bool) -> None:
-    conn = await aio_pika.connect(a["url"])
+    conn = await amqp.connect(a["url"])
     ch = await conn.channel()
     if delete:
-        await ch.queue_delete(a["collect"])
-        await ch.exchange_delete(a["exchange"])
+        await ch.rpc(spec.Queue.Delete(queue=a["collect"]), spec.Queue.DeleteOk)
+        await ch.rpc(spec.Exchange.Delete(exchange=a["exchange"]), spec.Exchange.DeleteOk)
     else:
-        await ch.declare_exchange(a["exchange"], aio_pika.ExchangeType.TOPIC)
-        await ch.declare_queue(a["collect"])
+        topic = spec.Exchange.Declare(exchange=a["exchange"], exchange_type="topic")
+        await ch.rpc(topic, spec.Exchange.DeclareOk)
+        await ch.queue_declare(a["collect"])
     await conn.close()
 
 
 def _cpu(pids: list[int | None]) -> float:
-    # Not bench.resources.cpu_of: it brings psutil and vsmd into the process that forks the
-    # receivers, which would then share more pages than a bare aio-pika parent does.
+    # Not bench.resources.cpu_of: it brings psutil and the rest of vsmd into the process that
+    # forks the receivers, which would then share more pages than a bare client's parent does.
     return sum(task_seconds(pid) or 0.0 for pid in pids if pid is not None)
 
 
 async def _broadcast(a: dict[str, Any], receivers: list[int]) -> dict[str, Any]:
     n = len(receivers)
     rounds, gap, timeout = int(a["rounds"]), float(a["gap"]), float(a["timeout"])
-    conn = await aio_pika.connect(a["url"])
-    ch = await conn.channel(publisher_confirms=False)
-    exchange = await ch.get_exchange(a["exchange"], ensure=False)
+    conn = await amqp.connect(a["url"])
+    ch = await conn.channel()
     inbox: asyncio.Queue[bytes] = asyncio.Queue()
 
-    async def on_message(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+    def on_message(msg: amqp.Message) -> None:
         inbox.put_nowait(msg.body)
 
-    await (await ch.get_queue(a["collect"], ensure=False)).consume(on_message, no_ack=True)
+    await ch.consume(a["collect"], on_message, no_ack=True)
     for _ in range(n):
         await asyncio.wait_for(inbox.get(), timeout)  # every receiver consumes
     # The CPU of the rounds, as vsmd's step takes it around the root's rounds.
@@ -215,11 +210,11 @@ async def _broadcast(a: dict[str, Any], receivers: list[int]) -> dict[str, Any]:
     sent = []
     for r in range(rounds):
         sent.append(now())
-        await exchange.publish(aio_pika.Message(orjson.dumps({"round": r})), "all")
+        await ch.publish(orjson.dumps({"round": r}), a["exchange"], "all")
         await asyncio.sleep(gap)  # every receiver is done before the next round
     cpu = {k: _cpu(v) - before[k] for k, v in watch.items()}
     window_s = time.perf_counter() - started
-    await exchange.publish(aio_pika.Message(b'{"report":true}'), "all")
+    await ch.publish(b'{"report":true}', a["exchange"], "all")
     reports = [orjson.loads(await asyncio.wait_for(inbox.get(), timeout)) for _ in range(n)]
     await conn.close()
     every, last = [], []
@@ -241,7 +236,7 @@ def fanout(a: dict[str, Any]) -> None:
     """Fork the receivers from this pre-imported process (as vsmd's fork server forks VSMs),
     then broadcast to them from a connection of its own."""
     n = int(a["n"])
-    asyncio.run(_declare(a, delete=False))
+    uvloop.run(_declare(a, delete=False))
     pids: list[int] = []
     try:
         for index in range(n):
@@ -261,7 +256,7 @@ def fanout(a: dict[str, Any]) -> None:
         for pid in pids:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-        asyncio.run(_declare(a, delete=True))
+        uvloop.run(_declare(a, delete=True))
 
 
 ROLES = {"sink": sink, "source": source, "server": server, "client": client}
@@ -270,4 +265,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "fanout":
         fanout(orjson.loads(sys.argv[2]))
     else:
-        asyncio.run(ROLES[sys.argv[1]](orjson.loads(sys.argv[2])))
+        uvloop.run(ROLES[sys.argv[1]](orjson.loads(sys.argv[2])))

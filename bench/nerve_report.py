@@ -58,7 +58,7 @@ def _prose(res: Results, cores: int) -> list[str | None]:
     lines = [
         _line(
             "A write to a child's state was in its parent's replica after {} ms (p50; p99 {} "
-            "ms). A bare aio-pika publisher and consumer carried a message of the same size ({} "
+            "ms). A bare-client publisher and consumer carried a message of the same size ({} "
             "bytes) in {} ms, so vsmd added {} ms. The parent looked at its replica on every "
             "turn of its loop while a probe was due, one turn every {} µs on average.",
             m("ns.state.latency_ms"),
@@ -70,7 +70,7 @@ def _prose(res: Results, cores: int) -> list[str | None]:
         ),
         _line(
             "Request/reply from a parent to its child took {} ms (p50; p99 {} ms) against {} ms "
-            "for a bare aio-pika pair with direct reply-to and {} ms for the same pair publishing "
+            "for a bare-client pair with direct reply-to and {} ms for the same pair publishing "
             "with confirms and mandatory routing, as a VSM's channel does.",
             m("ns.rr_ms"),
             res.p99("ns.rr_ms"),
@@ -115,7 +115,7 @@ def _prose(res: Results, cores: int) -> list[str | None]:
         lines.append(
             _line(
                 "The same broadcast to {} receivers forked from one process, each with its own "
-                "aio-pika connection and inbox (the floor), reached all of them in {} ms "
+                "connection and inbox of the bare client (the floor), reached all of them in {} ms "
                 "(median of {} rounds); vsmd took {}x that.",
                 n,
                 m(f"nsfloor.bcast.{n}.all_ms"),
@@ -177,7 +177,7 @@ def _busy(res: Results, key: str) -> float | None:
 
 
 def _floor_vs_goals(res: Results) -> str | None:
-    """Which goals bare aio-pika itself misses on this machine: vsmd cannot beat its floor."""
+    """Which goals the bare client itself misses on this machine: vsmd cannot beat its floor."""
     # The rate's floor moves messages, one per delta; the goal counts updates, which a delta
     # carries many of: the floor bounds neither way, so it is not among these.
     checks = [
@@ -197,9 +197,9 @@ def _floor_vs_goals(res: Results) -> str | None:
     if not missed:
         return None
     return (
-        "- Bare aio-pika itself, on this machine and broker, misses these goals: "
+        "- The bare client itself, on this machine and broker, misses these goals: "
         + "; ".join(missed)
-        + ". VSMs talk through aio-pika too: here they cannot do better than that."
+        + ". VSMs talk through the same client: here they cannot do better than that."
     )
 
 
@@ -219,9 +219,9 @@ def nervous(res: Results, cores: int) -> list[str]:
     rows = _rows(res)
     if not rows:
         return []
-    head = ["Between VSMs", "N", "vsmd median", "vsmd p99", "bare aio-pika", "vsmd/bare", "Unit"]
+    head = ["Between VSMs", "N", "vsmd median", "vsmd p99", "bare client", "vsmd/bare", "Unit"]
     intro = (
-        "Measured inside VSMs by bench agents (`bench/nerve_agents.py`), next to bare aio-pika "
+        "Measured inside VSMs by bench agents (`bench/nerve_agents.py`), next to the bare client "
         "on the same broker doing the same with messages of the same size "
         "(`bench/nerve_floor.py`). The p99 column is the largest sample when there are fewer "
         "than 100."

@@ -1,6 +1,7 @@
 """The nervous system: state updates child -> parent, a broadcast down a subtree and
 request/reply between VSMs, measured inside VSMs by the agents of bench/nerve_agents.py; each
-next to bare aio-pika doing the same on the same broker (bench/nerve_floor.py)."""
+next to the VSM's AMQP client bare (no runtime) doing the same on the same broker
+(bench/nerve_floor.py)."""
 
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ def _cpu_per_arrival(
         ctx.res.add(f"{key}.cpu_{who}_ms", label, "CPU ms", [secs * 1e3 / arrivals], arrivals)
 
 
-# --- the floor: bare aio-pika -----------------------------------------------------------------
+# --- the floor: the bare client ---------------------------------------------------------------
 
 
 def _proc(role: str, args: dict[str, Any]) -> subprocess.Popen[str]:
@@ -263,7 +264,7 @@ def floor_rr(
 
 def _floors(ctx: suite.Ctx, sizes: dict[str, int]) -> None:
     plan, res = ctx.plan, ctx.res
-    log("nerves floor: bare aio-pika pairs")
+    log("nerves floor: bare-client pairs")
     probe = sizes.get("probe", 300)
     got, _took = _pair(ctx.url, "latency", plan.nerve_probes, probe, plan.nerve_gap)
     res.add(
@@ -293,7 +294,7 @@ def _floors(ctx: suite.Ctx, sizes: dict[str, int]) -> None:
 
 
 def _floor_broadcast(ctx: suite.Ctx) -> None:
-    """The broadcast of vsmd's step, to as many forked bare aio-pika receivers."""
+    """The broadcast of vsmd's step, to as many forked bare-client receivers."""
     plan, res, n = ctx.plan, ctx.res, ctx.plan.nerve_subtree
     log(f"nerves floor: broadcast to {n} forked receivers")
     suite.pause(ctx, "the broadcast floor")
@@ -313,7 +314,7 @@ def _floor_broadcast(ctx: suite.Ctx) -> None:
     _cpu_per_arrival(ctx, f"nsfloor.bcast.{n}", arrivals, got["cpu"], got["window_s"])
     if got["missed"]:
         res.fail(f"broadcast floor: {got['missed']} arrivals missing")
-    label = "bare aio-pika: broadcast until all N forked receivers have it"
+    label = "bare client: broadcast until all N forked receivers have it"
     res.add(f"nsfloor.bcast.{n}.all_ms", label, "ms", got["all_ms"], n)
-    label = "bare aio-pika: broadcast until each receiver has it (every arrival)"
+    label = "bare client: broadcast until each receiver has it (every arrival)"
     res.add(f"nsfloor.bcast.{n}.each_ms", label, "ms", got["each_ms"], n)

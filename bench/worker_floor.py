@@ -1,5 +1,6 @@
 """The worker benchmark's processes: the submitter of tasks (the same for vsmd's workers and for
-the floor) and the floor itself, a bare aio-pika consumer doing a worker's broker work.
+the floor) and the floor itself, a consumer on the VSM's own AMQP client (vsmd/amqp/) bare, on
+uvloop as a VSM is, doing a worker's broker work. The submitter is aio-pika, as TaskSubmitter.
 
 ``python -m bench.worker_floor ROLE JSON``. ``submit``: connects, builds every task, runs a
 few one at a time to warm up, prints ``ready``, waits for ``go`` on stdin, then publishes them
@@ -20,9 +21,11 @@ from typing import Any
 import aio_pika
 import aio_pika.abc
 import orjson
+import uvloop
 
 from bench.resources import cpu_of
 from bench.worker_tasks import register_tasks
+from vsmd import amqp
 from vsmd.tasks.message import TaskRequest
 from vsmd.tasks.registry import TaskRegistry
 
@@ -131,25 +134,29 @@ async def consume(a: dict[str, Any]) -> None:
     connection's other channel (as a VSM's replies go on its main one), then the ack."""
     registry = TaskRegistry()
     register_tasks(registry)
-    conn = await aio_pika.connect(a["url"])
-    out = await conn.channel(publisher_confirms=True, on_return_raises=True)
-    inc = await conn.channel(publisher_confirms=True, on_return_raises=True)
-    await inc.set_qos(prefetch_count=int(a["prefetch"]))
+    conn = await amqp.connect(a["url"])
+    out = await conn.channel(confirms=True)
+    inc = await conn.channel(confirms=True, prefetch=int(a["prefetch"]))
     args: dict[str, Any] = {"x-expires": int(a["expires"] * 1000)}
-    queue = await inc.declare_queue(a["queue"], durable=True, arguments=args)
+    await inc.queue_declare(a["queue"], durable=True, arguments=args)
+    handling: set[asyncio.Task[None]] = set()
 
-    async def handle(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+    async def handle(msg: amqp.Message) -> None:
         body = orjson.loads(msg.body)["body"]
         result = registry.get(body["task"])(body.get("args", {}))  # the same no-op, called
-        reply = aio_pika.Message(
-            orjson.dumps({"ok": True, "result": result}),
-            content_type="application/json",
-            correlation_id=msg.correlation_id,
+        props = amqp.Properties(
+            content_type="application/json", correlation_id=msg.properties.correlation_id
         )
-        await out.default_exchange.publish(reply, msg.reply_to or "", mandatory=False)
-        await msg.ack()
+        reply = orjson.dumps({"ok": True, "result": result})
+        await out.publish(reply, "", msg.properties.reply_to or "", props)
+        msg.ack()
 
-    await queue.consume(handle)
+    def deliver(msg: amqp.Message) -> None:
+        task = asyncio.get_running_loop().create_task(handle(msg))  # a worker's way too
+        handling.add(task)
+        task.add_done_callback(handling.discard)
+
+    await inc.consume(a["queue"], deliver)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)
@@ -160,4 +167,6 @@ async def consume(a: dict[str, Any]) -> None:
 ROLES = {"submit": submit, "consume": consume}
 
 if __name__ == "__main__":
-    asyncio.run(ROLES[sys.argv[1]](orjson.loads(sys.argv[2])))
+    role = sys.argv[1]
+    run = uvloop.run if role == "consume" else asyncio.run  # the consumer runs as a VSM does
+    run(ROLES[role](orjson.loads(sys.argv[2])))

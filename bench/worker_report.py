@@ -127,7 +127,7 @@ def _cpu_rows(res: Results, cores: int) -> list[list[str]]:
     for k in _counts(res):
         for prefix, kind, what in (
             (VSMD, "", f"vsmd, {_who(k)}, plain task"),
-            (FLOOR, "", f"bare aio-pika, {k} consumer" + ("s" if k > 1 else "")),
+            (FLOOR, "", f"bare client, {k} consumer" + ("s" if k > 1 else "")),
             (VSMD, ASYNC, f"vsmd, {_who(k)}, async task"),
         ):
             b = batch(res, prefix, k, kind)
@@ -164,7 +164,7 @@ def _prose(res: Results, cores: int) -> list[str | None]:
                 + " (the default `concurrency`, 4) ran {} tasks/s of a plain no-op task "
                 "(median of {} "
                 + _batches(v1.runs)
-                + " of {} tasks); a bare aio-pika consumer with the same "
+                + " of {} tasks); a bare-client consumer with the same "
                 "prefetch ran {} tasks/s: vsmd at {}x the floor. Per task the worker's "
                 "process used {} CPU ms, the bare consumer {} ms.",
                 v1.rate,
@@ -244,14 +244,15 @@ def worker_section(res: Results, cores: int) -> list[str]:
     out = [
         "## Workers: tasks through the worker agent",
         "",
-        "`worker` VSMs with the default settings (`concurrency` 4), and next to them bare "
-        "aio-pika consumers doing the same broker work per task (`bench/worker_floor.py`: "
+        "`worker` VSMs with the default settings (`concurrency` 4), and next to them "
+        "consumers on the bare client (vsmd/amqp/) doing the same broker work per task "
+        "(`bench/worker_floor.py`: "
         "prefetch 4, manual acks, the result published with confirms, then the ack). One "
         "submitter process feeds both alike; tasks/s is the batch over the time from its "
         "first publish until the last result came back. vsmd and the floor take turns.",
         "",
     ]
-    head = ["Tasks through", "Tasks per batch", "vsmd tasks/s", "bare aio-pika tasks/s"]
+    head = ["Tasks through", "Tasks per batch", "vsmd tasks/s", "bare-client tasks/s"]
     out += table([*head, "vsmd/bare", "Batches"], rates)
     cpu = _cpu_rows(res, cores)
     if cpu:

@@ -1,5 +1,5 @@
 """The worker agent's throughput: tasks/s through one worker and through ten workers under one
-parent, next to bare aio-pika consumers doing the same broker work per task (the floor,
+parent, next to bare-client consumers doing the same broker work per task (the floor,
 bench/worker_floor.py). One submitter process feeds both the same way, and vsmd and the floor
 take turns, so load that comes and goes on the machine falls on both."""
 
@@ -182,7 +182,7 @@ def _measure(ctx: suite.Ctx, prefix: str, side: Side, k: int, n: int, task: str)
     kind = "" if task == NOOP else ASYNC_KIND
     log(f"{prefix}: {n:,} {kind}tasks through {k} in {took:.2f} s ({n / took:,.0f}/s)")
     key, res = f"{prefix}.{k}.{kind}", ctx.res
-    what = "vsmd workers" if prefix == PREFIX else "bare aio-pika consumers"
+    what = "vsmd workers" if prefix == PREFIX else "bare-client consumers"
     task_is = "plain no-op task, a thread each" if task == NOOP else "async no-op task"
     if prefix == FLOOR:
         task_is = "the same no-op task, called on the loop"

@@ -1,6 +1,5 @@
 """The calls channel of a VSM (vsmd/vsm/calls.py): returned requests fail whoever waits on them,
-a lost connection fails everything waiting, and an aiormq whose frame reader cannot be given a
-return handler gets a confirm channel instead."""
+a lost connection fails everything waiting, replies reach their request or listener."""
 
 from __future__ import annotations
 
@@ -8,21 +7,28 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any, cast
 
-import aiormq.abc
 import pytest
 from pamqp import commands as spec
-from pamqp.header import ContentHeader
 
+from vsmd import amqp
 from vsmd.errors import BrokerError, Timeout, Unreachable
 from vsmd.vsm import calls as calls_module
-from vsmd.vsm.calls import Calls, Delivery, _hear_returns, properties
+from vsmd.vsm.calls import Calls, Delivery, properties
 
 
-def _returned(corr: str | None, key: str) -> Any:
-    """What aiormq delivers for a basic.return (the fields Calls reads)."""
-    return SimpleNamespace(
-        header=SimpleNamespace(properties=SimpleNamespace(correlation_id=corr)), routing_key=key
-    )
+def _message(
+    method: spec.Basic.Deliver | spec.Basic.Return,
+    body: bytes = b"{}",
+    channel: Any = None,
+    **props: Any,
+) -> amqp.Message:
+    return amqp.Message(channel, method, amqp.Properties(**props), body)
+
+
+def _returned(corr: str | None, key: str) -> amqp.Message:
+    """What the client hands on_return for a basic.return."""
+    method = spec.Basic.Return(reply_code=312, reply_text="NO_ROUTE", routing_key=key)
+    return _message(method, correlation_id=corr)
 
 
 def _no_close(*_args: Any) -> None:
@@ -113,95 +119,47 @@ def test_a_lost_connection_fails_every_request_and_tells_every_listener() -> Non
     asyncio.run(main())
 
 
-class _Raw:
-    """An aiormq channel's frame reader as far as _hear_returns uses it."""
-
-    def __init__(self, frames: list[Any]) -> None:
-        self.frames = frames
-
-    async def _get_frame(self) -> Any:
-        return self.frames.pop(0)
-
-    async def _read_content(self, frame: Any, header: ContentHeader) -> Any:
-        return SimpleNamespace(delivery=frame, header=header, body=self.frames.pop(0))
-
-    async def _on_return_frame(self, frame: Any) -> None:
-        raise AssertionError("aiormq's own handler drops returns on an unconfirmed channel")
-
-
-def test_the_reader_of_an_unconfirmed_channel_hands_returns_over() -> None:
-    async def main() -> None:
-        got: list[Any] = []
-        raw = _Raw([ContentHeader(body_size=2), b"{}"])
-        assert _hear_returns(raw, got.append)  # type: ignore[arg-type]
-        frame = spec.Basic.Return(reply_code=312, reply_text="NO_ROUTE", routing_key="vsm.x")
-        await raw._on_return_frame(frame)
-        assert len(got) == 1 and got[0].delivery is frame and got[0].body == b"{}"
-        assert raw.frames == []  # header and body read, as the reader expects
-
-    asyncio.run(main())
-
-
-def test_a_handler_that_fails_does_not_stop_the_reader() -> None:
-    async def main() -> None:
-        def broken(_message: Any) -> None:
-            raise RuntimeError("boom")
-
-        raw = _Raw([ContentHeader(body_size=2), b"{}"])
-        assert _hear_returns(raw, broken)  # type: ignore[arg-type]
-        await raw._on_return_frame(spec.Basic.Return(routing_key="vsm.x"))
-
-    asyncio.run(main())
-
-
-class _PlainRaw:
-    """An aiormq channel without the reader helpers _hear_returns needs."""
+class _Channel:
+    """The client's channel as Calls uses it: records what is published and consumed."""
 
     def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, Any]] = []
         self.consumed: list[str] = []
+        self.on_publish: Any = None
+        self.on_return: Any = None
+        self.close_callbacks: list[Any] = []
 
-    async def basic_consume(self, queue: str, _callback: Any, no_ack: bool) -> None:
+    async def consume(self, queue: str, _callback: Any, no_ack: bool) -> str:
+        assert no_ack  # replies are not acked
         self.consumed.append(queue)
+        return "c1"
+
+    async def publish(
+        self, body: bytes, _exchange: str, key: str, props: Any, _mandatory: bool
+    ) -> None:
+        self.published.append((key, body, props))
+        if self.on_publish is not None:
+            self.on_publish(props)
 
 
-class _Channel:
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.closed = False
-        self.close_callbacks: set[Any] = set()
-
-    async def get_underlay_channel(self) -> Any:
-        return self.raw
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-def test_without_the_reader_helpers_the_calls_channel_confirms() -> None:
+def test_the_calls_channel_is_opened_once_and_hears_returns_and_closes() -> None:
     async def main() -> None:
-        asked: list[dict[str, Any]] = []
         made: list[_Channel] = []
 
         async def channel(**kw: Any) -> _Channel:
-            asked.append(kw)
-            made.append(_Channel(_PlainRaw()))
+            assert kw == {}  # no confirms: see calls.py
+            made.append(_Channel())
             return made[-1]
 
         conn = cast(Any, SimpleNamespace(channel=channel))
         closed: list[Any] = []
         calls = Calls("ns.recursive", lambda: conn, closed.append)
         await calls.open()
-        assert asked == [
-            {"publisher_confirms": False},
-            {"publisher_confirms": True, "on_return_raises": True},
-        ]
-        assert made[0].closed and calls.channel is cast(Any, made[1])
-        assert made[1].raw.consumed == ["amq.rabbitmq.reply-to"]  # replies on the one kept
-        # The broker closing the channel kept is the VSM's to hear (it reconnects); the one
-        # closed on purpose is not.
-        assert made[1].close_callbacks == {closed.append} and made[0].close_callbacks == set()
         await calls.open()
-        assert len(asked) == 2  # once per connection
+        assert len(made) == 1 and calls.channel is cast(Any, made[0])
+        assert made[0].consumed == ["amq.rabbitmq.reply-to"]
+        assert made[0].on_return == calls.on_returned
+        assert made[0].close_callbacks == [closed.append]  # the VSM hears the broker close it
 
     asyncio.run(main())
 
@@ -209,18 +167,12 @@ def test_without_the_reader_helpers_the_calls_channel_confirms() -> None:
 def test_a_delivery_carries_what_the_runtime_reads_and_acks_on_its_channel() -> None:
     acked: list[int] = []
 
-    class _AckRaw:
-        async def basic_ack(self, tag: int) -> None:
+    class _AckChannel:
+        def ack(self, tag: int) -> None:
             acked.append(tag)
 
-    props = spec.Basic.Properties(reply_to="r", correlation_id="c", user_id="vsm-a1")
     frame = spec.Basic.Deliver(delivery_tag=7, exchange="ns.recursive", routing_key="vsm.a1")
-    raw = aiormq.abc.DeliveredMessage(
-        delivery=frame,
-        header=ContentHeader(properties=props, body_size=2),
-        body=b"{}",
-        channel=_AckRaw(),  # type: ignore[arg-type]
-    )
+    raw = _message(frame, channel=_AckChannel(), reply_to="r", correlation_id="c", user_id="vsm-a1")
     d = Delivery(raw)
     assert (d.body, d.reply_to, d.correlation_id, d.user_id) == (b"{}", "r", "c", "vsm-a1")
     assert (d.exchange, d.routing_key) == ("ns.recursive", "vsm.a1")
@@ -235,56 +187,26 @@ def test_a_calls_expiration_is_in_milliseconds_and_never_zero() -> None:
     assert properties(user_id="vsm-x").user_id == "vsm-x"
 
 
-class _Broker:
-    """An aiormq channel that records what is published and lets a test answer it."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, bytes, Any]] = []
-        self.on_publish: Any = None
-
-    async def _get_frame(self) -> Any:
-        raise AssertionError("no frames in this test")
-
-    async def _read_content(self, frame: Any, header: Any) -> Any:
-        raise AssertionError("no frames in this test")
-
-    async def _on_return_frame(self, frame: Any) -> None:
-        raise AssertionError("replaced by _hear_returns")
-
-    async def basic_consume(self, queue: str, _callback: Any, no_ack: bool) -> None:
-        return None
-
-    async def basic_publish(self, body: bytes, **kw: Any) -> None:
-        self.published.append((kw["routing_key"], body, kw["properties"]))
-        if self.on_publish is not None:
-            self.on_publish(kw["properties"])
-
-
-def _open_calls(broker: _Broker) -> Calls:
+def _open_calls(broker: _Channel) -> Calls:
     async def channel(**_kw: Any) -> _Channel:
-        return _Channel(broker)
+        return broker
 
     conn = cast(Any, SimpleNamespace(channel=channel))
     return Calls("ns.recursive", lambda: conn, _no_close)
 
 
-def _reply(corr: str, body: bytes) -> Any:
-    props = spec.Basic.Properties(correlation_id=corr)
-    return aiormq.abc.DeliveredMessage(
-        delivery=spec.Basic.Deliver(routing_key="amq.rabbitmq.reply-to.x"),
-        header=ContentHeader(properties=props, body_size=len(body)),
-        body=body,
-        channel=None,  # type: ignore[arg-type]
-    )
+def _reply(corr: str, body: bytes) -> amqp.Message:
+    method = spec.Basic.Deliver(routing_key="amq.rabbitmq.reply-to.x")
+    return _message(method, body, correlation_id=corr)
 
 
 def test_a_request_gets_its_reply_and_carries_what_the_broker_needs() -> None:
     async def main() -> None:
-        broker = _Broker()
+        broker = _Channel()
         calls = _open_calls(broker)
         loop = asyncio.get_running_loop()
-        broker.on_publish = lambda p: loop.create_task(
-            calls.on_reply(_reply(p.correlation_id, b'{"ok":true}'))
+        broker.on_publish = lambda p: loop.call_soon(
+            calls.on_reply, _reply(p.correlation_id, b'{"ok":true}')
         )
         answer = await calls.request("vsm.b2", b"{}", 5.0, None, "vsm-a1")
         assert answer.body == b'{"ok":true}'
@@ -302,7 +224,7 @@ def test_a_target_whose_probe_comes_back_went_down_before_it_answered(
     monkeypatch.setattr(calls_module, "PROBE_EVERY", 0.01)
 
     async def main() -> None:
-        broker = _Broker()
+        broker = _Channel()
         calls = _open_calls(broker)
 
         def returned(props: Any) -> None:
@@ -319,9 +241,27 @@ def test_a_target_whose_probe_comes_back_went_down_before_it_answered(
 
 def test_a_request_without_an_answer_times_out() -> None:
     async def main() -> None:
-        calls = _open_calls(_Broker())
+        calls = _open_calls(_Channel())
         with pytest.raises(Timeout, match=r"no answer from 'b2' within 0\.05 s"):
             await calls.request("vsm.b2", b"{}", 0.05, None, None)
         assert calls.pending == {}
+
+    asyncio.run(main())
+
+
+def test_a_reply_for_a_listener_reaches_it_and_a_stray_one_is_dropped() -> None:
+    async def main() -> None:
+        calls = _calls()
+        got: list[bytes] = []
+
+        class _Got(_Listener):
+            async def on_message(self, body: bytes) -> None:
+                got.append(body)
+
+        calls.listeners["sid"] = _Got()
+        calls.on_reply(_reply("sid", b'{"a":1}'))
+        calls.on_reply(_reply("nobody", b'{"b":2}'))  # a caller that gave up
+        await _settle()
+        assert got == [b'{"a":1}']
 
     asyncio.run(main())

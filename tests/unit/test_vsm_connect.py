@@ -7,9 +7,9 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-import aio_pika
 import pytest
 
+from vsmd import amqp
 from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError
 from vsmd.spec import VsmSpec
@@ -37,14 +37,14 @@ def _bus() -> VsmBus:
 
 @pytest.fixture
 def asked(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The timeouts the bus gave aio-pika's connect, which here refuses at once."""
+    """The timeouts the bus gave the AMQP client's connect, which here refuses at once."""
     timeouts: list[float] = []
 
     async def refuse(_url: str, timeout: float, **_kw: Any) -> Any:
         timeouts.append(timeout)
         raise ConnectionRefusedError("refused")
 
-    monkeypatch.setattr(aio_pika, "connect", refuse)
+    monkeypatch.setattr(amqp, "connect", refuse)
     return timeouts
 
 
@@ -131,10 +131,8 @@ class _Conn:
     """A connection a standby made ahead: open, or already closed by the broker."""
 
     def __init__(self, closed: bool) -> None:
-        self.connected = asyncio.Event()
-        if not closed:
-            self.connected.set()
-        self.close_callbacks: set[Any] = set()
+        self.is_open = not closed
+        self.close_callbacks: list[Any] = []
         self.channels_opened = 0
         self.closed_by_us = False
 
@@ -150,10 +148,10 @@ class _Channel:
     """Its first channel, open."""
 
     def __init__(self) -> None:
-        self.is_closed = False
-        self.close_callbacks: set[Any] = set()
+        self.is_open = True
+        self.close_callbacks: list[Any] = []
 
-    async def declare_queue(self, *_a: Any, **_kw: Any) -> Any:  # the inbox, the first use
+    async def queue_declare(self, *_a: Any, **_kw: Any) -> Any:  # the inbox, the first use
         raise ConnectionError("the broker went away")
 
 
@@ -176,7 +174,7 @@ def test_the_first_channel_made_ahead_is_used_too(asked: list[float]) -> None:
 
 
 def test_a_connection_made_ahead_and_since_closed_is_replaced(asked: list[float]) -> None:
-    conn = _Conn(closed=True)  # by the broker: is_closed is still False then, as in aio-pika
+    conn = _Conn(closed=True)  # by the broker, while the standby waited
     with pytest.raises(BrokerError, match="refused"):
         asyncio.run(_bus().open(START_CONNECT_TIMEOUT, Made(conn, None)))  # type: ignore[arg-type]
     assert asked == [START_CONNECT_TIMEOUT]

@@ -16,7 +16,6 @@ from mcp.client.session import ClientSession, MessageHandlerFnT
 from vsmd import __version__
 from vsmd.bus.topology import Topology
 from vsmd.errors import ProtocolError
-from vsmd.mcp.link import StandaloneLink
 from vsmd.mcp.transport import ClientDispatcher
 from vsmd.mcp.wire import Link
 
@@ -87,6 +86,10 @@ async def create_mcp_client(
     message_handler: MessageHandlerFnT | None = None,
 ) -> AsyncIterator[ClientSession]:
     """A session over a connection of its own, closed with the session."""
+    # Imported here: the link is aio-pika's, which a VSM (its own client, vsmd/amqp/) never
+    # loads; only the daemon and Python users come this way.
+    from vsmd.mcp.link import StandaloneLink
+
     link = StandaloneLink(broker_url, namespace, min(timeout, 10.0))
     try:
         async with open_session(

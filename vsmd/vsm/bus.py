@@ -1,8 +1,8 @@
 """A VSM's one broker connection, on the VSM's event loop: inbox, publishing, requests.
 
-aio-pika and aiormq are imported here, in vsmd/vsm/calls.py (requests and replies on a channel
-of their own), vsmd/vsm/task_queue.py (a worker's task queue on this same connection) and
-vsmd/vsm/edge.py (their errors), and nowhere else in the VSM; their errors become vsmd's there.
+It speaks through vsmd's own AMQP client (vsmd/amqp/), as do vsmd/vsm/calls.py (requests and
+replies on a channel of their own) and vsmd/vsm/task_queue.py (a worker's task queue on this same
+connection); vsmd/vsm/edge.py says what its errors mean for a VSM.
 The inbox is exclusive: it exists exactly while the VSM is connected, so a message to a VSM that
 is down is returned by the broker (mandatory publish) instead of waiting in a queue nobody reads,
 and its bindings go with it.
@@ -13,16 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import aio_pika
-import aio_pika.abc
-import aio_pika.exceptions
-import aiormq.abc
-import aiormq.exceptions
-
+from vsmd import amqp
 from vsmd.bus.topology import Topology
 from vsmd.errors import BrokerError
 from vsmd.spec import VsmSpec
@@ -44,12 +39,11 @@ INBOX_LOCKED_RETRY = 10.0
 CONNECT_TIMEOUT = 5.0
 START_CONNECT_TIMEOUT = 60.0
 INBOX_TAG = "inbox"  # the inbox's consumer, one per channel
+RESOURCE_LOCKED = 405
 SETUP_FAILED: tuple[type[BaseException], ...] = (BrokerError, *LOST)
 
-Connection = aio_pika.abc.AbstractConnection
-Incoming = aio_pika.abc.AbstractIncomingMessage  # a worker's task (vsmd/vsm/task_queue.py)
-OnMessage = Callable[[Delivery], Awaitable[None]]
-Attach = Callable[[aio_pika.abc.AbstractChannel], Awaitable[None]]
+OnMessage = Callable[[Delivery], Coroutine[Any, Any, None]]
+Attach = Callable[[amqp.Channel], Awaitable[None]]
 
 
 @dataclass
@@ -57,18 +51,18 @@ class Made:
     """A connection and its first channel, made before the VSM is known by the fork server's
     standby (vsmd/supervisor/standby.py): what a VSM opens first, the same for every VSM."""
 
-    conn: Connection
-    channel: aio_pika.abc.AbstractChannel | None  # None when it could not be opened
+    conn: amqp.Connection
+    channel: amqp.Channel | None  # None when it could not be opened
 
     async def close(self) -> None:
-        with contextlib.suppress(*LOST, RuntimeError):
+        with contextlib.suppress(*LOST):
             await self.conn.close()
 
 
 async def preconnect(url: str, timeout: float = CONNECT_TIMEOUT) -> Made | None:
     """None when the broker cannot be reached now: the VSM then connects at its start."""
     try:
-        conn = await aio_pika.connect(url, timeout=timeout)
+        conn = await amqp.connect(url, timeout=timeout)
     except LOST:
         return None
     try:
@@ -77,11 +71,10 @@ async def preconnect(url: str, timeout: float = CONNECT_TIMEOUT) -> Made | None:
         return Made(conn, None)
 
 
-async def _first_channel(conn: Connection) -> aio_pika.abc.AbstractChannel:
-    """The inbox's channel: publisher confirms, returns raised, the inbox's prefetch."""
-    ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
-    await ch.set_qos(prefetch_count=PREFETCH)
-    return ch
+async def _first_channel(conn: amqp.Connection) -> amqp.Channel:
+    """The inbox's channel: publisher confirms (a returned publish raises), the inbox's
+    prefetch."""
+    return await conn.channel(confirms=True, prefetch=PREFETCH)
 
 
 class VsmBus:
@@ -90,8 +83,8 @@ class VsmBus:
         self.topo = topo
         self.ancestors = spec.ancestors
         self._on_message = on_message
-        self._conn: aio_pika.abc.AbstractConnection | None = None
-        self._ch: aio_pika.abc.AbstractChannel | None = None
+        self._conn: amqp.Connection | None = None
+        self._ch: amqp.Channel | None = None
         self._inbox: str | None = None  # its name, while declared and consumed
         # Direct reply-to on the confirm channel, for what must be confirmed and still wants an
         # answer (a task submitted with wait): consumed on first use.
@@ -103,7 +96,8 @@ class VsmBus:
         # Consumers set up again on every open, each on a channel of its own (a worker's task
         # queue wants its own prefetch); their channels are watched as the inbox's is.
         self._attached: list[Attach] = []
-        self._watched: list[aio_pika.abc.AbstractChannel] = []
+        self._watched: list[amqp.Channel] = []
+        self._handling: set[asyncio.Task[None]] = set()  # the inbox's deliveries in hand
         self.lost = asyncio.Event()
         # Clear while a re-parenting is under way (see move).
         self._settled = asyncio.Event()
@@ -115,7 +109,7 @@ class VsmBus:
         self.user: str | None = None
         self.token_ttl = 0.0
 
-    def _connection(self) -> aio_pika.abc.AbstractConnection:
+    def _connection(self) -> amqp.Connection:
         if self._conn is None or self.lost.is_set():
             raise BrokerError("not connected to the broker")
         return self._conn
@@ -143,19 +137,17 @@ class VsmBus:
             self.user, token, self.token_ttl = await fetch_token(self.spec.token_socket)
         try:
             ch = None
-            # A connection the broker closed is not is_closed (only our own close sets that),
-            # but no longer connected.
-            if made is not None and made.conn.connected.is_set() and token is None:
+            if made is not None and made.conn.is_open and token is None:
                 self._conn = made.conn
-                if made.channel is not None and not made.channel.is_closed:
+                if made.channel is not None and made.channel.is_open:
                     ch = made.channel
             else:
                 if made is not None:
                     await made.close()
-                self._conn = await aio_pika.connect(
+                self._conn = await amqp.connect(
                     amqp_url(self.spec, self.user, token), timeout=connect_timeout
                 )
-            self._conn.close_callbacks.add(self._on_close)
+            self._conn.close_callbacks.append(self._on_close)
             if ch is None:
                 ch = await _first_channel(self._conn)
             self._ch = self._watch(ch)
@@ -168,7 +160,7 @@ class VsmBus:
                 await self.publish(*first)
         except SETUP_FAILED as exc:
             await self.close()
-            why = exc.message if isinstance(exc, BrokerError) else describe(exc)
+            why = describe(exc)
             raise BrokerError(f"cannot set up the inbox: {why}") from None
 
     async def _open_at_once(self, first: tuple[str, bytes]) -> bool:
@@ -183,26 +175,17 @@ class VsmBus:
         incarnation still holds the inbox: RESOURCE_LOCKED), for the caller to go step by
         step, with retries, on a new channel."""
         assert self._ch is not None and self._conn is not None
-        raw = await self._ch.get_underlay_channel()
-        if not isinstance(raw, aiormq.Channel) or not isinstance(raw.consumers, dict):
-            return False  # an aiormq without what the consume below relies on: step by step
         name = self.topo.inbox(self.spec.vsm_id)
         try:
-            await raw.queue_declare(name, exclusive=True, nowait=True)
+            await self._ch.queue_declare(name, exclusive=True, nowait=True)
             await self._bind(
                 self.topo.inbox_bindings(self.spec.vsm_id, self.spec.path, self.ancestors)
             )
-            # aiormq's basic_consume always waits for consume-ok: register the consumer as it
-            # does, then send the method without the wait. Deliveries to the tag come after
-            # the broker took the consume, and so after this line ran.
-            raw.consumers[INBOX_TAG] = self._deliver
-            await raw.rpc(
-                aiormq.spec.Basic.Consume(queue=name, consumer_tag=INBOX_TAG, nowait=True)
-            )
+            await self._ch.consume(name, self._deliver, tag=INBOX_TAG, nowait=True)
             self._inbox = name
             await self.publish(*first)
         except SETUP_FAILED:
-            if not self._conn.connected.is_set():
+            if not self._conn.is_open:
                 raise
             self._inbox = None
             self._ch = self._watch(await _first_channel(self._conn))
@@ -216,13 +199,16 @@ class VsmBus:
         # consume-ok comes after every bind above (AMQP keeps a channel's order), and a bind
         # that failed has closed the channel by then: so the inbox is bound when we are ready.
         assert self._ch is not None
-        raw = await self._ch.get_underlay_channel()
-        await raw.basic_consume(self._inbox, self._deliver)
+        await self._ch.consume(self._inbox, self._deliver, tag=INBOX_TAG)
         for setup in self._attached:  # before ready: a spawn returns with them in place
             await self._attach(setup)
 
-    async def _deliver(self, message: aiormq.abc.DeliveredMessage) -> None:
-        await self._on_message(Delivery(message))
+    def _deliver(self, message: amqp.Message) -> None:
+        # Each delivery handled in a task of its own, so a slow handler holds up no other;
+        # the prefetch bounds how many are in hand (acked once handled).
+        task = asyncio.get_running_loop().create_task(self._on_message(Delivery(message)))
+        self._handling.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._handling.discard)
 
     async def _declare_inbox(self) -> str:
         assert self._conn is not None
@@ -232,13 +218,12 @@ class VsmBus:
         while True:
             assert self._ch is not None
             try:
-                queue = await self._ch.declare_queue(
-                    self.topo.inbox(self.spec.vsm_id), exclusive=True
-                )
-                return queue.name
-            except aio_pika.exceptions.ChannelClosed as exc:
+                name = self.topo.inbox(self.spec.vsm_id)
+                await self._ch.queue_declare(name, exclusive=True)
+                return name
+            except amqp.ChannelClosed as exc:
                 # 405 RESOURCE_LOCKED: our previous incarnation's connection is not gone yet.
-                if "RESOURCE_LOCKED" not in str(exc) or loop.time() >= deadline:
+                if exc.reply_code != RESOURCE_LOCKED or loop.time() >= deadline:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -247,22 +232,21 @@ class VsmBus:
     async def _bind(self, keys: list[str], unbind: bool = False) -> None:
         """Bind without waiting for each bind-ok: a round trip per key saved on every start."""
         assert self._ch is not None
-        raw = await self._ch.get_underlay_channel()
         queue = self.topo.inbox(self.spec.vsm_id)
         for key in keys:
             if unbind:  # unbind has no nowait in AMQP
-                await raw.queue_unbind(queue, self.topo.exchange, key)
+                await self._ch.queue_unbind(queue, self.topo.exchange, key)
             else:
-                await raw.queue_bind(queue, self.topo.exchange, key, nowait=True)
+                await self._ch.queue_bind(queue, self.topo.exchange, key, nowait=True)
 
-    async def _open_channel(self) -> aio_pika.abc.AbstractChannel:
+    async def _open_channel(self) -> amqp.Channel:
         assert self._conn is not None
-        return self._watch(await self._conn.channel(publisher_confirms=True, on_return_raises=True))
+        return self._watch(await self._conn.channel(confirms=True))
 
-    def _watch(self, ch: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractChannel:
+    def _watch(self, ch: amqp.Channel) -> amqp.Channel:
         # A channel the broker closes (an error of ours) leaves the VSM deaf on a live
         # connection: treat it as a lost broker, so the VSM reconnects and is bound again.
-        ch.close_callbacks.add(self._on_channel_close)
+        ch.close_callbacks.append(self._on_channel_close)
         return ch
 
     def _on_channel_close(self, channel: Any, *_args: Any) -> None:
@@ -297,7 +281,7 @@ class VsmBus:
         """Give the connection up as lost: the runtime reconnects."""
         conn = self._conn
         if conn is not None:
-            with contextlib.suppress(*LOST, RuntimeError):
+            with contextlib.suppress(*LOST):
                 await conn.close()
         if not self.lost.is_set():  # a close callback may have said so already
             self._on_close()
@@ -310,7 +294,7 @@ class VsmBus:
         self._replies_on = False
         self.calls.closed()
         if conn is not None:
-            with contextlib.suppress(*LOST, RuntimeError):
+            with contextlib.suppress(*LOST):
                 await conn.close()
 
     async def refresh_token(self) -> None:
@@ -389,22 +373,17 @@ class VsmBus:
             await self.calls.publish(key, body, mandatory, "" if exchange == "" else None, props)
             return
         try:
-            # Through aiormq, as the calls channel does: aio-pika's Message and Exchange layer
-            # cost more than the publish itself.
-            raw = await self._ch.get_underlay_channel()
-            confirmed = await raw.basic_publish(
+            await self._ch.publish(
                 body,
-                exchange="" if exchange == "" else self.topo.exchange,
-                routing_key=key,
-                properties=properties(**props),
-                mandatory=mandatory,
+                "" if exchange == "" else self.topo.exchange,
+                key,
+                properties(**props),
+                mandatory,
             )
-        except aiormq.exceptions.DeliveryError:  # returned (no inbox bound there) or nacked
+        except amqp.PublishRefused:  # returned (no inbox bound there) or nacked
             raise unreachable(key) from None
         except LOST as exc:
             raise BrokerError(f"cannot publish: {describe(exc)}") from None
-        if isinstance(confirmed, aiormq.abc.DeliveredMessage):  # returned, not raised
-            raise unreachable(key)
 
     async def reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
         # Not mandatory: a requester that gave up is no error of ours. Unconfirmed: it is
@@ -433,8 +412,7 @@ class VsmBus:
             if self._ch is None:
                 raise BrokerError("not connected to the broker")
             try:
-                raw = await self._ch.get_underlay_channel()
-                await raw.basic_consume(REPLY_TO, self.calls.on_reply, no_ack=True)
+                await self._ch.consume(REPLY_TO, self.calls.on_reply, no_ack=True)
             except LOST as exc:
                 raise BrokerError(f"cannot receive replies: {describe(exc)}") from None
             self._replies_on = True

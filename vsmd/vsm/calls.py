@@ -11,14 +11,9 @@ sender must know the broker took it (``ctx.send``, state, tasks) stays on the co
 The broker's direct reply-to sends an answer to the channel that published the request, so
 this channel consumes it, opened on first use: a VSM that never calls costs nothing.
 
-Its messages go through aiormq directly, as :class:`Delivery` in and pamqp properties out:
-building aio-pika's message objects cost about 30 µs for each one received and 15 µs for each
-one sent, a tenth of a call's CPU. The inbox's deliveries come as Delivery too (vsmd/vsm/bus.py).
-
-aiormq passes a returned message on only on a confirm channel (it pairs the return with the
-confirm). :func:`_hear_returns` gives this channel's frame reader a handler that reads the
-returned message and passes it to us; where that cannot be done (another aiormq), the channel
-confirms after all, and a returned publish raises Unreachable at once as on the other channel.
+Its messages go through vsmd's own AMQP client (vsmd/amqp/): a reply is handed to its waiting
+request from the socket's read, with no task in between. A returned request (nothing bound to
+its key) comes to :meth:`Calls.on_returned` from the channel's ``on_return``.
 """
 
 from __future__ import annotations
@@ -29,13 +24,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import aio_pika
-import aio_pika.abc
-import aiormq.abc
-import aiormq.exceptions
-from pamqp import commands as spec
-from pamqp.header import ContentHeader
-
+from vsmd import amqp
 from vsmd.errors import BrokerError, Timeout, Unreachable
 from vsmd.vsm.edge import LOST, describe
 
@@ -50,21 +39,19 @@ class Delivery:
 
     __slots__ = ("_ack", "body", "correlation_id", "exchange", "reply_to", "routing_key", "user_id")
 
-    def __init__(self, message: aiormq.abc.DeliveredMessage) -> None:
-        props = message.header.properties
+    def __init__(self, message: amqp.Message, acked: bool = False) -> None:
+        props = message.properties
         self.body: bytes = message.body
         self.reply_to: str | None = props.reply_to
         self.correlation_id: str | None = props.correlation_id
         self.user_id: str | None = props.user_id
         self.exchange: str | None = message.exchange
         self.routing_key: str | None = message.routing_key
-        tag = message.delivery_tag
-        self._ack = (message.channel, tag) if tag is not None else None
+        self._ack = None if acked else message
 
     async def ack(self) -> None:
         if self._ack is not None:
-            channel, tag = self._ack
-            await channel.basic_ack(tag)
+            self._ack.ack()
 
 
 def properties(
@@ -74,10 +61,10 @@ def properties(
     user_id: str | None = None,
     headers: dict[str, Any] | None = None,
     delivery_mode: int = 1,
-) -> spec.Basic.Properties:
+) -> amqp.Properties:
     """What a VSM's publish carries (expiration in seconds, as aio-pika takes it): built
     directly, since aio-pika's Message took 15 µs a message against 1 µs for these."""
-    return spec.Basic.Properties(
+    return amqp.Properties(
         content_type="application/json",
         delivery_mode=int(delivery_mode),
         reply_to=reply_to,
@@ -111,7 +98,7 @@ class Calls:
     def __init__(
         self,
         exchange: str,
-        connection: Callable[[], aio_pika.abc.AbstractConnection],
+        connection: Callable[[], amqp.Connection],
         on_close: Callable[..., None],
     ) -> None:
         self.exchange = exchange  # the tree's
@@ -119,8 +106,7 @@ class Calls:
         # Told when the broker closes the channel (an error of ours): the VSM then reconnects,
         # as it does for its inbox's channel, instead of calling on a dead channel.
         self._on_close = on_close
-        self.channel: aio_pika.abc.AbstractChannel | None = None
-        self.raw: aiormq.abc.AbstractChannel | None = None  # the same channel, aiormq's
+        self.channel: amqp.Channel | None = None
         self.pending: dict[str, asyncio.Future[Delivery]] = {}
         self.listeners: dict[str, Listener] = {}
         self._lock = asyncio.Lock()
@@ -134,34 +120,25 @@ class Calls:
                 return
             conn = self._connection()
             try:
-                ch = await conn.channel(publisher_confirms=False)
-                raw = await ch.get_underlay_channel()
-                if not _hear_returns(raw, self.on_returned):
-                    await ch.close()
-                    ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
-                    raw = await ch.get_underlay_channel()
-                await raw.basic_consume(REPLY_TO, self.on_reply, no_ack=True)
+                ch = await conn.channel()
+                ch.on_return = self.on_returned
+                await ch.consume(REPLY_TO, self.on_reply, no_ack=True)
             except LOST as exc:
                 raise BrokerError(f"cannot receive replies: {describe(exc)}") from None
-            self.channel, self.raw = ch, raw
-            ch.close_callbacks.add(self._on_close)
+            self.channel = ch
+            ch.close_callbacks.append(self._on_close)
 
     async def publish(
         self, key: str, body: bytes, mandatory: bool, exchange: str | None, props: dict[str, Any]
     ) -> None:
         """On the tree's exchange (or ``exchange``, "" for a queue name), unconfirmed."""
-        await self.open()
-        assert self.raw is not None
+        if self.channel is None:
+            await self.open()
+        assert self.channel is not None
         try:
-            await self.raw.basic_publish(
-                body,
-                exchange=self.exchange if exchange is None else exchange,
-                routing_key=key,
-                properties=properties(**props),
-                mandatory=mandatory,
-            )
-        except aiormq.exceptions.PublishError:  # a confirm channel after all (open)
-            raise unreachable(key) from None
+            where = self.exchange if exchange is None else exchange
+            # Unconfirmed: returns at once, unless the socket's buffer is full (back-pressure).
+            await self.channel.publish(body, where, key, properties(**props), mandatory)
         except LOST as exc:
             raise BrokerError(f"cannot publish: {describe(exc)}") from None
 
@@ -208,7 +185,7 @@ class Calls:
 
     def closed(self) -> None:
         """The connection or this channel went: a new one is opened on next use."""
-        self.channel = self.raw = None
+        self.channel = None
 
     def lost(self) -> None:
         """Fail everything that waits: its answer cannot come on a connection that is gone."""
@@ -219,8 +196,8 @@ class Calls:
         for listener in list(self.listeners.values()):
             self._spawn(listener.on_lost())
 
-    async def on_reply(self, raw: aiormq.abc.DeliveredMessage) -> None:
-        message = Delivery(raw)
+    def on_reply(self, raw: amqp.Message) -> None:
+        message = Delivery(raw, acked=True)
         corr = message.correlation_id or ""
         fut = self.pending.get(corr)
         if fut is not None and not fut.done():
@@ -228,12 +205,12 @@ class Calls:
             return
         listener = self.listeners.get(corr)
         if listener is not None:
-            await listener.on_message(message.body)
+            self._spawn(listener.on_message(message.body))
 
-    def on_returned(self, message: aiormq.abc.DeliveredMessage) -> None:
+    def on_returned(self, message: amqp.Message) -> None:
         """A mandatory publish no inbox took: fail whoever waits on its correlation id."""
-        corr = message.header.properties.correlation_id or ""
-        error = unreachable(message.routing_key or "")
+        corr = message.properties.correlation_id or ""
+        error = unreachable(message.routing_key)
         fut = self.pending.get(corr)
         if fut is not None:
             if not fut.done():
@@ -247,31 +224,3 @@ class Calls:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._tasks.discard)
-
-
-def _hear_returns(
-    raw: aiormq.abc.AbstractChannel, deliver: Callable[[aiormq.abc.DeliveredMessage], None]
-) -> bool:
-    """Make an unconfirmed aiormq channel hand its returned messages to ``deliver``.
-
-    Its frame reader calls ``_on_return_frame`` for a ``basic.return``, which then must read the
-    content header and body frames that follow it (as aiormq's own does); ours does that with
-    the reader's own helpers and delivers the message. False when this aiormq lacks them.
-    """
-    get_frame = getattr(raw, "_get_frame", None)
-    read_content = getattr(raw, "_read_content", None)
-    if get_frame is None or read_content is None or not hasattr(raw, "_on_return_frame"):
-        return False
-
-    async def on_return_frame(frame: Any) -> None:
-        header = await get_frame()
-        if not isinstance(header, ContentHeader):
-            raise ValueError(f"a content header should follow basic.return, not {header!r}")
-        message = await read_content(frame, header)
-        try:
-            deliver(message)
-        except Exception:  # the reader must go on: it carries every frame of the channel
-            log.exception("handling a returned message failed")
-
-    raw._on_return_frame = on_return_frame
-    return True

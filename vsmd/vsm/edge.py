@@ -1,18 +1,15 @@
-"""What a dropped or refused broker connection looks like from aio-pika and aiormq, and how a
-VSM says so: the edge where their errors become vsmd's (vsmd/vsm/bus.py, calls.py,
-task_queue.py)."""
+"""What a dropped or refused broker connection looks like from the VSM's AMQP client
+(vsmd/amqp/), and how a VSM says so: the edge where they become the errors a VSM reports
+(vsmd/vsm/bus.py, calls.py, task_queue.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
-import aio_pika.exceptions
-import aiormq.exceptions
+from vsmd import amqp
 
 LOST: tuple[type[BaseException], ...] = (
-    aio_pika.exceptions.AMQPError,
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel closed under us
+    amqp.AmqpError,
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
@@ -20,7 +17,7 @@ LOST: tuple[type[BaseException], ...] = (
 
 
 def describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, aio_pika.exceptions.ProbableAuthenticationError):
+    if isinstance(exc, amqp.AuthRefused):
         return "the broker refused the credentials"
-    return f"{type(exc).__name__}: {text[:300]}"
+    text = exc.message if isinstance(exc, amqp.AmqpError) else str(exc)
+    return f"{type(exc).__name__}: {(text or type(exc).__name__)[:300]}"

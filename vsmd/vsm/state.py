@@ -102,8 +102,8 @@ class StateReplica:
         """Returns once the daemon has journaled everything written before."""
         task = self._publishing
         if task is not None and not task.done():
-            # wait, not await: a send that aiormq ended by cancelling it (its channel closed
-            # under it) must not look like a cancellation of the agent that flushes.
+            # wait, not await: a send that ended by cancellation (the VSM stopping under it)
+            # must not look like a cancellation of the agent that flushes.
             await asyncio.wait({task})
         await self._flush()
 

@@ -14,9 +14,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-import aio_pika
-import aio_pika.abc
-
+from vsmd import amqp
 from vsmd.errors import BrokerError, ProtocolError, Timeout, Unauthorized, Unreachable
 from vsmd.security.identity import DAEMON_USER, OPERATOR_USER, vsm_id_of
 from vsmd.tasks.api import OnDelivery
@@ -32,10 +30,9 @@ from vsmd.tasks.message import (
     check_args,
     check_name,
 )
-from vsmd.vsm.bus import Incoming
 from vsmd.vsm.calls import REPLY_TO
 from vsmd.vsm.context import unpack_reply
-from vsmd.vsm.edge import LOST
+from vsmd.vsm.edge import LOST, describe
 
 if TYPE_CHECKING:
     from vsmd.bus.topology import Topology
@@ -43,9 +40,7 @@ if TYPE_CHECKING:
     from vsmd.vsm.bus import VsmBus
 
 log = logging.getLogger("vsmd.vsm")
-PERSISTENT = aio_pika.DeliveryMode.PERSISTENT  # durable queue: tasks survive a broker restart
-# An ack on a channel that closed under us: aio-pika's and aiormq's errors, or a RuntimeError.
-_ACK_LOST: tuple[type[BaseException], ...] = (*LOST, RuntimeError)
+PERSISTENT = 2  # delivery mode: in a durable queue, tasks survive a broker restart
 
 
 class TaskQueue:
@@ -57,7 +52,7 @@ class TaskQueue:
         self.name = topo.task_queue(spec.vsm_id)
         self.limit = spec.max_message_bytes
         self.dead_queue = topo.dead_queue
-        self._consumer: tuple[aio_pika.abc.AbstractQueue, str] | None = None
+        self._consumer: tuple[amqp.Channel, str] | None = None
         self._handling: set[asyncio.Task[Any]] = set()
         self._stopping = False
 
@@ -66,35 +61,35 @@ class TaskQueue:
     async def serve(self, on_delivery: OnDelivery, concurrency: int, expires: float | None) -> None:
         arguments: dict[str, Any] = {"x-expires": int(expires * 1000)} if expires else {}
 
-        async def handle(msg: Incoming) -> None:
-            # aio-pika runs each delivery in a task of its own; they are ours to wait for.
-            task = asyncio.current_task()
-            assert task is not None
-            self._handling.add(task)
+        async def handle(msg: amqp.Message) -> None:
             try:
                 await on_delivery(AmqpDelivery(self, msg))
             except Exception:  # a bug of ours: the delivery comes again, and counts
                 log.exception("vsm %s: a task delivery failed", self.spec.vsm_id)
                 with contextlib.suppress(Exception):  # gone with the channel, or settled
-                    await msg.nack(requeue=True)
-            finally:
-                self._handling.discard(task)
+                    msg.nack(requeue=True)
 
-        async def setup(ch: aio_pika.abc.AbstractChannel) -> None:
+        def deliver(msg: amqp.Message) -> None:
+            # Each delivery in a task of its own (the prefetch bounds them); ours to wait for.
+            task = asyncio.get_running_loop().create_task(handle(msg))
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+
+        async def setup(ch: amqp.Channel) -> None:
             if self._stopping:
                 return
-            await ch.set_qos(prefetch_count=concurrency)
-            queue = await ch.declare_queue(self.name, durable=True, arguments=arguments)
-            self._consumer = (queue, await queue.consume(handle))
+            await ch.qos(concurrency)
+            await ch.queue_declare(self.name, durable=True, arguments=arguments)
+            self._consumer = (ch, await ch.consume(self.name, deliver))
 
         await self.bus.attach(setup)
 
     async def stop(self, grace: float) -> None:
         self._stopping = True  # a reconnect meanwhile must not consume again
         if self._consumer is not None:
-            queue, tag = self._consumer
-            with contextlib.suppress(*_ACK_LOST):
-                await queue.cancel(tag)
+            ch, tag = self._consumer
+            with contextlib.suppress(*LOST):
+                await ch.cancel(tag)
         if self._handling:
             await asyncio.wait(set(self._handling), timeout=grace)
 
@@ -160,29 +155,28 @@ class _Answer:
 
 
 class AmqpDelivery:
-    """Implements :class:`vsmd.tasks.api.Delivery` for one aio-pika message."""
+    """Implements :class:`vsmd.tasks.api.Delivery` for one delivered message."""
 
-    def __init__(self, queue: TaskQueue, msg: Incoming) -> None:
+    def __init__(self, queue: TaskQueue, msg: amqp.Message) -> None:
         self._q = queue
         self._msg = msg
         self.body = msg.body
-        self.redelivered = bool(msg.redelivered)
-        self.attempts = attempts_of(msg.headers)
-        self.reply_to = msg.reply_to
-        self.user = msg.user_id
+        self.redelivered = msg.redelivered
+        self.attempts = attempts_of(msg.properties.headers or {})
+        self.reply_to = msg.properties.reply_to
+        self.correlation_id = msg.properties.correlation_id
+        self.user = msg.properties.user_id
 
     def _live(self) -> None:
         """A delivery whose channel closed is the broker's again and will come anew: nothing
         of this attempt (one that outlived a lost connection) may reach anyone."""
-        try:
-            _ = self._msg.channel  # raises once that channel is closed
-        except LOST:
-            raise BrokerError("the task's channel closed; the broker hands it out again") from None
+        if not self._msg.channel.is_open:
+            raise BrokerError("the task's channel closed; the broker hands it out again")
 
     async def reply(self, payload: bytes) -> None:
         assert self.reply_to is not None
         self._live()
-        await self._q.bus.reply_confirmed(self.reply_to, self._msg.correlation_id, payload)
+        await self._q.bus.reply_confirmed(self.reply_to, self.correlation_id, payload)
 
     async def retry(self, attempts: int, error: str) -> None:
         self._live()
@@ -194,7 +188,7 @@ class AmqpDelivery:
             delivery_mode=PERSISTENT,
             headers={ATTEMPTS: attempts, ERROR: error[:MAX_ERROR]},
             reply_to=self.reply_to,
-            correlation_id=self._msg.correlation_id,
+            correlation_id=self.correlation_id,
         )
 
     async def dead_letter(self, reason: str, task: str, error: str, attempts: int) -> None:
@@ -212,6 +206,6 @@ class AmqpDelivery:
 
     async def ack(self) -> None:
         try:
-            await self._msg.ack()
-        except _ACK_LOST as exc:
-            raise BrokerError(f"cannot ack a task: {type(exc).__name__}: {exc}") from None
+            self._msg.ack()
+        except LOST as exc:
+            raise BrokerError(f"cannot ack a task: {describe(exc)}") from None
