@@ -54,6 +54,7 @@ class Connection(asyncio.Protocol):
         self._heartbeat = heartbeat
         self._name = name
         self._transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []  # written at the end of this turn of the loop (_flush)
         self._buf = bytearray()
         self.frame_max = FRAME_MAX
         self.channels: dict[int, Channel] = {}
@@ -221,7 +222,7 @@ class Connection(asyncio.Protocol):
         the connection up after four silent ticks (two heartbeats, as the broker does)."""
         if self.error is not None or self._transport is None:
             return
-        if not self._wrote:
+        if not self._wrote and not self._transport.is_closing():
             self._transport.write(HEARTBEAT_FRAME)
         self._wrote = False
         self._silent_ticks = 0 if self._heard else self._silent_ticks + 1
@@ -234,12 +235,22 @@ class Connection(asyncio.Protocol):
     # --- sending -----------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
+        """Queued, and written with whatever else is sent in this turn of the loop: a reply and
+        the ack of its request go out in one system call (the writes were a fifth of a
+        VSM's CPU while it served MCP calls)."""
         if self.error is not None:
             raise self.error
         if self._transport is None or self._transport.is_closing():
             raise ConnectionLost("the connection is closed")
-        self._transport.write(data)
+        if not self._out:
+            self.loop.call_soon(self._flush)
+        self._out.append(data)
         self._wrote = True
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def send_method(self, number: int, method: Any) -> None:
         self._write(pframe.marshal(method, number))
@@ -291,6 +302,7 @@ class Connection(asyncio.Protocol):
         """Close cleanly (the broker's close-ok, at most CLOSE_TIMEOUT s), then the socket."""
         if self._closing or self.error is not None:
             if self._transport is not None:
+                self._flush()
                 self._transport.close()
             return
         self._closing = True
@@ -308,6 +320,7 @@ class Connection(asyncio.Protocol):
         if self.error is None:
             self.error = error
         if self._transport is not None:
+            self._flush()  # what is queued (a close-ok, say) goes before the socket closes
             self._transport.close()
         self._ended(error)
 
