@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any, cast
-from urllib.parse import unquote
 
 from pamqp import commands as spec
 from pamqp import frame as pframe
@@ -47,10 +46,11 @@ CloseCallback = Callable[["Connection", AmqpError], None]
 class Connection(asyncio.Protocol):
     def __init__(self, url: URL, heartbeat: int, name: str | None = None) -> None:
         self.loop = asyncio.get_running_loop()
-        self._user = unquote(url.user or "guest")
-        self._password = unquote(url.password or "guest")
+        # yarl gives them decoded already: a "%41" left after that is the name's own.
+        self._user = url.user or "guest"
+        self._password = url.password or "guest"
         path = url.path[1:] if url.path.startswith("/") else url.path
-        self._vhost = unquote(path) or "/"
+        self._vhost = path or "/"
         self._heartbeat = heartbeat
         self._name = name
         self._transport: asyncio.Transport | None = None
@@ -300,10 +300,10 @@ class Connection(asyncio.Protocol):
 
     async def close(self) -> None:
         """Close cleanly (the broker's close-ok, at most CLOSE_TIMEOUT s), then the socket."""
-        if self._closing or self.error is not None:
-            if self._transport is not None:
-                self._flush()
-                self._transport.close()
+        if self.error is not None:
+            return
+        if self._closing:  # another close is under way: it ends when that one does
+            await asyncio.wait([self.closed], timeout=CLOSE_TIMEOUT * 2)
             return
         self._closing = True
         try:
