@@ -54,8 +54,13 @@ def _missed(res: Results) -> list[str | None]:
     bound = None
     if None not in (sup, vsm, broker_sup, broker_vsm):
         bound = (sup + broker_sup) / (vsm + broker_vsm)  # type: ignore[operator]
+    ratio = _over(m("supervisord.1000.up_s"), m("vsmd.burst.1000.up_s"))
+    uss = m("vsmd.mem.1000.vsm_uss_mib")
+    # Each line only when its goal was missed in this run (the goals table has the verdicts).
     return [
-        _line(
+        None
+        if ratio is None or ratio >= 10.0
+        else _line(
             "**supervisord >= 10x slower: missed.** Both are CPU-bound on 2 cores. For 1,000 "
             "processes supervisord's children use {} CPU s (a fresh interpreter importing pika "
             "each) and the broker {} CPU s; vsmd's VSMs use {} CPU s and the broker {} CPU s. "
@@ -71,14 +76,16 @@ def _missed(res: Results) -> list[str | None]:
             bound,
             _over(m("vsmd.burst.1000.up_s"), m("floor.1000.up_s")),
         ),
-        _line(
+        None
+        if uss is None or uss <= 6.0
+        else _line(
             "**Idle VSM USS <= 6 MiB: missed by {} MiB.** An idle VSM writes to {} MiB of pages "
             "after the fork: its own AMQP connection and channel objects and buffers, the "
             "runtime and agent objects it creates, and the inherited pages whose objects' "
             "reference counts it touches. Candidates: build more of the per-VSM state in the "
             "fork server before forking.",
-            (m("vsmd.mem.1000.vsm_uss_mib") or 0.0) - 6.0,
-            m("vsmd.mem.1000.vsm_uss_mib"),
+            uss - 6.0,
+            uss,
         ),
     ]
 

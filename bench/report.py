@@ -23,7 +23,7 @@ SECTIONS = (
     ("vsmd, other strategies and settings", ("nofreeze.", "exec.", "nosampler.")),
     ("Nervous system: between VSMs, and the bare client", ("ns.", "nsfloor.")),
     ("MCP: between VSMs, the bare client, idle memory", ("mcp.", "mcpfloor.")),
-    ("Workers: vsmd and bare aio-pika", ("worker.", "workerfloor.")),
+    ("Workers: vsmd and the bare client", ("worker.", "workerfloor.")),
     ("Page merging (memory_merge)", ("merge.",)),
     ("Event loops: uvloop and asyncio", ("loop.",)),
     ("Before the asyncio runtime, side by side", ("before.",)),
