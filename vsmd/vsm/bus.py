@@ -160,7 +160,11 @@ class VsmBus:
                 await self.publish(*first)
         except SETUP_FAILED as exc:
             await self.close()
-            why = describe(exc)
+            # vsmd's own errors read as they are; the client's say what kind of failure.
+            if isinstance(exc, BrokerError) and not isinstance(exc, amqp.AmqpError):
+                why = exc.message
+            else:
+                why = describe(exc)
             raise BrokerError(f"cannot set up the inbox: {why}") from None
 
     async def _open_at_once(self, first: tuple[str, bytes]) -> bool:
