@@ -104,8 +104,6 @@ class Connection(asyncio.Protocol):
                     continue
                 if kind == HEARTBEAT:
                     continue
-                if buf[start : start + 4] == PROTOCOL_HEADER[:4]:
-                    raise AmqpError("the broker does not speak AMQP 0-9-1")
                 _n, _c, frame = pframe.unmarshal(bytes(buf[start:end]))
                 self._dispatch(number, frame)
         except (AmqpError, PAMQPException, ValueError) as exc:
