@@ -20,7 +20,12 @@ from vsmd.protocol import Envelope, SpawnConfig
 AGENTS = {"agent_modules": ["tests.support.agents", "tests.support.msg_agents"]}
 LIMIT = 65536  # the daemon's default max_message_bytes, handed to every VSM
 
+
 # (raw body, the code of the error reply it gets)
+def _call(body: dict[str, object]) -> bytes:
+    return orjson.dumps({"type": "call", "sender": "x", "body": body})
+
+
 BAD = [
     (b"{not json", "BAD_JSON"),
     (b"[1, 2]", "BAD_REQUEST"),
@@ -32,6 +37,9 @@ BAD = [
     (orjson.dumps({"type": "launch", "sender": "x"}), "BAD_REQUEST"),
     (orjson.dumps({"type": "call", "sender": "x", "body": {"kind": 3}}), "BAD_REQUEST"),
     (orjson.dumps({"type": "call", "sender": "x", "body": {"args": "no"}}), "BAD_REQUEST"),
+    # A broadcast's depth limit that is not a number: refused, not a fault of the runtime.
+    (_call({"kind": "k", "within": 1, "from_depth": "abc"}), "BAD_REQUEST"),
+    (_call({"kind": "k", "within": "2"}), "BAD_REQUEST"),
     (b"x" * (LIMIT + 1), "TOO_LARGE"),
 ]
 
@@ -128,6 +136,20 @@ def test_an_agent_that_raises_costs_one_error_reply(daemon: DaemonProc, kind: st
     assert (info.pid, info.restarts, info.status) == (vsm.pid, 0, "running")
     log = daemon.log()
     assert "reconnected" not in log
+
+
+@pytest.mark.parametrize("kind", ["notjson", "intkeys"])
+def test_an_agent_result_json_cannot_carry_is_an_error_reply(daemon: DaemonProc, kind: str) -> None:
+    # Before, the reply failed to encode after the agent returned: no answer at all, and the
+    # caller waited out its whole timeout.
+    c = daemon.client()
+    vsm = c.spawn_recursive_vsm(None, SpawnConfig(name="odd", agent="failing"))
+    with pytest.raises(VsmdError) as failed:
+        c.call(vsm.id, kind, timeout=60)
+    assert failed.value.code == "AGENT_ERROR"
+    assert f"the agent's result for {kind!r} is not JSON" in failed.value.message
+    assert c.call(vsm.id, "fine", timeout=30) == {"fine": True}
+    assert c.show(vsm.id).restarts == 0
 
 
 def test_prewarm_runs_the_start_path_and_never_raises(

@@ -122,7 +122,8 @@ class BlockerAgent(BaseAgent):
 
 
 class FailingAgent(AsyncAgent):
-    """Raises from ``handle``: OSError on ``oserror``, RuntimeError on anything else."""
+    """Raises from ``handle``: OSError on ``oserror``, RuntimeError on anything else; answers
+    what JSON cannot carry on ``notjson`` and ``intkeys``."""
 
     async def handle(
         self, ctx: AgentContext, kind: str, body: dict[str, Any], sender: Sender
@@ -131,6 +132,10 @@ class FailingAgent(AsyncAgent):
             return {"fine": True}
         if kind == "oserror":
             raise OSError(28, "No space left on device")
+        if kind == "notjson":
+            return {"tags": {"a", "b"}}  # a set: orjson cannot encode it
+        if kind == "intkeys":
+            return {1: "one"}  # type: ignore[dict-item]
         raise RuntimeError("the agent's own bug")
 
 

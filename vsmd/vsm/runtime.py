@@ -23,7 +23,14 @@ from setproctitle import setproctitle
 
 from vsmd.agents import AgentRegistry, AsyncAgent, Sender, build_registry, overrides
 from vsmd.bus.topology import Topology
-from vsmd.errors import AgentError, BrokerError, ProtocolError, Unauthorized, VsmdError
+from vsmd.errors import (
+    AgentError,
+    BrokerError,
+    Internal,
+    ProtocolError,
+    Unauthorized,
+    VsmdError,
+)
 from vsmd.mcp.host import McpHost, Session
 from vsmd.mcp.registry import McpRegistry
 from vsmd.mcp.server import build_server
@@ -124,7 +131,15 @@ class VsmRuntime:
 
     async def _on_message(self, msg: Delivery) -> None:
         try:
-            reply = await self._handle(msg)
+            try:
+                reply = await self._handle(msg)
+            except BrokerError:
+                raise
+            except Exception:
+                # A fault of the runtime's own: the requester gets an answer, not a wait for
+                # its whole timeout, and the VSM goes on serving.
+                log.exception("vsm %s: handling a message failed", self.spec.vsm_id)
+                reply = error_reply(Internal("the VSM failed to handle the message; see its log"))
             if reply is not None and msg.reply_to:
                 await self.bus.reply(msg.reply_to, msg.correlation_id, reply)
         except BrokerError:
@@ -217,12 +232,12 @@ class VsmRuntime:
             raise ProtocolError("call: 'kind' must be a string and 'args' an object")
         if env.sender == self.spec.vsm_id:
             return None  # our own alert, heard as the root of the tree
-        within = env.body.get("within")
-        if (
-            isinstance(within, int)
-            and self.spec.depth - int(env.body.get("from_depth", 0)) > within
-        ):
-            return None  # a broadcast meant for fewer levels
+        within, from_depth = env.body.get("within"), env.body.get("from_depth", 0)
+        if within is not None:
+            if type(within) is not int or type(from_depth) is not int:
+                raise ProtocolError("call: 'within' and 'from_depth' must be integers")
+            if self.spec.depth - from_depth > within:
+                return None  # a broadcast meant for fewer levels
         assert self._started is not None
         await self._started.wait()  # the agent's start comes before its messages
         try:
@@ -232,7 +247,10 @@ class VsmRuntime:
         except Exception as exc:
             log.exception("vsm %s: agent failed on %r", self.spec.vsm_id, kind)
             raise AgentError(f"the agent failed on {kind!r}: {type(exc).__name__}: {exc}") from None
-        return ok_reply(result)
+        try:
+            return ok_reply(result)
+        except TypeError as exc:  # orjson's: a set, an object, a key that is not a string ...
+            raise AgentError(f"the agent's result for {kind!r} is not JSON: {exc}") from None
 
     # --- lifecycle -------------------------------------------------------------------------
 
