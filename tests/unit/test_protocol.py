@@ -432,3 +432,31 @@ def test_vsm_info_from_dict_without_a_required_field_is_refused() -> None:
     del data["path"]
     with pytest.raises(TypeError, match="path"):
         VsmInfo.from_dict(data)
+
+
+def test_vsm_info_adopts_a_decoded_dict_and_from_dict_copies() -> None:
+    data = orjson.loads(orjson.dumps(sample_info().to_dict()))
+    adopted = VsmInfo.adopt(data)
+    assert adopted == sample_info()
+    assert adopted.__dict__ is data  # no copy: the reply's dict is the object's
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        adopted.name = "other"  # type: ignore[misc]
+    mine = sample_info().to_dict()
+    copied = VsmInfo.from_dict(mine)
+    mine["status"] = "exited"  # the caller's dict stays the caller's
+    assert copied.status == sample_info().status
+
+
+def test_vsm_info_adopt_of_a_partial_or_newer_dict_takes_the_careful_way() -> None:
+    newer = {**sample_info().to_dict(), "added_in_a_later_version": 1}
+    assert VsmInfo.adopt(newer) == sample_info()
+    assert not hasattr(VsmInfo.adopt(newer), "added_in_a_later_version")
+    older = sample_info().to_dict()
+    del older["refused"]
+    assert VsmInfo.adopt(older).refused == 0
+    # As many keys as fields, one of them unknown: not taken as a whole record either.
+    swapped = sample_info().to_dict()
+    del swapped["restarts"]
+    swapped["unknown"] = 5
+    info = VsmInfo.adopt(swapped)
+    assert info.restarts == 0 and not hasattr(info, "unknown")
