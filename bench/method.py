@@ -69,6 +69,17 @@ def method(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def _pair_rounds(plan: dict[str, Any]) -> str:
+    rounds = plan.get("nerve_pair_rounds")
+    if not rounds:
+        return ""  # a run from before the rounds
+    return (
+        f"Latency and request/reply are split into {rounds} rounds; in each, the pair's share "
+        "and the bare client's share of both (below) are taken one after the other, the floor "
+        "first in every other round, with the daemon and the pair up and idle meanwhile. "
+    )
+
+
 def _nerves(plan: dict[str, Any]) -> list[str]:
     if "nerve_probes" not in plan:
         return []  # a run from before these figures
@@ -93,7 +104,9 @@ def _nerves(plan: dict[str, Any]) -> list[str]:
         "last: the updates counted are those the marks say its replica holds. A queue of the "
         "bench bound to `toparent.<parent id>.*` counts the deltas "
         "(the broker routes each to one more queue). *Request/reply*: `ctx.request` of the "
-        f"parent to its child, {plan['nerve_rr']} times after 5 to warm up. *Broadcast*: a "
+        f"parent to its child, {plan['nerve_rr']} times after 5 to warm up. "
+        + _pair_rounds(plan)
+        + "*Broadcast*: a "
         f"root with {plan['nerve_subtree']:,} children `ctx.broadcast`s "
         f"{plan['nerve_rounds']} times, 0.5 s after each `ctx.broadcast` returned; each child "
         "notes the arrival time and sends them all to the root afterwards; *until all have it* "

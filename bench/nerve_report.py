@@ -53,6 +53,23 @@ def _line(text: str, *values: float | None) -> str | None:
     return "- " + text.format(*(_fmt(v) for v in known))
 
 
+def _rounds_line(res: Results) -> str | None:
+    lat, rr = res.figures.get("ns.pairs.latency_ratio"), res.figures.get("ns.pairs.rr_ratio")
+    if lat is None or rr is None:
+        return None  # a run from before the rounds
+    return _line(
+        "Both were taken in {} rounds, each next to the bare client's pairs (the floor first in "
+        "every other round), so that the two are compared in the same minutes of a shared "
+        "machine: per round, vsmd's state latency was {}x to {}x the bare publisher's and its "
+        "request/reply {}x to {}x the bare pair with confirms.",
+        len(rr.samples),
+        min(lat.samples),
+        max(lat.samples),
+        min(rr.samples),
+        max(rr.samples),
+    )
+
+
 def _prose(res: Results, cores: int) -> list[str | None]:
     m = res.median
     lines = [
@@ -77,6 +94,7 @@ def _prose(res: Results, cores: int) -> list[str | None]:
             m("nsfloor.rr_ms"),
             m("nsfloor.rr_vsmd_ms"),
         ),
+        _rounds_line(res),
     ]
     for n in sizes(res, "ns.state.rate.", ".deltas_per_s"):
         k = f"ns.state.rate.{n}"

@@ -32,6 +32,8 @@ class Plan:
     nerve_probes: int  # state writes child -> parent, one at a time, for the latency
     nerve_gap: float  # s between two of them
     nerve_rr: int  # request/reply parent -> child
+    # rounds the probes and round trips are split into, each next to the bare client's
+    nerve_pair_rounds: int
     nerve_children: int  # children writing at once for the rate
     nerve_seconds: float  # how long each writes
     # writes/s of all of them together, on a fixed schedule: twice the goal, so that what
@@ -75,6 +77,7 @@ FULL = Plan(
     nerve_probes=200,
     nerve_gap=0.02,
     nerve_rr=500,
+    nerve_pair_rounds=5,
     nerve_children=100,
     nerve_seconds=3.0,
     nerve_offered=40_000,
@@ -113,6 +116,7 @@ QUICK = Plan(
     nerve_probes=50,
     nerve_gap=0.02,
     nerve_rr=100,
+    nerve_pair_rounds=2,
     nerve_children=20,
     nerve_seconds=1.0,
     nerve_offered=40_000,
