@@ -225,8 +225,7 @@ class Channel:
     ) -> asyncio.Future[None] | None:
         """Write the publish; on a confirming channel the future of its confirm."""
         self._check()
-        method = spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory)
-        self._conn.send_content(self.number, method, properties, body)
+        self._conn.send_publish(self.number, exchange, routing_key, mandatory, properties, body)
         if not self.confirming:
             return None
         fut: asyncio.Future[None] = self._loop.create_future()

@@ -21,6 +21,7 @@ from pamqp.heartbeat import Heartbeat
 from yarl import URL
 
 from vsmd import __version__
+from vsmd.amqp import wire
 from vsmd.amqp.channel import Channel, Properties
 from vsmd.amqp.errors import AmqpError, AuthRefused, ConnectionLost
 
@@ -253,20 +254,21 @@ class Connection(asyncio.Protocol):
     def send_method(self, number: int, method: Any) -> None:
         self._write(pframe.marshal(method, number))
 
-    def send_content(self, number: int, method: Any, properties: Properties, body: bytes) -> None:
-        """A publish: its method, header and body frames in one write."""
-        size = len(body)
-        parts = [
-            pframe.marshal(method, number),
-            pframe.marshal(ContentHeader(0, size, properties), number),
-        ]
-        room = self.frame_max - 8
-        for at in range(0, size, room):
-            part = body[at : at + room]
-            parts.append(
-                b"\x03" + number.to_bytes(2, "big") + len(part).to_bytes(4, "big") + part + b"\xce"
+    def send_publish(
+        self,
+        number: int,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        properties: Properties,
+        body: bytes,
+    ) -> None:
+        """A publish: its method, header and body frames in one write (vsmd/amqp/wire.py)."""
+        self._write(
+            wire.publish_frames(
+                number, exchange, routing_key, mandatory, properties, body, self.frame_max
             )
-        self._write(b"".join(parts))
+        )
 
     # --- channels and the connection's life -------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -386,6 +386,23 @@ class VsmBus:
             )
         except amqp.PublishRefused:  # returned (no inbox bound there) or nacked
             raise unreachable(key) from None
+        except LOST as exc:
+            raise BrokerError(f"cannot publish: {describe(exc)}") from None
+
+    async def publish_each(self, keys: Sequence[str], body: bytes) -> None:
+        """``body`` to each of ``keys`` on the tree's exchange, confirmed. Every publish is
+        written before any confirm is awaited, in the order given, with no task each: a state
+        delta to the daemon and the parent left the VSM a loop turn later through two tasks
+        (gather of two ``publish``), a quarter of a millisecond after it was encoded."""
+        if self._ch is None or self.lost.is_set():
+            raise BrokerError("not connected to the broker")
+        props = properties(user_id=self.user)  # the broker checks it: receivers trust only it
+        try:
+            sent = [self._ch.publish_nowait(body, self.topo.exchange, k, props) for k in keys]
+            # gather of futures makes no task, and reads every one's outcome
+            await asyncio.gather(*(f for f in sent if f is not None))
+        except amqp.PublishRefused as exc:  # not mandatory: only a nack comes here
+            raise unreachable(exc.routing_key) from None
         except LOST as exc:
             raise BrokerError(f"cannot publish: {describe(exc)}") from None
 

@@ -58,11 +58,11 @@ class StateLink:
         # The daemon first: then its replica of us is never behind what our parent, and the
         # parent's own updates to the daemon, already say about us. Both go out before either
         # confirm is awaited; the channel keeps their order.
-        sends = [self.bus.publish(key, raw)]
+        keys = [key]
         parent = self._parent()
         if parent is not None:
-            sends.append(self.bus.publish(self.topo.to_parent_key(parent, self.spec.vsm_id), raw))
-        await asyncio.gather(*sends)
+            keys.append(self.topo.to_parent_key(parent, self.spec.vsm_id))
+        await self.bus.publish_each(keys, raw)
 
     async def flush(self) -> None:
         """Once the replica has sent what was written: returns when the daemon journaled it."""
