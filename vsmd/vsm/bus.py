@@ -43,6 +43,9 @@ RESOURCE_LOCKED = 405
 SETUP_FAILED: tuple[type[BaseException], ...] = (BrokerError, *LOST)
 
 OnMessage = Callable[[Delivery], Coroutine[Any, Any, None]]
+# Handles a delivery at once, in the consumer's callback, when it can: True if it did (the bus
+# then acks it), False to leave it to OnMessage's task.
+TakeNow = Callable[[Delivery], bool]
 Attach = Callable[[amqp.Channel], Awaitable[None]]
 
 
@@ -78,11 +81,18 @@ async def _first_channel(conn: amqp.Connection) -> amqp.Channel:
 
 
 class VsmBus:
-    def __init__(self, spec: VsmSpec, topo: Topology, on_message: OnMessage) -> None:
+    def __init__(
+        self,
+        spec: VsmSpec,
+        topo: Topology,
+        on_message: OnMessage,
+        take_now: TakeNow | None = None,
+    ) -> None:
         self.spec = spec
         self.topo = topo
         self.ancestors = spec.ancestors
         self._on_message = on_message
+        self._take_now = take_now
         self._conn: amqp.Connection | None = None
         self._ch: amqp.Channel | None = None
         self._inbox: str | None = None  # its name, while declared and consumed
@@ -208,9 +218,13 @@ class VsmBus:
             await self._attach(setup)
 
     def _deliver(self, message: amqp.Message) -> None:
+        delivery = Delivery(message)
+        if self._take_now is not None and self._take_now(delivery):
+            delivery.ack_now()
+            return
         # Each delivery handled in a task of its own, so a slow handler holds up no other;
         # the prefetch bounds how many are in hand (acked once handled).
-        task = asyncio.get_running_loop().create_task(self._on_message(Delivery(message)))
+        task = asyncio.get_running_loop().create_task(self._on_message(delivery))
         self._handling.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._handling.discard)
 

@@ -22,11 +22,14 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vsmd import amqp
 from vsmd.errors import BrokerError, Timeout, Unreachable
 from vsmd.vsm.edge import LOST, describe
+
+if TYPE_CHECKING:
+    from vsmd.protocol import Envelope
 
 log = logging.getLogger("vsmd.vsm")
 
@@ -37,7 +40,16 @@ PROBE_EVERY = 1.0  # a pending request checks this often that its target still h
 class Delivery:
     """A message received, with what the runtime reads of it, and its ack."""
 
-    __slots__ = ("_ack", "body", "correlation_id", "exchange", "reply_to", "routing_key", "user_id")
+    __slots__ = (
+        "_ack",
+        "body",
+        "correlation_id",
+        "env",
+        "exchange",
+        "reply_to",
+        "routing_key",
+        "user_id",
+    )
 
     def __init__(self, message: amqp.Message, acked: bool = False) -> None:
         props = message.properties
@@ -48,8 +60,12 @@ class Delivery:
         self.exchange: str | None = message.exchange
         self.routing_key: str | None = message.routing_key
         self._ack = None if acked else message
+        self.env: Envelope | None = None  # decoded already, where the runtime looked at it
 
     async def ack(self) -> None:
+        self.ack_now()
+
+    def ack_now(self) -> None:
         if self._ack is not None:
             self._ack.ack()
 
