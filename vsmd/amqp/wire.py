@@ -1,10 +1,11 @@
 """The frames of a publish, encoded directly: the one thing a VSM writes for every message.
 
 pamqp builds a publish's method and content-header frames through its generic marshalling
-(11.7 us for the three frames of a state delta, warm); these are the same bytes from a few
-``struct`` calls (about a fifth of that). A message with headers or a timestamp, rare in vsmd,
-still goes through pamqp, whose table and timestamp encodings these do not repeat. The unit
-tests compare both encoders byte for byte over generated properties.
+(15.4 us for those of a state delta, its method object included, warm); these are the same
+bytes from a few ``struct`` calls (5.3 us for the whole publish, its body frame included).
+A message with headers or a timestamp, rare in vsmd, still goes through pamqp, whose table
+and timestamp encodings these do not repeat. The unit tests compare both encoders byte for
+byte over generated properties.
 """
 
 from __future__ import annotations
