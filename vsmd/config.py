@@ -66,6 +66,9 @@ class Config:
     reconnect_max_backoff: float = 5.0
     # Seconds between probes of every running VSM's inbox (unreachable when it is gone); 0: off.
     probe_interval: float = 5.0
+    # Most probes a second over all VSMs: with more than probe_rate * probe_interval running,
+    # each is probed every (running VSMs / probe_rate) seconds instead.
+    probe_rate: float = 200.0
     log_level: str = "INFO"
     # "text" for people, "json" (one object per line, VSM id and path as fields) for shippers.
     log_format: str = "text"
@@ -146,6 +149,7 @@ class Config:
             "sample_interval",
             "spawn_rate",
             "parent_spawn_rate",
+            "probe_rate",
             "stable_uptime",
         ):
             if not getattr(self, name) > 0:  # also refuses NaN

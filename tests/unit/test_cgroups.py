@@ -24,6 +24,7 @@ from vsmd.daemon.cgroups import (
     hard_memory,
     leaf_limits,
     subtree_limits,
+    summed_events,
 )
 from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.errors import SpawnError
@@ -197,6 +198,65 @@ def test_v2_oom_kills_are_counted_once(v2: tuple[Cgroups, Path, Killer]) -> None
     assert cg.new_oom_kills("a") == 0
     events.write_text("low 0\nhigh 0\nmax 4\noom 3\noom_kill 3\n")
     assert cg.new_oom_kills("a") == 1
+
+
+def test_v2_sums_events_in_ancestors_unless_mounted_with_local_events(tmp_path: Path) -> None:
+    mountinfo = v1_mountinfo(tmp_path)
+    assert summed_events(mountinfo)
+    local = mountinfo.replace("cgroup2 cgroup2 rw", "cgroup2 cgroup2 rw,memory_localevents")
+    assert not summed_events(local)
+    assert not summed_events("")  # no v2 hierarchy at all
+
+
+def test_v2_one_counter_of_the_namespace_tells_whether_any_leaf_moved(
+    v2: tuple[Cgroups, Path, Killer],
+) -> None:
+    cg, base, _ = v2
+    assert cg.summed_events
+    events = base / "vsmd-ns" / "memory.events"
+    events.write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+    assert cg.oom_anywhere()  # nothing read before: the leaves must be read once
+    assert not cg.oom_anywhere()
+    events.write_text("low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n")
+    assert cg.oom_anywhere()
+    assert not cg.oom_anywhere()
+    events.unlink()
+    assert cg.oom_anywhere()  # unreadable: it cannot tell, so every leaf is read
+
+
+def test_v1_cannot_tell_so_every_sample_reads_the_leaves(v1: tuple[Cgroups, Path, Killer]) -> None:
+    cg, _, _ = v1
+    assert not cg.summed_events
+    assert cg.oom_anywhere() and cg.oom_anywhere()
+
+
+def test_the_sampler_reads_the_leaves_only_when_the_namespace_counter_moved(
+    v2: tuple[Cgroups, Path, Killer], manager: SpawnManager, tree: Tree
+) -> None:
+    cg, base, _ = v2
+    manager.cgroups = cg
+    a, b = tree.start(name="a"), tree.start(name="b")
+    total = base / "vsmd-ns" / "memory.events"
+
+    def kills(vsm_id: str, n: int) -> None:
+        (base / "vsmd-ns" / vsm_id / LEAF / "memory.events").write_text(f"oom_kill {n}\n")
+
+    def reported() -> list[str | None]:
+        return [e.vsm_id for e in events_of(manager) if e.kind == "oom_kill"]
+
+    total.write_text("oom_kill 0\n")
+    manager.sample()
+    assert reported() == []
+    kills(b.id, 1)
+    total.write_text("oom_kill 1\n")
+    manager.sample(0, 1_000_000)  # a slice b is not in: the kill may be in any leaf
+    assert reported() == [b.id]
+    kills(a.id, 1)  # the counter of the namespace did not move: no leaf is read
+    manager.sample()
+    assert reported() == [b.id]
+    total.write_text("oom_kill 2\n")
+    manager.sample()
+    assert reported() == [b.id, a.id]
 
 
 def test_v2_an_abandoned_vsm_keeps_its_cgroup_until_it_goes(

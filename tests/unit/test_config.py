@@ -210,6 +210,7 @@ def test_unknown_option_in_toml(tmp_path: Path) -> None:
         ("backoff_initial = -0.1", ["backoff_initial", "above 0"]),
         ("sample_interval = 0", ["sample_interval", "above 0"]),
         ("parent_spawn_rate = 0", ["parent_spawn_rate", "above 0"]),
+        ("probe_rate = 0", ["probe_rate", "above 0"]),
         ("min_available_mb = -1", ["min_available_mb", "0 or more"]),
         ("memory_budget_mb = -5", ["memory_budget_mb", "0 or more"]),
         ("max_restarts = 2.5", ["max_restarts", "2.5", "int"]),

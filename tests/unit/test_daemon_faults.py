@@ -1,5 +1,6 @@
 """The daemon's loop survives an unexpected exception in what it runs: fork-server events, timers
-and admin requests each cost only themselves, never the loop (whose cleanup kills every VSM)."""
+and admin requests each cost only themselves, never the loop (whose cleanup kills every VSM).
+Also on this loop without a broker: how often it probes the VSMs' inboxes."""
 
 from __future__ import annotations
 
@@ -162,3 +163,30 @@ def test_the_daemon_replays_failed_journal_writes_without_a_spawn(daemon: Daemon
     daemon._retry_journal()
     assert (journal.pending, journal.count()) == (0, 0)
     assert daemon.timers.next_delay(60.0) <= JOURNAL_RETRY  # it keeps itself scheduled
+
+
+def test_probes_stretch_their_period_to_stay_within_the_probe_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = Config(state_dir=tmp_path, namespace="probes", probe_interval=1.0, probe_rate=2.0)
+    d = Daemon(config)
+    d.pool = d.manager.pool = LoopPool()  # type: ignore[assignment]
+    sent: list[dict[str, Any]] = []
+
+    class ProbeBus(LoopBus):
+        def publish(self, *args: Any, **_kwargs: Any) -> None:
+            sent.append({"key": args[1], "expiration": args[5]})
+
+    d.bus = ProbeBus([])  # type: ignore[assignment]
+    assert d._probe_period() == 1.0  # nobody to probe: the interval
+    for name in "abcdef":
+        d.manager.spawn_recursive_vsm(None, SpawnConfig(name=name))
+    assert d._probe_period() == 3.0  # 6 VSMs at no more than 2 probes a second
+    ran: list[tuple[int, int]] = []
+    d._in_slices(d._probe_period, lambda part, parts: ran.append((part, parts)))
+    assert ran == [(0, daemon_module.SLICES)]
+    assert d.timers.next_delay(60.0) == pytest.approx(3.0 / daemon_module.SLICES, abs=0.05)
+    rec = next(iter(d.manager.registry.all()))
+    assert d._probe_vsm(rec, rec.id + ".1")
+    # A probe expires when the next one comes: never two of them waiting in one inbox.
+    assert sent == [{"key": d.topo.id_key(rec.id), "expiration": "3000"}]

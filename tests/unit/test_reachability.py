@@ -9,7 +9,7 @@ import pytest
 
 from tests.unit.fakes import FakeClock
 from vsmd.daemon.events import EventLog
-from vsmd.daemon.reachability import Reachability
+from vsmd.daemon.reachability import Reachability, probe_period
 from vsmd.daemon.registry import Registry, Status, VsmRecord
 
 
@@ -171,3 +171,10 @@ def test_probes_of_removed_vsms_are_forgotten(world: Any) -> None:
     reg.remove("k")
     reach.probe_slice(0, 1)
     assert "k" not in reach._pending
+
+
+def test_the_probe_period_stretches_so_that_probes_stay_within_the_rate() -> None:
+    assert probe_period(5.0, 200.0, 0) == 5.0
+    assert probe_period(5.0, 200.0, 1_000) == 5.0  # 200 probes a second: the interval holds
+    assert probe_period(5.0, 200.0, 3_000) == 15.0  # 3,000 in 15 s: still 200 a second
+    assert probe_period(1.0, 10.0, 25) == 2.5

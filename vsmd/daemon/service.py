@@ -33,7 +33,7 @@ from vsmd.daemon.conn_guard import ConnectionGuard
 from vsmd.daemon.control import Control
 from vsmd.daemon.events import Event, EventLog
 from vsmd.daemon.journal import Journal, journal_path
-from vsmd.daemon.reachability import Reachability
+from vsmd.daemon.reachability import Reachability, probe_period
 from vsmd.daemon.registry import VsmRecord
 from vsmd.daemon.spawn_manager import SpawnManager
 from vsmd.daemon.state_store import WRITE_EVERY, StateStore
@@ -46,7 +46,7 @@ from vsmd.supervisor.oscalls import become_subreaper, hide_memory
 from vsmd.supervisor.pool import ForkServerPool
 
 log = logging.getLogger("vsmd")
-SLICES = 10  # each VSM is still sampled once per sample_interval and probed once per probe_interval
+SLICES = 10  # each VSM is still sampled once per sample_interval and probed once per probe period
 FORKSERVER_RETRY = 1.0  # first wait before another try at a fork server that did not start
 FORKSERVER_RETRY_MAX = 60.0
 JOURNAL_RETRY = 5.0  # seconds between replays of journal writes that failed
@@ -235,7 +235,7 @@ class Daemon:
         if not self.bus.connected:
             return False  # a probe never sent must not count as one that went through
         env = Envelope(type="probe", sender="vsmd").encode()
-        expiration = str(int(self.config.probe_interval * 1000))  # never piles up in an inbox
+        expiration = str(int(self._probe_period() * 1000))  # never piles up in an inbox
         try:
             self.bus.publish(
                 self.topo.exchange, self.topo.id_key(rec.id), env, corr, True, expiration
@@ -244,12 +244,19 @@ class Daemon:
             return False
         return True
 
-    def _in_slices(self, interval: float, run: Callable[[int, int], None], part: int = 0) -> None:
-        """``run(part, SLICES)`` for one slice every interval / SLICES, the slices in turn: work
+    def _probe_period(self) -> float:
+        return probe_period(
+            self.config.probe_interval, self.config.probe_rate, self.manager.registry.live_count()
+        )
+
+    def _in_slices(
+        self, period: Callable[[], float], run: Callable[[int, int], None], part: int = 0
+    ) -> None:
+        """``run(part, SLICES)`` for one slice every period() / SLICES, the slices in turn: work
         over every VSM never holds the loop (and the admin queue) for the whole pass at once."""
         # Scheduled first: a slice that fails must not end the work for good.
         self.timers.call_later(
-            interval / SLICES, lambda: self._in_slices(interval, run, (part + 1) % SLICES)
+            period() / SLICES, lambda: self._in_slices(period, run, (part + 1) % SLICES)
         )
         run(part, SLICES)
 
@@ -462,12 +469,15 @@ class Daemon:
         if restored:
             log.info("restored %d VSMs from the journal", restored)
         sample, probe = self.config.sample_interval, self.config.probe_interval
-        self.timers.call_later(sample / SLICES, lambda: self._in_slices(sample, self._sample))
+        self.timers.call_later(
+            sample / SLICES, lambda: self._in_slices(lambda: sample, self._sample)
+        )
         self.timers.call_later(JOURNAL_RETRY, self._retry_journal)
         self.timers.call_later(WRITE_EVERY, self._write_states)
         if probe > 0:
             self.timers.call_later(
-                probe / SLICES, lambda: self._in_slices(probe, self.reach.probe_slice)
+                probe / SLICES,
+                lambda: self._in_slices(self._probe_period, self.reach.probe_slice),
             )
         log.info(
             "vsmd ready: namespace %s, broker %s, strategy %s, max_total %d",

@@ -438,10 +438,24 @@ class SpawnManager(Lifecycle):
             if r.status is Status.RUNNING and r.pid
         ]
         metrics, violations = self.sampler.sample(targets)
+        sampled = []
         for vsm_id, m in metrics.items():
             rec = self.registry.find(vsm_id)
             if rec is not None:
                 rec.metrics = m
-                self.note_oom(rec)
+                sampled.append(rec)
+        self._note_ooms(sampled)
         for v in violations:
             self.on_violation(v)
+
+    def _note_ooms(self, sampled: list[VsmRecord]) -> None:
+        """OOM kills in the leaves of the VSMs just sampled; where one counter of the whole
+        namespace tells, the leaves are read only when it moved, and then every running VSM's
+        (the kill may be in any slice)."""
+        cg = self.cgroups
+        if cg is None or not cg.oom_anywhere():
+            return
+        if cg.summed_events:
+            sampled = [r for r in self.registry.all() if r.status is Status.RUNNING]
+        for rec in sampled:
+            self.note_oom(rec)
