@@ -70,7 +70,7 @@ def _other(res: Results, n: int) -> float | None:
     """% of a core that the rest of the machine was busy in the idle window at ``n``."""
     m, k = res.median, f"{PREFIX}.{n}"
     busy = m(f"{k}.machine_idle_pct")
-    who = ("daemon", "broker", "forkserver", "vsms_total", "bench")
+    who = ("daemon", "broker", "forkserver", "vsms_total", "bench", "kdamond")
     parts = [m(f"{k}.{w}_idle_pct") for w in who]
     return busy - sum(p for p in parts if p is not None) if busy is not None else None
 
@@ -88,6 +88,7 @@ def _cpu_rows(res: Results) -> list[list[str]]:
                 _v(m(f"{k}.daemon_idle_pct")),
                 _v(m(f"{k}.broker_idle_pct")),
                 _v(m(f"{k}.vsms_total_idle_pct")),
+                _v(m(f"{k}.kdamond_idle_pct")),
                 _v(_other(res, n)),
                 _v(m(f"{k}.up_s")),
                 _v(m(f"{k}.settle_s")),
@@ -104,6 +105,7 @@ CPU_HEAD = [
     "daemon idle (%)",
     "broker idle (%)",
     "all VSMs idle (%)",
+    "kdamond idle (%)",
     "other work idle (%)",
     "batch up (s)",
     "settled after (s)",
@@ -237,10 +239,17 @@ def _cpu_lines(res: Results, first: int, last: int, cores: int) -> list[str | No
             m(f"{PREFIX}.{last}.vsms_total_idle_pct"),
         ),
         _line(
-            "Work other than the daemon, its fork server, the broker, the VSMs and the bench "
-            "(kernel threads included) kept up to {} % of a core busy in the idle windows, of "
-            f"the machine's {cores * 100} %: the `list` and CPU figures were taken on cores "
-            "shared with that work.",
+            f"The machine's own memory monitor (kdamond) used {{}}% of a core with {first:,} "
+            f"VSMs and {{}}% with {last:,}, of the machine's {cores * 100} %: it samples the "
+            "pages processes map, and the `list` and CPU figures were taken on the cores it "
+            "shared.",
+            m(f"{PREFIX}.{first}.kdamond_idle_pct"),
+            m(f"{PREFIX}.{last}.kdamond_idle_pct"),
+        ),
+        _line(
+            "Work other than the daemon, its fork server, the broker, the VSMs, the bench and "
+            "kdamond (other kernel threads included) kept up to {} % of a core busy in the idle "
+            "windows.",
             max((o for n in scale_ns(res) if (o := _other(res, n)) is not None), default=None),
         ),
     ]
@@ -348,7 +357,8 @@ def _section(res: Results, cores: int, title: str, lead: str) -> list[str]:
         f"VSMs are added {_int(res, 'grain_n') or 0:,} at a time once `list` is over "
         f"{_v(m(f'{PREFIX}.fine_from_ms'))} ms p50. CPU in % of one core; *other work*: the "
         "whole machine's busy time in the idle window less that of the daemon, fork server, "
-        "broker, VSMs and bench.",
+        "broker, VSMs, bench and kdamond; *kdamond*: the kernel's DAMON memory monitor, which "
+        "this machine runs for itself (— where it runs none).",
         "",
         *table(CPU_HEAD, _cpu_rows(res)),
         *table(MEM_HEAD, _mem_rows(res)),

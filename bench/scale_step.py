@@ -338,7 +338,7 @@ def _list_and_idle(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe, n: int) -> Figu
         ("list_raw_ms", "`list` of every VSM round trip (open channel)", "ms", raw),
         ("machine_idle_pct", "whole machine busy in the idle window", "% of a core", [idle_busy]),
     ]
-    for who in ("daemon", "broker", "forkserver", "vsms_total", "bench"):
+    for who in ("daemon", "broker", "forkserver", "vsms_total", "bench", "kdamond"):
         if who in cpu:
             label = f"idle CPU: {who}" + (" (its sampler included)" if who == "daemon" else "")
             out.append((f"{who}_idle_pct", label, "% of a core", [cpu[who]]))
