@@ -1,7 +1,7 @@
-"""A VSM's inbox: state messages taken at once in the consumer's callback, everything else
-(and every state message that fails there) on a task's way; and that way's last resort, where
-a fault of the runtime's own answers the requester with INTERNAL and still acks, instead of
-leaving it to wait out its timeout."""
+"""A VSM's inbox: state messages and probes taken at once in the consumer's callback,
+everything else (and every state message that fails there) on a task's way; and that way's last
+resort, where a fault of the runtime's own answers the requester with INTERNAL and still acks,
+instead of leaving it to wait out its timeout."""
 
 from __future__ import annotations
 
@@ -119,6 +119,12 @@ def test_what_is_not_a_good_state_message_goes_the_tasks_way(raw: bytes, decoded
     rt, msg = _taker(), _delivery(raw)
     assert VsmRuntime._take_now(rt, msg) is False
     assert (msg.env is not None) is decoded  # decoded once: the task uses it
+    assert rt.state.children == [] and rt.bus.traffic.received == 0
+
+
+def test_a_probe_is_taken_at_once_and_is_no_traffic() -> None:
+    rt, msg = _taker(), _delivery(Envelope(type="probe", sender="vsmd").encode())
+    assert VsmRuntime._take_now(rt, msg) is True
     assert rt.state.children == [] and rt.bus.traffic.received == 0
 
 
