@@ -58,8 +58,8 @@ def rate_window(vsm_id: str) -> float:
 # Messages that change the state replica and need no answer.
 STATE_TYPES = frozenset(("state", "policy", "forget", "resync"))
 # What the consumer's callback takes itself when nobody waits for an answer: those, and the
-# liveness probes, which the runtime ignores (the daemon's and requesters'): a task and a turn
-# of the loop for a message that only needs its ack was most of what a probe cost an idle VSM.
+# liveness probes (the daemon's and requesters'), which the runtime ignores: a probe needs only
+# its ack, not a task and a turn of the loop.
 TAKEN_NOW = STATE_TYPES | {"probe"}
 
 
