@@ -165,9 +165,7 @@ def test_the_daemon_replays_failed_journal_writes_without_a_spawn(daemon: Daemon
     assert daemon.timers.next_delay(60.0) <= JOURNAL_RETRY  # it keeps itself scheduled
 
 
-def test_probes_stretch_their_period_to_stay_within_the_probe_rate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_probes_stretch_their_period_to_stay_within_the_probe_rate(tmp_path: Path) -> None:
     config = Config(state_dir=tmp_path, namespace="probes", probe_interval=1.0, probe_rate=2.0)
     d = Daemon(config)
     d.pool = d.manager.pool = LoopPool()  # type: ignore[assignment]
