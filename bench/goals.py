@@ -220,7 +220,8 @@ def mcp_goals(res: Results) -> list[Goal]:
             call,
             call is not None and call <= MCP_CALL_MS,
             f"{_ms(call)} (p99 {num(p99('mcp.call.noop_ms') or 0)}); ctx.request "
-            f"{_ms(m('mcp.rr_ms'))}; bare client with confirms {_ms(m('mcpfloor.rr_vsmd_ms'))}",
+            f"{_ms(m('mcp.rr_ms'))}; bare client with a VSM's channels "
+            f"{_ms(m('mcpfloor.rr_vsmd_ms'))}",
         ),
         _check(
             f"MCP calls/s, {MCP_CLIENTS} sessions against one VSM",

@@ -50,9 +50,7 @@ def _latency_rows(res: Results) -> list[list[str]]:
 
     rows = [
         row("tools/call parent → child, `noop`", 1, "mcp.call.noop_ms", "mcpfloor.rr_ms"),
-        row(
-            "the same; floor with confirms, mandatory", 1, "mcp.call.noop_ms", "mcpfloor.rr_vsmd_ms"
-        ),
+        row("the same; floor with a VSM's channels", 1, "mcp.call.noop_ms", "mcpfloor.rr_vsmd_ms"),
         row("tools/call, the built-in `status`", 1, "mcp.call.status_ms", "mcpfloor.rr_vsmd_ms"),
         row("`ctx.request`, the same pair", 1, "mcp.rr_ms", None),
     ]
@@ -114,11 +112,12 @@ def _call_prose(res: Results) -> list[str | None]:
             "A tools/call of `noop` (a tool that does nothing, added with `ctx.mcp.tool`) from "
             "a parent VSM to its child over `ctx.mcp_client` took {} ms (p50; p99 {} ms); the "
             "built-in `status` took {} ms. The same pair's `ctx.request` took {} ms ({} bytes "
-            "out). Bare "
-            "bare-client request/reply with a tools/call's sizes ({} bytes out, {} bytes back) "
-            "took {} ms, and {} ms publishing with confirms and mandatory routing as a VSM "
-            "does. A tools/call took {} ms more than the same pair's `ctx.request`, which took "
-            "{} ms " + _more_or_less(_sub(rr, bare)) + " than that bare pair.",
+            "out). Bare-client request/reply with a tools/call's sizes ({} bytes out, {} bytes "
+            "back) took {} ms, and {} ms with a VSM's channels (mandatory requests, each acked "
+            "once answered). A tools/call took {} ms more than the same pair's "
+            "`ctx.request`, which took {} ms "
+            + _more_or_less(_sub(rr, bare))
+            + " than that bare pair.",
             noop,
             res.p99("mcp.call.noop_ms"),
             m("mcp.call.status_ms"),
@@ -217,8 +216,8 @@ def _missed(res: Results, cores: int) -> list[str | None]:
             out.append(
                 _line(
                     "**MCP tools/call ≤ {} ms: missed by {} ms.** Bare-client request/reply "
-                    "with the same sizes and confirms took {} ms itself on this machine and "
-                    "broker.",
+                    "with the same sizes and a VSM's channels took {} ms itself on this "
+                    "machine and broker.",
                     MCP_CALL_MS,
                     noop - MCP_CALL_MS,
                     bare,
@@ -228,9 +227,9 @@ def _missed(res: Results, cores: int) -> list[str | None]:
             out.append(
                 _line(
                     "**MCP tools/call ≤ {} ms: missed by {} ms.** Bare-client request/reply "
-                    "with the same sizes and confirms took {} ms, which leaves {} ms for what "
-                    "vsmd and MCP add; a tools/call took {} ms more than that pair, and {} ms "
-                    "more than the same VSMs' `ctx.request`.",
+                    "with the same sizes and a VSM's channels took {} ms, which leaves {} ms "
+                    "for what vsmd and MCP add; a tools/call took {} ms more than that pair, and "
+                    "{} ms more than the same VSMs' `ctx.request`.",
                     MCP_CALL_MS,
                     noop - MCP_CALL_MS,
                     bare,

@@ -173,7 +173,7 @@ def _floor(ctx: suite.Ctx, sizes: dict[str, int]) -> None:
     what = "request/reply, direct reply-to, a tools/call's sizes"
     for like_vsmd, key, label in (
         (False, "rr_ms", what),
-        (True, "rr_vsmd_ms", f"{what}, with confirms and mandatory as vsmd"),
+        (True, "rr_vsmd_ms", f"{what}, with a VSM's channels (mandatory, acked)"),
     ):
         ms = floor_rr(ctx.url, plan.mcp_calls, req, like_vsmd, rep)
         res.add(f"{PREFIX}floor.{key}", label, "ms", ms, 1)

@@ -120,8 +120,10 @@ def _nerves(plan: dict[str, Any]) -> list[str]:
         "deltas"
         + (f" (at most {cap:,})" if cap else "")
         + ", published at once without confirms, consumed without acks. Request/reply: "
-        "direct reply-to, without and with publisher confirms and mandatory publishing (as a "
-        "VSM's channel). Broadcast: one process that has imported the client and uvloop forks "
+        "direct reply-to, plain (one channel a side, no acks) and with a VSM's channels (requests "
+        "published mandatory without confirms; the inbox on a confirming channel with a "
+        "prefetch of 64, each request acked once answered; the reply on a second channel "
+        "without confirms). Broadcast: one process that has imported the client and uvloop forks "
         f"{plan['nerve_subtree']:,} receivers (as the fork server forks VSMs); each opens its own "
         "connection, binds an exclusive inbox to a topic exchange, consumes it with a prefetch "
         "of 64 and acks each message once it has noted its arrival; the process then publishes "
@@ -147,8 +149,8 @@ def _mcp(plan: dict[str, Any]) -> list[str]:
         "and after the calls, divided by the calls. *Floor*: bare-client request/reply "
         "(`bench/nerve_floor.py`, direct reply-to) with requests and replies of the sizes a "
         "`noop` tools/call and its answer have on the wire (taken from one call on a session "
-        "of the bench's own), as many round trips, without and with confirms and mandatory "
-        "publishing.",
+        "of the bench's own), as many round trips, plain and with a VSM's channels (as "
+        "between VSMs above).",
         "- **MCP memory**: two daemons up at once, one with `mcp_server = false`, both with "
         f"`bench.agents` loaded; {plan['mcp_vsms']} idle VSMs of the default agent each, spawned "
         "at once. USS (psutil `memory_full_info()`) of every VSM once two readings 0.2 s apart "

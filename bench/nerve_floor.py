@@ -85,9 +85,13 @@ async def source(a: dict[str, Any]) -> None:
 
 
 async def server(a: dict[str, Any]) -> None:
+    """Answers requests. ``like_vsmd``: as a VSM's channels do it (vsmd/vsm/bus.py, calls.py):
+    the inbox on a confirming channel with a prefetch, each request acked once answered, the
+    reply on a second channel without confirms. Otherwise one channel, no acks."""
     like_vsmd = bool(a["like_vsmd"])
     conn = await amqp.connect(a["url"])
     ch = await conn.channel(confirms=like_vsmd, prefetch=64)
+    out = await conn.channel() if like_vsmd else ch
     await ch.queue_declare(a["queue"], exclusive=True)
     # A reply as vsmd's to an empty result, or one of the size asked (an MCP answer, say).
     reply = body(int(a["reply_size"]), 0) if a.get("reply_size") else b'{"ok":true,"result":{}}'
@@ -96,7 +100,7 @@ async def server(a: dict[str, Any]) -> None:
         orjson.loads(msg.body)
         props = amqp.Properties(correlation_id=msg.properties.correlation_id)
         # Not mandatory, as vsmd's replies: the broker returns mandatory direct reply-to.
-        ch.publish_nowait(reply, "", msg.properties.reply_to or "", props)
+        out.publish_nowait(reply, "", msg.properties.reply_to or "", props)
         if like_vsmd:
             msg.ack()
 
@@ -109,9 +113,11 @@ async def server(a: dict[str, Any]) -> None:
 
 
 async def client(a: dict[str, Any]) -> None:
+    """Requests one at a time. ``like_vsmd``: mandatory, as a VSM's requests are, on a channel
+    without confirms (a request's reply tells that it arrived)."""
     n, size, like_vsmd = int(a["n"]), int(a["size"]), bool(a["like_vsmd"])
     conn = await amqp.connect(a["url"])
-    ch = await conn.channel(confirms=like_vsmd)
+    ch = await conn.channel()
     loop = asyncio.get_running_loop()
     waiting: dict[str, asyncio.Future[None]] = {}
 
@@ -203,8 +209,14 @@ async def _broadcast(a: dict[str, Any], receivers: list[int]) -> dict[str, Any]:
     await ch.consume(a["collect"], on_message, no_ack=True)
     for _ in range(n):
         await asyncio.wait_for(inbox.get(), timeout)  # every receiver consumes
-    # The CPU of the rounds, as vsmd's step takes it around the root's rounds.
+    # The CPU of the rounds, as vsmd's step takes it around the root's rounds; first what the
+    # same processes use with nothing to do, which the rounds' figures hold too.
     watch: dict[str, list[int | None]] = {"receivers": [*receivers], **a["watch"]}
+    before = {k: _cpu(v) for k, v in watch.items()}
+    started = time.perf_counter()
+    await asyncio.sleep(float(a["idle_s"]))
+    idle_s = time.perf_counter() - started
+    idle = {k: (_cpu(v) - before[k]) / idle_s for k, v in watch.items()}
     before = {k: _cpu(v) for k, v in watch.items()}
     started = time.perf_counter()
     sent = []
@@ -228,6 +240,7 @@ async def _broadcast(a: dict[str, Any], receivers: list[int]) -> dict[str, Any]:
         "each_ms": every,
         "missed": rounds * n - len(every),
         "cpu": cpu,
+        "idle": idle,
         "window_s": window_s,
     }
 

@@ -26,7 +26,7 @@ def _rows(res: Results) -> list[list[str]]:
     rows = [
         _row(res, "state write → parent's replica", 1, "ns.state.latency_ms", "nsfloor.latency_ms"),
         _row(res, "request/reply parent → child", 1, "ns.rr_ms", "nsfloor.rr_ms"),
-        _row(res, "the same; floor with confirms, mandatory", 1, "ns.rr_ms", "nsfloor.rr_vsmd_ms"),
+        _row(res, "the same; floor with a VSM's channels", 1, "ns.rr_ms", "nsfloor.rr_vsmd_ms"),
     ]
     for n in sizes(res, "ns.state.rate.", ".deltas_per_s"):
         key = f"ns.state.rate.{n}"
@@ -61,7 +61,7 @@ def _rounds_line(res: Results) -> str | None:
         "Both were taken in {} rounds, each next to the bare client's pairs (the floor first in "
         "every other round), so that the two are compared in the same minutes of a shared "
         "machine: per round, vsmd's state latency was {}x to {}x the bare publisher's and its "
-        "request/reply {}x to {}x the bare pair with confirms.",
+        "request/reply {}x to {}x the bare pair with a VSM's channels.",
         len(rr.samples),
         min(lat.samples),
         max(lat.samples),
@@ -87,8 +87,9 @@ def _prose(res: Results, cores: int) -> list[str | None]:
         ),
         _line(
             "Request/reply from a parent to its child took {} ms (p50; p99 {} ms) against {} ms "
-            "for a bare-client pair with direct reply-to and {} ms for the same pair publishing "
-            "with confirms and mandatory routing, as a VSM's channel does.",
+            "for a bare-client pair with direct reply-to and {} ms for the same pair with a VSM's "
+            "channels (mandatory requests, each acked once answered, replies on a second "
+            "channel).",
             m("ns.rr_ms"),
             res.p99("ns.rr_ms"),
             m("nsfloor.rr_ms"),
@@ -163,15 +164,33 @@ def _broadcast_cpu(res: Results, n: int) -> list[str | None]:
             m(f"{f}window_s"),
         ),
         _line(
-            "CPU per message received, over those rounds: {} ms in the VSMs, {} ms in the "
-            "broker and {} ms in the daemon; in the floor {} ms in the receivers and {} ms in "
-            "the broker. The VSMs took {}x the receivers' CPU per message.",
+            "CPU per message received, over those rounds and what the processes do idle "
+            "meanwhile: {} ms in the VSMs, {} ms in the broker and {} ms in the daemon; in the "
+            "floor {} ms in the receivers and {} ms in the broker.",
             m(f"{v}cpu_vsms_ms"),
             m(f"{v}cpu_broker_ms"),
             m(f"{v}cpu_daemon_ms"),
             m(f"{f}cpu_receivers_ms"),
             m(f"{f}cpu_broker_ms"),
-            _ratio(m(f"{v}cpu_vsms_ms"), m(f"{f}cpu_receivers_ms")),
+        ),
+        _line(
+            "Idle just before the rounds, the VSMs used {}% of one core, the broker {}% and the "
+            "daemon {}%; the floor's receivers {}% and its broker {}%. Less that idle work over "
+            "each side's rounds, a message received cost {} CPU ms in the VSMs, {} ms in the "
+            "broker and {} ms in the daemon, against {} ms in the floor's receivers and {} ms in "
+            "its broker: the VSMs {}x the receivers, the broker {}x.",
+            m(f"{v}idle_vsms_pct"),
+            m(f"{v}idle_broker_pct"),
+            m(f"{v}idle_daemon_pct"),
+            m(f"{f}idle_receivers_pct"),
+            m(f"{f}idle_broker_pct"),
+            m(f"{v}net_vsms_ms"),
+            m(f"{v}net_broker_ms"),
+            m(f"{v}net_daemon_ms"),
+            m(f"{f}net_receivers_ms"),
+            m(f"{f}net_broker_ms"),
+            _ratio(m(f"{v}net_vsms_ms"), m(f"{f}net_receivers_ms")),
+            _ratio(m(f"{v}net_broker_ms"), m(f"{f}net_broker_ms")),
         ),
         _line(
             "The machine's own memory monitor (the kernel's DAMON threads, kdamond, which the "

@@ -29,6 +29,11 @@ from vsmd.protocol import Envelope, Spawn
 from vsmd.state import Clock, Entry, encode
 
 PREFIX = "ns"  # vsmd's figures here; the floor's are "nsfloor."
+# Before a broadcast's rounds: what the receivers and the broker use with nothing to do, over
+# this long, once the spawns' after-work stopped (its CPU no longer falling by a fifth a second).
+IDLE_S = 3.0
+SETTLE_S = 30.0
+SETTLED_RATIO = 0.8
 
 
 def spawn_vsms(pipe: AdminPipe, n: int, parent: str | None, agent: str) -> list[dict[str, Any]]:
@@ -142,7 +147,7 @@ _PAIR_LABELS = {
     "nsfloor.latency_ms": "publisher -> consumer, one message at a time",
     f"{PREFIX}.rr_ms": "request/reply parent -> child (ctx.request)",
     "nsfloor.rr_ms": "request/reply, direct reply-to",
-    "nsfloor.rr_vsmd_ms": "request/reply, direct reply-to, with confirms and mandatory as vsmd",
+    "nsfloor.rr_vsmd_ms": "request/reply, direct reply-to, a VSM's channels (mandatory, acked)",
 }
 
 
@@ -207,18 +212,19 @@ def _broadcast(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe) -> None:
         spawn_vsms(pipe, n, root["id"], "nervechild")
         with d.client(300.0) as c:
             rounds = plan.nerve_rounds
-            window = CpuWindow(
-                {
-                    "vsms": list(d.vsm_pids()),
-                    "broker": [ctx.broker_pid],
-                    "daemon": [d.pid],
-                    **memory_monitors(),
-                }
-            )
+            named: dict[str, list[int | None]] = {
+                "vsms": list(d.vsm_pids()),
+                "broker": [ctx.broker_pid],
+                "daemon": [d.pid],
+                **memory_monitors(),
+            }
+            idle = _idle_rates(named)
+            window = CpuWindow(named)
             started = time.perf_counter()
             sent = c.call(root["id"], "bcast", {"rounds": rounds, "gap": 0.5})
             window_s = time.perf_counter() - started
-            _cpu_per_arrival(ctx, f"{PREFIX}.bcast.{n}", n * rounds, window.stop({}), window_s)
+            cpu = window.stop({})
+            _cpu_per_arrival(ctx, f"{PREFIX}.bcast.{n}", n * rounds, cpu, window_s, idle)
             t0 = sent["t0"]
             label = "the root's ctx.broadcast, until it returned (the broker's confirm)"
             res.add(f"{PREFIX}.bcast.{n}.publish_ms", label, "ms", sent["took_ms"], n)
@@ -245,14 +251,44 @@ def _broadcast(ctx: suite.Ctx, d: VsmdProc, pipe: AdminPipe) -> None:
     res.add(f"{PREFIX}.bcast.{n}.each_ms", label, "ms", every, n)
 
 
+def _idle_rates(named: dict[str, list[int | None]]) -> dict[str, float]:
+    """CPU seconds per second of each group with nothing asked of it: once what the spawns set
+    off has died down, over IDLE_S."""
+    deadline, last = time.monotonic() + SETTLE_S, None
+    while time.monotonic() < deadline:
+        window = CpuWindow(named)
+        time.sleep(1.0)  # a measuring window, not a wait for something
+        total = sum(window.stop({}).values())
+        if last is not None and total >= SETTLED_RATIO * last:
+            break
+        last = total
+    window, started = CpuWindow(named), time.perf_counter()
+    time.sleep(IDLE_S)
+    took = time.perf_counter() - started
+    return {who: secs / took for who, secs in window.stop({}).items()}
+
+
 def _cpu_per_arrival(
-    ctx: suite.Ctx, key: str, arrivals: int, cpu: dict[str, float], window_s: float
+    ctx: suite.Ctx,
+    key: str,
+    arrivals: int,
+    cpu: dict[str, float],
+    window_s: float,
+    idle: dict[str, float],
 ) -> None:
-    """CPU ms per message that reached one receiver, over the rounds (their gaps included)."""
+    """CPU ms per message that reached one receiver, over the rounds (their gaps included):
+    as taken, and less what the same processes use idle over a window as long."""
     ctx.res.add(f"{key}.window_s", "the rounds, their gaps included", "s", [window_s], arrivals)
     for who, secs in cpu.items():
         label = f"CPU per arrival while broadcasting: {who}"
         ctx.res.add(f"{key}.cpu_{who}_ms", label, "CPU ms", [secs * 1e3 / arrivals], arrivals)
+        if who not in idle:
+            continue
+        label = f"idle CPU just before the rounds: {who}"
+        ctx.res.add(f"{key}.idle_{who}_pct", label, "% of a core", [idle[who] * 100], arrivals)
+        net = max(0.0, secs - idle[who] * window_s) * 1e3 / arrivals
+        label = f"CPU per arrival while broadcasting, less idle: {who}"
+        ctx.res.add(f"{key}.net_{who}_ms", label, "CPU ms", [net], arrivals)
 
 
 # --- the floor: the bare client ---------------------------------------------------------------
@@ -359,10 +395,11 @@ def _floor_broadcast(ctx: suite.Ctx) -> None:
         "gap": 0.5,
         "timeout": 120.0,
         "watch": {"broker": [ctx.broker_pid], **memory_monitors()},
+        "idle_s": IDLE_S,
     }
     got = _result(_proc("fanout", args), 300.0 + plan.nerve_rounds)
     arrivals = n * plan.nerve_rounds
-    _cpu_per_arrival(ctx, f"nsfloor.bcast.{n}", arrivals, got["cpu"], got["window_s"])
+    _cpu_per_arrival(ctx, f"nsfloor.bcast.{n}", arrivals, got["cpu"], got["window_s"], got["idle"])
     if got["missed"]:
         res.fail(f"broadcast floor: {got['missed']} arrivals missing")
     label = "bare client: broadcast until all N forked receivers have it"
