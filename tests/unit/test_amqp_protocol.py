@@ -9,33 +9,22 @@ import asyncio
 from typing import Any
 
 import pytest
+from pamqp import body as pbody
 from pamqp import commands as spec
 from pamqp import frame as pframe
+from pamqp import header as pheader
 from yarl import URL
 
+from tests.support.amqp_frames import Transport, cut
 from vsmd import amqp
+from vsmd.amqp import wire
 from vsmd.amqp.connection import Connection
 
 
-class _Transport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-
-async def _open(heartbeat: int = 0) -> tuple[Connection, _Transport]:
+async def _open(heartbeat: int = 0) -> tuple[Connection, Transport]:
     """A connection through its handshake, as far as the broker's frames drive it."""
     conn = Connection(URL("amqp://guest:guest@127.0.0.1/"), heartbeat)
-    transport = _Transport()
+    transport = Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     tune = spec.Connection.Tune(channel_max=2047, frame_max=131072, heartbeat=heartbeat)
     conn.data_received(pframe.marshal(tune, 0))
@@ -76,6 +65,45 @@ def test_frames_split_across_reads_are_put_together() -> None:
             conn.data_received(data[i : i + 1])
         channel = await asyncio.wait_for(opening, 1.0)
         assert channel.is_open and not transport.closed
+
+    asyncio.run(main())
+
+
+def test_a_delivery_reaches_its_consumer_whole_and_a_truncated_one_ends_the_connection() -> None:
+    """The read path with the direct decoding of vsmd/amqp/inbound.py: the consumer gets the
+    message as published, its ack is written, and a malformed delivery ends the connection
+    as any malformed frame does."""
+
+    async def main() -> None:
+        conn, transport = await _open()
+        opening = asyncio.ensure_future(conn.channel())
+        await asyncio.sleep(0)
+        conn.data_received(pframe.marshal(spec.Channel.OpenOk(), 1))
+        ch = await asyncio.wait_for(opening, 1.0)
+        got: list[amqp.Message] = []
+        consuming = asyncio.ensure_future(ch.consume("q", got.append, tag="t"))
+        await asyncio.sleep(0)
+        conn.data_received(pframe.marshal(spec.Basic.ConsumeOk(consumer_tag="t"), 1))
+        await asyncio.wait_for(consuming, 1.0)
+        body = b'{"type":"call"}'
+        props = spec.Basic.Properties(correlation_id="c1", reply_to="amq.rabbitmq.reply-to.x")
+        conn.data_received(
+            pframe.marshal(spec.Basic.Deliver("t", 41, True, "ns.recursive", "vsm.abc"), 1)
+            + pframe.marshal(pheader.ContentHeader(0, len(body), props), 1)
+            + pframe.marshal(pbody.ContentBody(body), 1)
+        )
+        [msg] = got
+        assert (msg.body, msg.delivery_tag, msg.redelivered) == (body, 41, True)
+        assert (msg.exchange, msg.routing_key) == ("ns.recursive", "vsm.abc")
+        assert msg.properties.correlation_id == "c1"
+        assert msg.properties.reply_to == "amq.rabbitmq.reply-to.x"
+        msg.ack()
+        await asyncio.sleep(0)  # queued writes go out on the loop's next turn
+        assert transport.written[-1] == wire.ack_frame(1, 41)
+        lost = _lost(conn)
+        deliver = pframe.marshal(spec.Basic.Deliver("t", 42, False, "ex", "k"), 1)
+        conn.data_received(cut(deliver, 9))  # the delivery tag cut short
+        assert transport.closed and len(lost) == 1 and "malformed frame" in str(lost[0])
 
     asyncio.run(main())
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,27 +10,11 @@ from pamqp import commands as spec
 from pamqp import frame as pframe
 from pamqp import header as pheader
 
+from tests.support.amqp_frames import basic_properties, shortstr
 from vsmd.amqp import wire
 
-shortstr = st.text(max_size=40)
 exchange = st.from_regex(r"[a-zA-Z0-9_.:\-]{0,40}", fullmatch=True)
-octet = st.integers(min_value=0, max_value=255)
-properties = st.builds(
-    spec.Basic.Properties,
-    content_type=st.none() | shortstr,
-    content_encoding=st.none() | shortstr,
-    headers=st.none() | st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=8)),
-    delivery_mode=st.none() | st.sampled_from([1, 2]),
-    priority=st.none() | st.integers(min_value=0, max_value=9),
-    correlation_id=st.none() | shortstr,
-    reply_to=st.none() | shortstr,
-    expiration=st.none() | st.integers(min_value=1, max_value=10**9).map(str),
-    message_id=st.none() | shortstr,
-    timestamp=st.none() | st.just(datetime.datetime(2026, 12, 3, 12, 0, 0)),
-    message_type=st.none() | shortstr,
-    user_id=st.none() | shortstr,
-    app_id=st.none() | shortstr,
-)
+properties = basic_properties(tables=True)
 
 
 def pamqp_publish(

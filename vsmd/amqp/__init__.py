@@ -1,5 +1,6 @@
 """The AMQP 0-9-1 client of a VSM: one asyncio protocol per connection, frames parsed and
-dispatched as they are read, publishes written at once, pamqp for the frames' encoding.
+dispatched as they are read, publishes written at once; pamqp for the frames' encoding, but for
+the frames every message brings (wire.py writes them, inbound.py reads them).
 
 Why not aio-pika/aiormq here: between the socket and a consumer they pass every frame through
 a reader task, a channel's queue and its task, and a task per delivery, and every write through

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
+from vsmd.amqp import wire
 from vsmd.amqp.errors import AmqpError, ChannelClosed, PublishRefused
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ class Channel:
 
     def ack(self, delivery_tag: int) -> None:
         self._check()
-        self._conn.send_method(self.number, spec.Basic.Ack(delivery_tag=delivery_tag))
+        self._conn.send_frame(wire.ack_frame(self.number, delivery_tag))
 
     def nack(self, delivery_tag: int, requeue: bool = True) -> None:
         self._check()

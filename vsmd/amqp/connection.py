@@ -21,7 +21,7 @@ from pamqp.heartbeat import Heartbeat
 from yarl import URL
 
 from vsmd import __version__
-from vsmd.amqp import wire
+from vsmd.amqp import inbound, wire
 from vsmd.amqp.channel import Channel, Properties
 from vsmd.amqp.errors import AmqpError, AuthRefused, ConnectionLost
 
@@ -105,14 +105,29 @@ class Connection(asyncio.Protocol):
                     continue
                 if kind == HEARTBEAT:
                     continue
-                _n, _c, frame = pframe.unmarshal(bytes(buf[start:end]))
-                self._dispatch(number, frame)
+                self._dispatch(number, self._decode(kind, bytes(buf[start:end])))
         except (AmqpError, PAMQPException, ValueError) as exc:
             self._abort(ConnectionLost(f"a malformed frame from the broker: {exc}", 501))
             return
         finally:
             if pos:
                 del buf[:pos]
+
+    @staticmethod
+    def _decode(kind: int, frame: bytes) -> Any:
+        """A method or header frame decoded: what every message brings directly
+        (vsmd/amqp/inbound.py), the rest through pamqp."""
+        if kind == METHOD:
+            which = inbound.method_id(frame)
+            if which == inbound.DELIVER:
+                return inbound.deliver(frame)
+            if which == inbound.ACK:
+                return inbound.ack(frame)
+        elif kind == HEADER:
+            fast = inbound.header(frame)
+            if fast is not None:
+                return fast
+        return pframe.unmarshal(frame)[2]
 
     def _dispatch(self, number: int, frame: Any) -> None:
         if number == 0:
@@ -253,6 +268,10 @@ class Connection(asyncio.Protocol):
 
     def send_method(self, number: int, method: Any) -> None:
         self._write(pframe.marshal(method, number))
+
+    def send_frame(self, frame: bytes) -> None:
+        """A frame encoded already (vsmd/amqp/wire.py)."""
+        self._write(frame)
 
     def send_publish(
         self,

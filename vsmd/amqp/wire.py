@@ -20,6 +20,7 @@ from pamqp import header as pheader
 FRAME_END = b"\xce"
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _BASIC_PUBLISH = struct.pack(">HHH", 60, 40, 0)  # class basic, method publish, reserved ticket
+_BASIC_ACK = struct.Struct(">BHIHHQB")  # a method frame's head, then basic.ack's fields
 _FRAME_HEAD = struct.Struct(">BHI")
 _EXCHANGE = constants.DOMAIN_REGEX["exchange-name"]
 _HEADER_HEAD = struct.Struct(">HHQH")  # class basic, weight 0, body size, property flags
@@ -101,3 +102,8 @@ def publish_frames(
     for at in range(0, size, room):
         parts.append(_frame(_BODY, number, body[at : at + room]))
     return b"".join(parts)
+
+
+def ack_frame(number: int, delivery_tag: int, multiple: bool = False) -> bytes:
+    """Basic.Ack of a delivery: the other frame every consumed message costs."""
+    return _BASIC_ACK.pack(_METHOD, number, 13, 60, 80, delivery_tag, multiple) + FRAME_END
