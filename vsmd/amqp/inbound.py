@@ -17,29 +17,16 @@ import struct
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
+from vsmd.amqp import wire
+
 DELIVER = b"\x00\x3c\x00\x3c"  # class basic (60), method deliver (60)
 ACK = b"\x00\x3c\x00\x50"  # class basic, method ack (80)
 _TAG_BIT = struct.Struct(">qB")  # a delivery tag (pamqp reads it signed) and a bit octet
-_HEADER_HEAD = struct.Struct(">HHQH")  # class, weight, body size, the first flag word
 # A header with any of these flags goes to pamqp: headers (a table), timestamp, and bit 0,
 # which says another flag word follows.
 _PAMQP_FLAGS = 0x2000 | 0x0040 | 0x0001
-# Basic's properties in the order the spec lays them out, with their flag bit; the octets are
-# delivery_mode and priority, the rest short strings. Headers and timestamp never get here.
-_PROPS: tuple[tuple[str, int, bool], ...] = (
-    ("content_type", 0x8000, False),
-    ("content_encoding", 0x4000, False),
-    ("delivery_mode", 0x1000, True),
-    ("priority", 0x0800, True),
-    ("correlation_id", 0x0400, False),
-    ("reply_to", 0x0200, False),
-    ("expiration", 0x0100, False),
-    ("message_id", 0x0080, False),
-    ("message_type", 0x0020, False),
-    ("user_id", 0x0010, False),
-    ("app_id", 0x0008, False),
-    ("cluster_id", 0x0004, False),
-)
+# wire.PROPS as this reads it: each property's flag mask, and whether it is an octet.
+_PROPS = tuple((name, 1 << bit, kind == "o") for name, bit, kind in wire.PROPS)
 _ALL_PROPS = tuple(spec.Basic.Properties.__slots__)
 
 
@@ -95,17 +82,17 @@ def ack(frame: bytes) -> spec.Basic.Ack:
 def header(frame: bytes) -> ContentHeader | None:
     """The content header of a basic message from its frame; None when its properties need
     pamqp (headers, a timestamp, more than one flag word)."""
-    if len(frame) - _END < PAYLOAD + _HEADER_HEAD.size:
+    if len(frame) - _END < PAYLOAD + wire.HEADER_HEAD.size:
         raise ValueError("a content header shorter than its fixed fields")
     try:
-        class_id, weight, size, flags = _HEADER_HEAD.unpack_from(frame, PAYLOAD)
+        class_id, weight, size, flags = wire.HEADER_HEAD.unpack_from(frame, PAYLOAD)
         if flags & _PAMQP_FLAGS:
             return None
         props = spec.Basic.Properties.__new__(spec.Basic.Properties)
         for name in _ALL_PROPS:
             setattr(props, name, None)
         props.cluster_id = ""  # pamqp's default, where the flag is not set
-        pos = PAYLOAD + _HEADER_HEAD.size
+        pos = PAYLOAD + wire.HEADER_HEAD.size
         for name, bit, octet in _PROPS:
             if flags & bit:
                 if octet:

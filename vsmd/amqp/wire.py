@@ -23,12 +23,12 @@ _BASIC_PUBLISH = struct.pack(">HHH", 60, 40, 0)  # class basic, method publish, 
 _BASIC_ACK = struct.Struct(">BHIHHQB")  # a method frame's head, then basic.ack's fields
 _FRAME_HEAD = struct.Struct(">BHI")
 _EXCHANGE = constants.DOMAIN_REGEX["exchange-name"]
-_HEADER_HEAD = struct.Struct(">HHQH")  # class basic, weight 0, body size, property flags
+HEADER_HEAD = struct.Struct(">HHQH")  # class basic, weight 0, body size, property flags
 
 # Basic's properties in the order of their flag bits (15 down), as the spec lists them; the
 # kind says how each is encoded: s a short string, o an octet. Headers (a table) and timestamp
-# are left to pamqp.
-_PROPS: tuple[tuple[str, int, str], ...] = (
+# are left to pamqp, here and in inbound.py, which reads them with this table.
+PROPS: tuple[tuple[str, int, str], ...] = (
     ("content_type", 15, "s"),
     ("content_encoding", 14, "s"),
     ("delivery_mode", 12, "o"),
@@ -73,14 +73,14 @@ def header_frame(number: int, size: int, properties: Any) -> bytes:
         return pframe.marshal(pheader.ContentHeader(0, size, properties), number)
     flags = 0
     parts: list[bytes] = []
-    for name, bit, kind in _PROPS:
+    for name, bit, kind in PROPS:
         value = getattr(properties, name)
         # pamqp leaves out what is None or an empty string (cluster_id's default): so do we.
         if value is None or value == "":
             continue
         flags |= 1 << bit
         parts.append(_shortstr(value) if kind == "s" else bytes((int(value),)))
-    return _frame(_HEADER, number, _HEADER_HEAD.pack(60, 0, size, flags) + b"".join(parts))
+    return _frame(_HEADER, number, HEADER_HEAD.pack(60, 0, size, flags) + b"".join(parts))
 
 
 def publish_frames(
